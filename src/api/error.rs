@@ -1,0 +1,66 @@
+//! The one place where failures become gRPC status codes. Callers' mistakes say what to fix and
+//! name the field; unexpected failures are logged whole and reach the caller as a bare INTERNAL.
+use tonic::Status;
+use tracing::error;
+
+use crate::{domain::FieldError, ledger::LedgerError};
+
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0} is not implemented by this version of dsr")]
+    Unimplemented(&'static str),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Unexpected(e) => write!(f, "{e:?}"),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::NotFound => ApiError::NotFound("no request with that id".into()),
+            LedgerError::IdempotencyConflict => ApiError::AlreadyExists(
+                "idempotency_key: already used for a different request (kind, subject, regime or requested_by differ)".into(),
+            ),
+            LedgerError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            LedgerError::Db(e) => ApiError::Unexpected(anyhow::Error::new(e).context("ledger")),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
+            ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::AlreadyExists(m) => Status::already_exists(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::Unavailable(m) => Status::unavailable(m),
+            e @ ApiError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            ApiError::Unexpected(e) => {
+                error!(error = ?e, "unexpected failure");
+                Status::internal("internal error; the server log has the details")
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The gRPC edge: generated types (`pb`, which never leave this module tree), conversion between
+//! them and the domain, the error mapping to status codes, and the two services.
+
+mod audit;
+mod convert;
+mod error;
+mod rights;
+mod watch;
+
+pub use audit::AuditService;
+pub use error::ApiError;
+pub use rights::{RightsService, ServiceContext};
+
+/// Code generated from `proto/dsr/v1/*.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("dsr.v1");
+
+    /// The encoded descriptors of the contract, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/dsr_descriptor.bin"));
+}

@@ -1,0 +1,174 @@
+//! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
+//! client for people (`delete`, `status`, `watch`, `preview`, `list`, `cancel`, `retry`).
+
+mod client;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{config::Locations, telemetry::LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dsr",
+    version,
+    about = "Data-subject-rights service: export, erase and rectify a person's data"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "DSR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (embedded SQLite + ./dsr-data/recordings with no configuration).
+    Serve {
+        #[command(flatten)]
+        loc: Locations,
+        /// Address to listen on (default from the config file, else 127.0.0.1:50051).
+        #[arg(long, env = "DSR_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Apply the service's database migrations.
+    Migrate {
+        #[command(flatten)]
+        loc: Locations,
+    },
+    /// Fill the reference schema with deterministic synthetic data; one JSON line per subject.
+    Seed {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 10)]
+        subjects: usize,
+        #[arg(long, default_value_t = 5)]
+        calls: usize,
+        /// Bytes per synthetic recording.
+        #[arg(long, default_value_t = 4096)]
+        recording_bytes: usize,
+        /// Index of the first subject (to add more subjects to a seeded tenant).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+    },
+    /// Run one retention sweep now (arrives with the retention issue).
+    Sweep {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Submit a deletion of everything held on a subject.
+    Delete {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        #[command(flatten)]
+        submit: client::SubmitArgs,
+    },
+    /// Show a request and its per-store outcomes.
+    Status {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        /// Print the request as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a request until it ends, printing each change.
+    Watch {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+    },
+    /// Show what each store holds on a subject (changes nothing).
+    Preview {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+    },
+    /// List requests, newest first.
+    List {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only requests past their due date.
+        #[arg(long)]
+        overdue: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel the stores of a request that have not started.
+    Cancel {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+    },
+    /// Re-run the failed stores of a FAILED request.
+    Retry {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dsr: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dsr: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { loc, listen } => server::serve(&loc, listen).await,
+        Command::Migrate { loc } => server::migrate(&loc).await,
+        Command::Seed {
+            loc,
+            tenant,
+            subjects,
+            calls,
+            recording_bytes,
+            first,
+        } => server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await,
+        Command::Sweep { .. } => {
+            anyhow::bail!("`dsr sweep` is not implemented in this version (it arrives with the retention schedule)")
+        }
+        Command::Delete {
+            conn,
+            subject,
+            submit,
+        } => client::delete(&conn, &subject, &submit).await,
+        Command::Status { conn, id, json } => client::status(&conn, &id, json).await,
+        Command::Watch { conn, id } => client::watch(&conn, &id).await,
+        Command::Preview { conn, subject } => client::preview(&conn, &subject).await,
+        Command::List {
+            conn,
+            tenant,
+            overdue,
+            limit,
+        } => client::list(&conn, tenant, overdue, limit).await,
+        Command::Cancel { conn, id } => client::cancel(&conn, &id).await,
+        Command::Retry { conn, id } => client::retry(&conn, &id).await,
+    }
+}

@@ -1,0 +1,74 @@
+//! The server-side commands: serve, migrate, seed.
+use std::net::SocketAddr;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::{Locations, Settings},
+    domain::TenantId,
+    seed::{seed as run_seed, SeedSpec},
+    startup::{open_ledger, shutdown_signal, Application, Overrides},
+    stores::{open_object_store, reference},
+};
+
+pub async fn serve(loc: &Locations, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let app = Application::build_with(
+        settings,
+        Overrides {
+            listen,
+            ..Default::default()
+        },
+    )
+    .await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+pub async fn migrate(loc: &Locations) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let ledger = open_ledger(&settings).await?;
+    eprintln!("migrations applied ({})", ledger.db().backend().name());
+    Ok(())
+}
+
+pub async fn seed(
+    loc: &Locations,
+    tenant: &str,
+    subjects: usize,
+    calls: usize,
+    recording_bytes: usize,
+    first: usize,
+) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let tenant = TenantId::parse("--tenant", tenant)?;
+    anyhow::ensure!(subjects <= 10_000_000, "--subjects: at most 10000000");
+    anyhow::ensure!(calls <= 10_000, "--calls: at most 10000 per subject");
+    anyhow::ensure!(
+        recording_bytes <= 1 << 30,
+        "--recording-bytes: at most 1 GiB"
+    );
+    let ledger = open_ledger(&settings).await?;
+    let tables = reference::Tables::default();
+    reference::ensure_schema(ledger.db(), &tables).await?;
+    let objects = open_object_store(&settings.recordings_url)?;
+    let spec = SeedSpec {
+        tenant,
+        subjects,
+        calls,
+        recording_bytes,
+        first,
+    };
+    run_seed(
+        ledger.db(),
+        &tables,
+        objects,
+        &spec,
+        SystemClock.now(),
+        |s| {
+            println!(
+                "{}",
+                serde_json::to_string(&s).expect("seeded subject serialises")
+            );
+        },
+    )
+    .await
+}

@@ -1,0 +1,297 @@
+//! Typed configuration: command-line flags and `DSR_*` environment variables for where things
+//! live, a TOML file (`--config`) for everything else. Validated once at start; a bad value stops
+//! the process with a message naming the key.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Where things live: the flags shared by `serve`, `seed`, `migrate` and `sweep`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Locations {
+    /// Home of the embedded default (SQLite file, recordings, exports, HMAC key).
+    #[arg(long, env = "DSR_DATA_DIR", default_value = "./dsr-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; overrides the embedded database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// `file:///dir` or `s3://bucket/prefix` (S3 endpoint and keys from the `AWS_*` variables).
+    #[arg(long, env = "DSR_RECORDINGS_URL")]
+    pub recordings_url: Option<String>,
+    /// A TOML file with everything else (server, engine, stores, limits).
+    #[arg(long = "config", env = "DSR_CONFIG")]
+    pub config_file: Option<PathBuf>,
+}
+
+/// Everything the service needs to run, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub recordings_url: String,
+    pub file: FileConfig,
+}
+
+/// The TOML file. Every key has a default; unknown keys are an error (a typo must not be
+/// silently ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerConfig,
+    pub engine: EngineConfig,
+    pub stores: StoresConfig,
+    pub privacy: PrivacyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Also `--listen` / `DSR_LISTEN`, which win over this.
+    pub listen: SocketAddr,
+    /// An RPC that has not produced its response by then is cancelled (streams are not cut).
+    pub request_timeout_secs: u64,
+    /// RPCs served at once across all connections; more wait their turn.
+    pub max_concurrent_requests: usize,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// On SIGTERM: how long running store tasks may take to finish before their leases are
+    /// released for another replica.
+    pub shutdown_grace_secs: u64,
+    /// Most concurrent WatchRequest streams.
+    pub max_watchers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".parse().expect("valid default"),
+            request_timeout_secs: 30,
+            max_concurrent_requests: 256,
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace_secs: 20,
+            max_watchers: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Store tasks run at once by this process.
+    pub workers: usize,
+    /// How long a claimed task is ours. A worker renews it while it works; if the process dies
+    /// another one takes the task over after this long.
+    pub lease_secs: u64,
+    /// Attempts per store before the outcome is FAILED (RetryRequest grants as many again).
+    pub max_attempts: u32,
+    /// Retry delay: base × 2^(attempt-1), capped, with full jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How often an idle engine looks for due tasks (a submit in this process wakes it at once).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            lease_secs: 30,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 60_000,
+            poll_interval_ms: 500,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+/// Per-store settings, keyed by store name (`accounts`, `call_logs`, `transcripts`,
+/// `recordings`, `billing`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoresConfig {
+    /// Create the reference schema's tables if missing (embedded default and tests). Turn off
+    /// when the adapters point at the platform's real tables.
+    pub create_reference_schema: bool,
+    #[serde(flatten)]
+    pub each: BTreeMap<String, StoreConfig>,
+}
+
+impl Default for StoresConfig {
+    fn default() -> Self {
+        Self {
+            create_reference_schema: true,
+            each: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The database holding this store's table (default: the service's own database).
+    pub database_url: Option<String>,
+    /// Table name (default: the reference schema's).
+    pub table: Option<String>,
+    /// Tasks of this store run at once, per process: protects the store from a backlog.
+    pub concurrency: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            table: None,
+            concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Secret key for keyed hashes of identifiers (also `DSR_HMAC_KEY`). Default: generated
+    /// once into `<data-dir>/hmac.key`.
+    pub hmac_key: Option<String>,
+}
+
+impl Settings {
+    /// Reads the config file (if any) and resolves the defaults of the embedded mode.
+    pub fn load(loc: &Locations) -> anyhow::Result<Self> {
+        let mut file = match &loc.config_file {
+            Some(path) => FileConfig::from_path(path)?,
+            None => FileConfig::default(),
+        };
+        if let Ok(key) = std::env::var("DSR_HMAC_KEY") {
+            file.privacy.hmac_key = Some(key);
+        }
+        file.validate()?;
+        let data_dir = loc.data_dir.clone();
+        let database_url = loc
+            .database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| crate::db::sqlite_url(&data_dir.join("dsr.db")));
+        let recordings_url = match loc.recordings_url.clone().filter(|u| !u.is_empty()) {
+            Some(u) => u,
+            None => file_url(&data_dir.join("recordings"))?,
+        };
+        Ok(Self {
+            data_dir,
+            database_url,
+            recordings_url,
+            file,
+        })
+    }
+
+    /// Makes the data directory (the embedded default lives there).
+    pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating the data directory {}", self.data_dir.display()))
+    }
+}
+
+impl FileConfig {
+    pub fn from_path(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: Self = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let e = &self.engine;
+        anyhow::ensure!(e.workers >= 1, "engine.workers must be at least 1");
+        anyhow::ensure!(e.lease_secs >= 1, "engine.lease_secs must be at least 1");
+        anyhow::ensure!(
+            e.max_attempts >= 1,
+            "engine.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            e.backoff_base_ms <= e.backoff_max_ms,
+            "engine.backoff_base_ms must not exceed engine.backoff_max_ms"
+        );
+        let s = &self.server;
+        anyhow::ensure!(
+            s.max_concurrent_requests >= 1,
+            "server.max_concurrent_requests must be at least 1"
+        );
+        anyhow::ensure!(
+            s.max_message_bytes >= 1024,
+            "server.max_message_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            s.request_timeout_secs >= 1,
+            "server.request_timeout_secs must be at least 1"
+        );
+        for (name, store) in &self.stores.each {
+            anyhow::ensure!(
+                crate::stores::STORE_NAMES.contains(&name.as_str()),
+                "stores.{name}: unknown store (known: {})",
+                crate::stores::STORE_NAMES.join(", ")
+            );
+            anyhow::ensure!(
+                store.concurrency >= 1,
+                "stores.{name}.concurrency must be at least 1"
+            );
+            if let Some(t) = &store.table {
+                anyhow::ensure!(
+                    !t.is_empty()
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),
+                    "stores.{name}.table must be a plain SQL identifier"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store(&self, name: &str) -> StoreConfig {
+        self.stores.each.get(name).cloned().unwrap_or_default()
+    }
+}
+
+fn file_url(path: &Path) -> anyhow::Result<String> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    Ok(format!("file://{}", abs.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = FileConfig::from_toml("[engine]\nworkerz = 3\n").unwrap_err();
+        assert!(format!("{err:#}").contains("workerz"), "{err:#}");
+        let err = FileConfig::from_toml("[stores.calllogs]\nconcurrency = 2\n").unwrap_err();
+        assert!(format!("{err:#}").contains("stores.calllogs"), "{err:#}");
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let cfg = FileConfig::from_toml("").unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(cfg.store("billing").concurrency, 4);
+        assert!(cfg.stores.create_reference_schema);
+    }
+}

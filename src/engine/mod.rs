@@ -1,0 +1,273 @@
+//! The engine: workers that claim due store tasks from the ledger under a lease, run them
+//! through the store's adapter, and record the outcome — retrying transient failures with
+//! backoff, renewing the lease while they work, and giving leases back on shutdown.
+
+mod backoff;
+mod execute;
+mod signals;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+pub use backoff::Backoff;
+pub use signals::Signals;
+
+use crate::{
+    clock::SharedClock,
+    config::{EngineConfig, FileConfig},
+    ledger::{ClaimedTask, Fenced, Ledger},
+    stores::{StoreError, StoreRegistry},
+};
+
+pub struct Engine {
+    ledger: Ledger,
+    stores: StoreRegistry,
+    clock: SharedClock,
+    config: EngineConfig,
+    signals: Signals,
+    /// Who holds a lease: host, process and a random part, so a restarted process on the same
+    /// host is a different owner.
+    owner: String,
+    workers: Arc<Semaphore>,
+    per_store: HashMap<&'static str, Arc<Semaphore>>,
+    /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
+    running: Mutex<HashMap<String, ClaimedTask>>,
+}
+
+impl Engine {
+    pub fn new(
+        ledger: Ledger,
+        stores: StoreRegistry,
+        clock: SharedClock,
+        file: &FileConfig,
+        signals: Signals,
+    ) -> Self {
+        let per_store = stores
+            .all()
+            .iter()
+            .map(|a| {
+                (
+                    a.name(),
+                    Arc::new(Semaphore::new(file.store(a.name()).concurrency)),
+                )
+            })
+            .collect();
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        Self {
+            ledger,
+            stores,
+            clock,
+            config: file.engine.clone(),
+            signals,
+            owner: format!(
+                "{host}/{}/{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            workers: Arc::new(Semaphore::new(file.engine.workers)),
+            per_store,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Claims and runs tasks until `shutdown`; then lets running tasks finish for up to `grace`
+    /// and releases the leases of those that did not, so another process picks them up at once.
+    pub async fn run_until_stopped(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        info!(owner = %self.owner, workers = self.config.workers, "engine started");
+        let mut inflight = JoinSet::new();
+        let mut db_trouble = 0u32;
+        while !shutdown.is_cancelled() {
+            let mut claimed = 0;
+            for adapter in self.stores.all() {
+                let store_sem = &self.per_store[adapter.name()];
+                let free = store_sem
+                    .available_permits()
+                    .min(self.workers.available_permits());
+                if free == 0 {
+                    continue;
+                }
+                let tasks = match self
+                    .ledger
+                    .claim(
+                        adapter.name(),
+                        free,
+                        &self.owner,
+                        self.config.lease(),
+                        self.clock.now(),
+                    )
+                    .await
+                {
+                    Ok(tasks) => {
+                        db_trouble = 0;
+                        tasks
+                    }
+                    Err(e) => {
+                        db_trouble += 1;
+                        warn!(store = adapter.name(), error = %e, "claiming tasks failed");
+                        continue;
+                    }
+                };
+                for task in tasks {
+                    // Only this loop takes permits, and it counted them above: these succeed.
+                    let permits = (
+                        self.workers
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("worker permit counted"),
+                        store_sem
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("store permit counted"),
+                    );
+                    claimed += 1;
+                    self.running
+                        .lock()
+                        .expect("running lock")
+                        .insert(task.task_id.clone(), task.clone());
+                    let engine = self.clone();
+                    inflight.spawn(async move {
+                        let _permits = permits;
+                        engine.run_task(task).await;
+                    });
+                }
+            }
+            while inflight.try_join_next().is_some() {}
+            if claimed == 0 {
+                let idle =
+                    Duration::from_millis(self.config.poll_interval_ms) * (1 + db_trouble.min(10));
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = self.signals.wait_for_work() => {}
+                    _ = tokio::time::sleep(idle) => {}
+                }
+            }
+        }
+        info!(
+            running = inflight.len(),
+            "engine stopping: draining running tasks"
+        );
+        if tokio::time::timeout(grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            inflight.abort_all();
+            while inflight.join_next().await.is_some() {}
+        }
+        let left: Vec<ClaimedTask> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        for task in left {
+            match self.ledger.release(&task, self.clock.now()).await {
+                Ok(_) => {
+                    info!(request_id = %task.request_id, store = %task.store, "lease released at shutdown")
+                }
+                Err(e) => {
+                    warn!(request_id = %task.request_id, store = %task.store, error = %e, "could not release lease; it will expire")
+                }
+            }
+        }
+        info!("engine stopped");
+    }
+
+    /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile.
+    async fn run_task(self: Arc<Self>, task: ClaimedTask) {
+        let span = tracing::info_span!(
+            "store_task",
+            dsr.request_id = %task.request_id,
+            dsr.tenant = %task.tenant_id,
+            dsr.kind = %task.kind,
+            dsr.store = %task.store,
+            dsr.attempt = task.attempt,
+        );
+        async {
+            let lost_lease = CancellationToken::new();
+            let heartbeat = tokio::spawn(self.clone().keep_lease(task.clone(), lost_lease.clone()));
+            let outcome = tokio::select! {
+                r = self.execute(&task) => Some(r),
+                _ = lost_lease.cancelled() => None,
+            };
+            heartbeat.abort();
+            let recorded = match outcome {
+                None => {
+                    warn!("lease lost to another worker; result dropped");
+                    Ok(Fenced::Stale)
+                }
+                Some(Ok(result)) => {
+                    info!(outcome = %result.state, found = result.found, affected = result.affected, verified = result.verified, "store task done");
+                    self.ledger.finish(&task, &result, self.clock.now()).await
+                }
+                Some(Err(err)) => self.record_failure(&task, &err).await,
+            };
+            match recorded {
+                Ok(Fenced::Applied(status)) => info!(request_status = %status, "outcome recorded"),
+                Ok(Fenced::Stale) => warn!("a newer attempt owns this task; nothing recorded"),
+                // The lease will expire and the task run again; adapters are idempotent.
+                Err(e) => warn!(error = %e, "recording the outcome failed"),
+            }
+            self.running.lock().expect("running lock").remove(&task.task_id);
+            self.signals.request_changed(&task.request_id);
+            self.signals.work_available();
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn record_failure(
+        &self,
+        task: &ClaimedTask,
+        err: &StoreError,
+    ) -> crate::ledger::Result<Fenced> {
+        let now = self.clock.now();
+        let retry_at = match err {
+            StoreError::Transient(_) if task.attempt < task.attempt_limit => {
+                let backoff = Backoff {
+                    base: Duration::from_millis(self.config.backoff_base_ms),
+                    max: Duration::from_millis(self.config.backoff_max_ms),
+                };
+                let delay = backoff.delay(task.attempt, &mut rand::rng());
+                Some(now + chrono::Duration::from_std(delay).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let message = err.to_string();
+        match retry_at {
+            Some(at) => {
+                warn!(error = %message, retry_in_ms = (at - now).num_milliseconds(), "store task failed; will retry")
+            }
+            None => warn!(error = %message, "store task failed for good"),
+        }
+        self.ledger
+            .fail_attempt(task, &message, retry_at, now)
+            .await
+    }
+
+    /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.
+    async fn keep_lease(self: Arc<Self>, task: ClaimedTask, lost: CancellationToken) {
+        let lease = self.config.lease();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self
+                .ledger
+                .renew_lease(&task, lease, self.clock.now())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return lost.cancel(),
+                Err(e) => warn!(error = %e, "renewing the lease failed; will try again"),
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The ledger: the service's own durable state — requests, one task per request × store, and the
+//! append-only event log — on SQLite or Postgres with the same behaviour.
+//!
+//! Every state change is one transaction that also appends its event, so the log never
+//! disagrees with the state. Task completion is fenced on the attempt number: a worker whose
+//! lease expired (and whose task another worker took over) cannot overwrite the newer result.
+
+mod events;
+mod requests;
+mod tasks;
+
+use sqlx::{any::AnyRow, Row};
+
+pub use events::{EventRecord, NewEvent};
+pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
+pub use tasks::{ClaimedTask, Fenced, TaskResult};
+
+use crate::{
+    clock::from_millis,
+    db::{Backend, Db},
+    domain::{OutcomeState, Regime, RequestKind, RequestStatus},
+};
+use chrono::{DateTime, Utc};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("no request with that id")]
+    NotFound,
+    #[error("the idempotency key was already used with a different payload")]
+    IdempotencyConflict,
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: Db,
+}
+
+/// A request as stored, with one outcome per store in store order.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: RequestKind,
+    pub status: RequestStatus,
+    pub regime: Regime,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub deadline_extended: bool,
+    pub version: i64,
+    pub outcomes: Vec<TaskRecord>,
+}
+
+/// One store's outcome as stored.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub store: String,
+    pub state: OutcomeState,
+    pub records_found: u64,
+    pub records_affected: u64,
+    pub retention_basis: Option<String>,
+    pub retained_until: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub verified: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Ledger {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Applies the service's migrations (idempotent; safe to run from several processes).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.db.backend() {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(self.db.pool()).await?;
+        Ok(())
+    }
+}
+
+fn opt_time(row: &AnyRow, col: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    Ok(row.try_get::<Option<i64>, _>(col)?.map(from_millis))
+}
+
+fn decode_enum<T>(value: String, parse: fn(&str) -> Option<T>) -> sqlx::Result<T> {
+    parse(&value)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown state {value:?} in the ledger").into()))
+}
+
+impl TaskRecord {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            store: row.try_get("store")?,
+            state: decode_enum(row.try_get("state")?, OutcomeState::from_db)?,
+            records_found: row.try_get::<i64, _>("records_found")? as u64,
+            records_affected: row.try_get::<i64, _>("records_affected")? as u64,
+            retention_basis: row.try_get("retention_basis")?,
+            retained_until: opt_time(row, "retained_until")?,
+            attempts: row.try_get::<i64, _>("attempt")? as u32,
+            last_error: row.try_get("last_error")?,
+            verified: row.try_get::<i64, _>("verified")? != 0,
+            started_at: opt_time(row, "started_at")?,
+            finished_at: opt_time(row, "finished_at")?,
+        })
+    }
+}

@@ -1,0 +1,425 @@
+//! Requests: submit (with idempotency), read, list, cancel, retry, and the status every change
+//! re-derives from the request's tasks.
+use chrono::{DateTime, Utc};
+use sqlx::{any::AnyRow, Row};
+
+use super::{
+    decode_enum, events::NewEvent, opt_time, Ledger, LedgerError, RequestRecord, Result, TaskRecord,
+};
+use crate::{
+    clock::{from_millis, to_millis},
+    db::Tx,
+    domain::{derive_status, OutcomeState, Regime, RequestKind, RequestStatus},
+};
+
+/// Everything a submit writes, already validated and hashed.
+#[derive(Debug, Clone)]
+pub struct NewDsrRequest {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: RequestKind,
+    pub regime: Regime,
+    pub requested_by: String,
+    pub actor: String,
+    pub idempotency_hash: Option<String>,
+    pub payload_hash: String,
+    pub subject_tag: String,
+    pub subject_json: String,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub trace_context: Option<String>,
+    /// (store, stage) in store order; a store waits until every earlier stage has ended.
+    pub stores: Vec<(String, u8)>,
+    pub attempt_limit: u32,
+    /// Extra detail for the `submitted` event (never personal data).
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Created(String),
+    /// The idempotency key was seen before with the same payload: this is that request.
+    Existing(String),
+}
+
+impl Submitted {
+    pub fn id(&self) -> &str {
+        match self {
+            Submitted::Created(id) | Submitted::Existing(id) => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub tenant_id: Option<String>,
+    pub status: Option<RequestStatus>,
+    pub kind: Option<RequestKind>,
+    /// Non-terminal requests whose due date has passed.
+    pub overdue_at: Option<DateTime<Utc>>,
+    /// Non-terminal requests due before this time.
+    pub due_before: Option<DateTime<Utc>>,
+}
+
+/// Keyset position: (created_at, id) of the last request of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub after: Option<(i64, String)>,
+    pub size: usize,
+}
+
+const OPEN_STATUSES: &str = "('pending','in_progress')";
+
+impl Ledger {
+    /// Writes the request, its tasks and its `submitted` event in one transaction. With an
+    /// idempotency key already used: the same payload returns that request, another payload is a
+    /// conflict.
+    pub async fn submit(&self, new: &NewDsrRequest) -> Result<Submitted> {
+        for attempt in 0..2 {
+            let mut tx = self.db.begin_write().await?;
+            if let Some(found) = find_by_idempotency(&mut tx, new).await? {
+                return found;
+            }
+            match insert_request(&mut tx, new).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    return Ok(Submitted::Created(new.id.clone()));
+                }
+                // Two submits with one key raced: the loser re-reads the winner's row.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt == 0 => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LedgerError::IdempotencyConflict)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<RequestRecord> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or(LedgerError::NotFound)?;
+        let mut rec = request_from_row(&row)?;
+        rec.outcomes = self.tasks_of(id).await?;
+        Ok(rec)
+    }
+
+    /// The tenant a request belongs to (for authorisation before reading it).
+    pub async fn tenant_of(&self, id: &str) -> Result<String> {
+        sqlx::query_scalar("SELECT tenant_id FROM dsr_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(LedgerError::NotFound)
+    }
+
+    /// The change counter of a request: bumped by every state change, so a watcher knows when
+    /// to send.
+    pub async fn version_of(&self, id: &str) -> Result<i64> {
+        sqlx::query_scalar("SELECT version FROM dsr_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(LedgerError::NotFound)
+    }
+
+    async fn tasks_of(&self, id: &str) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM dsr_tasks WHERE request_id = $1 ORDER BY position"
+        ))
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(TaskRecord::from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Newest first. Returns the page and, when there is more, the position after it.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        page: &Page,
+    ) -> Result<(Vec<RequestRecord>, Option<(i64, String)>)> {
+        let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE 1=1");
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut push = |sql: &mut String, clause: &str, b: Bind| {
+            binds.push(b);
+            sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
+        };
+        if let Some(t) = &filter.tenant_id {
+            push(&mut sql, " AND tenant_id = $?", Bind::Text(t.clone()));
+        }
+        if let Some(s) = filter.status {
+            push(&mut sql, " AND status = $?", Bind::Text(s.as_str().into()));
+        }
+        if let Some(k) = filter.kind {
+            push(&mut sql, " AND kind = $?", Bind::Text(k.as_str().into()));
+        }
+        if let Some(at) = filter.overdue_at {
+            sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
+            push(&mut sql, " AND due_at < $?", Bind::Int(to_millis(at)));
+        }
+        if let Some(before) = filter.due_before {
+            sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
+            push(&mut sql, " AND due_at <= $?", Bind::Int(to_millis(before)));
+        }
+        if let Some((created, id)) = &page.after {
+            push(&mut sql, " AND (created_at < $?", Bind::Int(*created));
+            push(&mut sql, " OR (created_at = $?", Bind::Int(*created));
+            push(&mut sql, " AND id < $?))", Bind::Text(id.clone()));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT {}",
+            page.size + 1
+        ));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
+        let mut records = rows
+            .iter()
+            .map(request_from_row)
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        let next = if records.len() > page.size {
+            records.truncate(page.size);
+            records
+                .last()
+                .map(|r| (to_millis(r.created_at), r.id.clone()))
+        } else {
+            None
+        };
+        for r in &mut records {
+            r.outcomes = self.tasks_of(&r.id).await?;
+        }
+        Ok((records, next))
+    }
+
+    /// Cancels the stores that have not started. Running stores finish; the request ends
+    /// CANCELLED once they have.
+    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        let (tenant, status) = status_for_update(&mut tx, id).await?;
+        if status.is_terminal() {
+            return Err(LedgerError::FailedPrecondition(format!(
+                "the request has already ended ({status})"
+            )));
+        }
+        let cancelled = sqlx::query(
+            "UPDATE dsr_tasks SET state = 'cancelled', finished_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE request_id = $2 AND state = 'pending'",
+        )
+        .bind(to_millis(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        NewEvent::request(id, &tenant, "cancel_requested")
+            .actor(actor)
+            .counts(cancelled, cancelled)
+            .append(&mut tx, now)
+            .await?;
+        refresh_status(&mut tx, id, &tenant, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.
+    pub async fn retry(
+        &self,
+        id: &str,
+        actor: &str,
+        attempt_budget: u32,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        let (tenant, status) = status_for_update(&mut tx, id).await?;
+        if status != RequestStatus::Failed {
+            return Err(LedgerError::FailedPrecondition(format!(
+                "only a FAILED request can be retried; this one is {status}"
+            )));
+        }
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt + $1, next_run_at = $2, finished_at = NULL \
+             WHERE request_id = $3 AND state = 'failed'",
+        )
+        .bind(attempt_budget as i64)
+        .bind(to_millis(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        NewEvent::request(id, &tenant, "retry_requested")
+            .actor(actor)
+            .counts(n, n)
+            .append(&mut tx, now)
+            .await?;
+        refresh_status(&mut tx, id, &tenant, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+pub(super) const REQUEST_COLUMNS: &str =
+    "id, tenant_id, kind, status, regime, requested_by, created_at, due_at, \
+     completed_at, deadline_extended, version";
+pub(super) const TASK_COLUMNS: &str =
+    "store, state, records_found, records_affected, retention_basis, \
+     retained_until, attempt, last_error, verified, started_at, finished_at";
+
+fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
+    Ok(RequestRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        kind: decode_enum(row.try_get("kind")?, RequestKind::from_db)?,
+        status: decode_enum(row.try_get("status")?, RequestStatus::from_db)?,
+        regime: decode_enum(row.try_get("regime")?, Regime::from_db)?,
+        requested_by: row.try_get("requested_by")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        due_at: from_millis(row.try_get("due_at")?),
+        completed_at: opt_time(row, "completed_at")?,
+        deadline_extended: row.try_get::<i64, _>("deadline_extended")? != 0,
+        version: row.try_get("version")?,
+        outcomes: Vec::new(),
+    })
+}
+
+async fn find_by_idempotency(
+    tx: &mut Tx,
+    new: &NewDsrRequest,
+) -> Result<Option<Result<Submitted>>> {
+    let Some(key) = &new.idempotency_hash else {
+        return Ok(None);
+    };
+    let row = sqlx::query("SELECT id, payload_hash FROM dsr_requests WHERE idempotency_hash = $1")
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|row| {
+        let (id, payload): (String, String) = (row.get("id"), row.get("payload_hash"));
+        if payload == new.payload_hash {
+            Ok(Submitted::Existing(id))
+        } else {
+            Err(LedgerError::IdempotencyConflict)
+        }
+    }))
+}
+
+async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
+    let now = to_millis(new.created_at);
+    sqlx::query(
+        "INSERT INTO dsr_requests (id, tenant_id, kind, status, regime, requested_by, actor, idempotency_hash, \
+         payload_hash, subject_tag, subject_json, created_at, due_at, trace_context) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&new.id)
+    .bind(&new.tenant_id)
+    .bind(new.kind.as_str())
+    .bind(new.regime.as_str())
+    .bind(&new.requested_by)
+    .bind(&new.actor)
+    .bind(&new.idempotency_hash)
+    .bind(&new.payload_hash)
+    .bind(&new.subject_tag)
+    .bind(&new.subject_json)
+    .bind(now)
+    .bind(to_millis(new.due_at))
+    .bind(&new.trace_context)
+    .execute(&mut **tx)
+    .await?;
+    for (position, (store, stage)) in new.stores.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO dsr_tasks (id, request_id, store, position, stage, state, attempt_limit, next_run_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+        )
+        .bind(format!("{}:{store}", new.id))
+        .bind(&new.id)
+        .bind(store)
+        .bind(position as i64)
+        .bind(*stage as i64)
+        .bind(new.attempt_limit as i64)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mut event = NewEvent::request(&new.id, &new.tenant_id, "submitted")
+        .actor(&new.actor)
+        .subject_tag(&new.subject_tag);
+    if let Some(d) = &new.detail {
+        event = event.detail(d);
+    }
+    event.append(tx, new.created_at).await?;
+    Ok(())
+}
+
+async fn status_for_update(tx: &mut Tx, id: &str) -> Result<(String, RequestStatus)> {
+    let row = sqlx::query("SELECT tenant_id, status FROM dsr_requests WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(LedgerError::NotFound)?;
+    Ok((
+        row.try_get("tenant_id")?,
+        decode_enum(row.try_get("status")?, RequestStatus::from_db)?,
+    ))
+}
+
+/// Re-derives a request's status from its tasks, bumps its version, and on a terminal status
+/// stamps `completed_at`, appends the closing event and — once nothing can run any more — drops
+/// the subject's identifiers (a FAILED request keeps them for RetryRequest).
+pub(super) async fn refresh_status(
+    tx: &mut Tx,
+    id: &str,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<RequestStatus> {
+    let rows = sqlx::query("SELECT state, attempt FROM dsr_tasks WHERE request_id = $1")
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let outcomes = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                decode_enum(r.try_get("state")?, OutcomeState::from_db)?,
+                r.try_get::<i64, _>("attempt")? as u32,
+            ))
+        })
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let status = derive_status(outcomes);
+    let (_, old) = status_for_update(tx, id).await?;
+    let terminal = status.is_terminal();
+    sqlx::query(
+        "UPDATE dsr_requests SET status = $1, version = version + 1, \
+         completed_at = CASE WHEN $2 = 1 THEN $3 ELSE NULL END, \
+         subject_json = CASE WHEN $4 = 1 THEN NULL ELSE subject_json END \
+         WHERE id = $5",
+    )
+    .bind(status.as_str())
+    .bind(terminal as i64)
+    .bind(to_millis(now))
+    .bind(matches!(status, RequestStatus::Completed | RequestStatus::Cancelled) as i64)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    if terminal && old != status {
+        NewEvent::request(id, tenant, status.as_str())
+            .append(tx, now)
+            .await?;
+    }
+    Ok(status)
+}

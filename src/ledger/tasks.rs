@@ -1,0 +1,267 @@
+//! Tasks: claimed under a lease, renewed while a worker runs them, and ended by a write fenced
+//! on the attempt number.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{decode_enum, events::NewEvent, requests::refresh_status, Ledger, Result};
+use crate::{
+    clock::to_millis,
+    db::Backend,
+    domain::{OutcomeState, RequestKind, RequestStatus},
+};
+
+/// A task this worker now holds, with what it needs to run.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub task_id: String,
+    pub request_id: String,
+    pub tenant_id: String,
+    pub store: String,
+    pub kind: RequestKind,
+    /// This worker's attempt; every write about the task is fenced on it.
+    pub attempt: u32,
+    pub attempt_limit: u32,
+    /// The identifiers to act on (JSON of `domain::Subject`); `None` if the request has ended.
+    pub subject_json: Option<String>,
+    /// Records an earlier attempt found before it erased (it may have died before reporting).
+    pub found_checkpoint: Option<u64>,
+    pub trace_context: Option<String>,
+}
+
+/// What a store reported for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub state: OutcomeState,
+    pub found: u64,
+    pub affected: u64,
+    pub retention_basis: Option<String>,
+    pub retained_until: Option<DateTime<Utc>>,
+    pub verified: bool,
+    pub detail: Option<String>,
+}
+
+/// Whether a fenced write took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// Applied; the request's status after it.
+    Applied(RequestStatus),
+    /// A newer attempt owns the task (our lease expired): nothing was written.
+    Stale,
+}
+
+impl Ledger {
+    /// Claims up to `limit` due tasks of one store: pending ones whose time has come, and running
+    /// ones whose lease expired (their worker died). A store waits until every earlier stage of its
+    /// request has ended, so linking rows (call logs) outlive the rows they link.
+    pub async fn claim(
+        &self,
+        store: &str,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedTask>> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
+             started_at = COALESCE(started_at, $3) \
+             WHERE id IN (SELECT t.id FROM dsr_tasks t WHERE t.store = $4 AND \
+               ((t.state = 'pending' AND t.next_run_at <= $3) OR (t.state = 'running' AND t.lease_until < $3)) \
+               AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = t.request_id AND e.stage < t.stage \
+                               AND e.state IN ('pending', 'running')) \
+               ORDER BY t.next_run_at LIMIT $5 {lock}) \
+             RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint"
+        );
+        let now_ms = to_millis(now);
+        let mut tx = self.db.begin_write().await?;
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now_ms + lease.as_millis() as i64)
+            .bind(now_ms)
+            .bind(store)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let request_id: String = row.try_get("request_id")?;
+            let req = sqlx::query("SELECT tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id = $1")
+                .bind(&request_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let task = ClaimedTask {
+                task_id: row.try_get("id")?,
+                tenant_id: req.try_get("tenant_id")?,
+                store: row.try_get("store")?,
+                kind: decode_enum(req.try_get("kind")?, RequestKind::from_db)?,
+                attempt: row.try_get::<i64, _>("attempt")? as u32,
+                attempt_limit: row.try_get::<i64, _>("attempt_limit")? as u32,
+                subject_json: req.try_get("subject_json")?,
+                found_checkpoint: row
+                    .try_get::<Option<i64>, _>("found_checkpoint")?
+                    .map(|n| n as u64),
+                trace_context: req.try_get("trace_context")?,
+                request_id,
+            };
+            NewEvent::request(&task.request_id, &task.tenant_id, "task_started")
+                .store(&task.store, task.attempt)
+                .append(&mut tx, now)
+                .await?;
+            refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
+            claimed.push(task);
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Renews our lease; `false` when the task is no longer ours.
+    pub async fn renew_lease(
+        &self,
+        task: &ClaimedTask,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET lease_until = $1 WHERE id = $2 AND attempt = $3 AND state = 'running'",
+        )
+        .bind(to_millis(now) + lease.as_millis() as i64)
+        .bind(&task.task_id)
+        .bind(task.attempt as i64)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Records how many records the store held before this attempt changed anything, so an
+    /// attempt that runs after a crash still reports what the first one found.
+    pub async fn checkpoint_found(&self, task: &ClaimedTask, found: u64) -> Result<Fenced> {
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET found_checkpoint = $1 \
+             WHERE id = $2 AND attempt = $3 AND state = 'running' AND found_checkpoint IS NULL",
+        )
+        .bind(found as i64)
+        .bind(&task.task_id)
+        .bind(task.attempt as i64)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(if n == 1 {
+            Fenced::Applied(RequestStatus::InProgress)
+        } else {
+            Fenced::Stale
+        })
+    }
+
+    /// Ends a task with the store's result, appends its `outcome` event and re-derives the
+    /// request's status — one transaction, fenced on the attempt.
+    pub async fn finish(
+        &self,
+        task: &ClaimedTask,
+        result: &TaskResult,
+        now: DateTime<Utc>,
+    ) -> Result<Fenced> {
+        let mut tx = self.db.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
+             retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $8 AND attempt = $9 AND state = 'running'",
+        )
+        .bind(result.state.as_str())
+        .bind(result.found as i64)
+        .bind(result.affected as i64)
+        .bind(&result.retention_basis)
+        .bind(result.retained_until.map(to_millis))
+        .bind(result.verified as i64)
+        .bind(to_millis(now))
+        .bind(&task.task_id)
+        .bind(task.attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(Fenced::Stale);
+        }
+        let mut event = NewEvent::request(&task.request_id, &task.tenant_id, "outcome")
+            .store(&task.store, task.attempt)
+            .counts(result.found, result.affected)
+            .detail(result.state.as_str());
+        if let Some(d) = &result.detail {
+            event = event.detail(d);
+        }
+        event.append(&mut tx, now).await?;
+        let status = refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
+        tx.commit().await?;
+        Ok(Fenced::Applied(status))
+    }
+
+    /// A failed attempt: back to the queue at `next_run_at`, or FAILED when `give_up`.
+    pub async fn fail_attempt(
+        &self,
+        task: &ClaimedTask,
+        error: &str,
+        next_run_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Fenced> {
+        let mut tx = self.db.begin_write().await?;
+        let (state, action) = match next_run_at {
+            Some(_) => ("pending", "retry_scheduled"),
+            None => ("failed", "outcome"),
+        };
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET state = $1, last_error = $2, next_run_at = COALESCE($3, next_run_at), \
+             finished_at = CASE WHEN $1 = 'failed' THEN $4 ELSE NULL END, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $5 AND attempt = $6 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(next_run_at.map(to_millis))
+        .bind(to_millis(now))
+        .bind(&task.task_id)
+        .bind(task.attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(Fenced::Stale);
+        }
+        NewEvent::request(&task.request_id, &task.tenant_id, action)
+            .store(&task.store, task.attempt)
+            .detail(if next_run_at.is_some() {
+                "transient"
+            } else {
+                "failed"
+            })
+            .append(&mut tx, now)
+            .await?;
+        let status = refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
+        tx.commit().await?;
+        Ok(Fenced::Applied(status))
+    }
+
+    /// Gives a task back unfinished (shutdown): due at once, for any worker. The attempt that was
+    /// cut short does not count against the task's limit; attempt numbers still only grow, so
+    /// the fence stays sound.
+    pub async fn release(&self, task: &ClaimedTask, now: DateTime<Utc>) -> Result<Fenced> {
+        let n = sqlx::query(
+            "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt_limit + 1, next_run_at = $1, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $2 AND attempt = $3 AND state = 'running'",
+        )
+        .bind(to_millis(now))
+        .bind(&task.task_id)
+        .bind(task.attempt as i64)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(if n == 1 {
+            Fenced::Applied(RequestStatus::InProgress)
+        } else {
+            Fenced::Stale
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! dsr — a data-subject-rights service: export, erase and rectify everything a multi-tenant
+//! voice-agent platform holds on one person, over gRPC, with one typed outcome per store.
+//!
+//! | module      | owns                                                                   |
+//! |-------------|------------------------------------------------------------------------|
+//! | `domain`    | subjects, identifiers, request kinds and states, deadlines (pure)      |
+//! | `api`       | the tonic services, wire ↔ domain conversion, errors → status codes    |
+//! | `ledger`    | the service's own durable state: requests, tasks, events               |
+//! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
+//! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `startup`   | building and running the server; graceful shutdown                     |
+//! | `cli`       | the `dsr` command line: server commands and a client for people        |
+//! | `config`    | flags, environment and TOML configuration                              |
+//! | `db`        | one handle over SQLite or Postgres                                     |
+//! | `seed`      | deterministic synthetic data in the reference schema                   |
+//! | `privacy`   | keyed hashes: the only way an identifier reaches a log                 |
+//! | `clock`     | injected time                                                          |
+//! | `telemetry` | logging set-up                                                         |
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod engine;
+pub mod ledger;
+pub mod privacy;
+pub mod seed;
+pub mod startup;
+pub mod stores;
+pub mod telemetry;

@@ -1,0 +1,103 @@
+//! Keyed hashes of personal identifiers: the only form in which an identifier may appear in a
+//! log line, a span, an event or the ledger's correlation columns.
+use std::{fs, io::Write, path::Path};
+
+use anyhow::Context;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+/// HMAC-SHA256 under the server's secret key. Without the key a tag cannot be reversed by
+/// hashing every phone number in a country, which a plain SHA-256 could.
+#[derive(Clone)]
+pub struct KeyedHasher {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyedHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedHasher(<key redacted>)")
+    }
+}
+
+impl KeyedHasher {
+    pub fn new(key: impl Into<Vec<u8>>) -> Self {
+        Self { key: key.into() }
+    }
+
+    /// Full tag: lowercase hex of HMAC-SHA256(key, value).
+    pub fn tag(&self, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A short tag for log lines: 16 hex characters are plenty to correlate, useless to reverse.
+    pub fn short_tag(&self, value: &str) -> String {
+        self.tag(value)[..16].to_owned()
+    }
+
+    /// Loads the key: the configured one if any, else `<data_dir>/hmac.key`, generated once with
+    /// owner-only permissions.
+    pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+        if let Some(k) = configured.filter(|k| !k.is_empty()) {
+            anyhow::ensure!(k.len() >= 16, "the HMAC key must be at least 16 characters");
+            return Ok(Self::new(k.as_bytes()));
+        }
+        let path = data_dir.join("hmac.key");
+        if let Ok(existing) = fs::read_to_string(&path) {
+            let key = hex::decode(existing.trim()).context("hmac.key is not hex")?;
+            return Ok(Self::new(key));
+        }
+        fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        match opts.open(&path) {
+            Ok(mut f) => {
+                f.write_all(hex::encode(key).as_bytes())?;
+                f.sync_all()?;
+                Ok(Self::new(key.to_vec()))
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Self::load_or_create(None, data_dir)
+            }
+            Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_keyed_and_stable() {
+        let a = KeyedHasher::new(b"0123456789abcdef".to_vec());
+        let b = KeyedHasher::new(b"fedcba9876543210".to_vec());
+        assert_eq!(a.tag("+14155550100"), a.tag("+14155550100"));
+        assert_ne!(a.tag("+14155550100"), b.tag("+14155550100"));
+        assert_eq!(a.short_tag("x").len(), 16);
+    }
+
+    #[test]
+    fn the_generated_key_is_reused_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KeyedHasher::load_or_create(None, dir.path()).unwrap();
+        let b = KeyedHasher::load_or_create(None, dir.path()).unwrap();
+        assert_eq!(a.tag("x"), b.tag("x"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("hmac.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Building and running the service: `Application::build` connects and migrates the ledger,
+//! opens the stores, binds the listener (port 0 in tests) and wires the gRPC stack;
+//! `run_until_stopped` serves until the shutdown future resolves, then drains in order.
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::{
+    api::{pb, AuditService, RightsService, ServiceContext},
+    clock::{SharedClock, SystemClock},
+    config::Settings,
+    db::Db,
+    engine::{Engine, Signals},
+    ledger::Ledger,
+    privacy::KeyedHasher,
+    stores::{StoreAdapter, StoreRegistry},
+};
+
+/// Wraps a store adapter in another (tests inject faults this way).
+pub type StoreWrapper = Box<dyn Fn(Arc<dyn StoreAdapter>) -> Arc<dyn StoreAdapter> + Send + Sync>;
+
+/// What tests (and embedders) may replace.
+#[derive(Default)]
+pub struct Overrides {
+    pub clock: Option<SharedClock>,
+    /// Wraps each store adapter (fault injection in tests).
+    pub wrap_store: Option<StoreWrapper>,
+    /// Listen here instead of the configured address (tests pass port 0).
+    pub listen: Option<SocketAddr>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    ctx: Arc<ServiceContext>,
+    engine: Arc<Engine>,
+    settings: Settings,
+}
+
+/// Opens the service's own database and applies its migrations.
+pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
+    settings.ensure_data_dir()?;
+    let db = Db::connect(&settings.database_url, 16).await?;
+    let ledger = Ledger::new(db);
+    ledger
+        .migrate()
+        .await
+        .context("applying the ledger's migrations")?;
+    Ok(ledger)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        let listen = overrides.listen.unwrap_or(settings.file.server.listen);
+        // Development mode: no credentials are configured, so the server must not be reachable
+        // from other machines.
+        if !listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {listen}: no credentials are configured (development mode), so dsr \
+                 only listens on a loopback address such as 127.0.0.1:50051"
+            );
+        }
+        let ledger = open_ledger(&settings).await?;
+        let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
+        let stores = match &overrides.wrap_store {
+            Some(wrap) => stores.map(wrap),
+            None => stores,
+        };
+        let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let hasher = KeyedHasher::load_or_create(
+            settings.file.privacy.hmac_key.as_deref(),
+            &settings.data_dir,
+        )?;
+        let signals = Signals::default();
+        let engine = Arc::new(Engine::new(
+            ledger.clone(),
+            stores.clone(),
+            clock.clone(),
+            &settings.file,
+            signals.clone(),
+        ));
+        let ctx = Arc::new(ServiceContext {
+            ledger,
+            stores,
+            clock,
+            hasher,
+            signals,
+            config: settings.file.clone(),
+            watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
+        });
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Self {
+            listener,
+            ctx,
+            engine,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ctx.ledger
+    }
+
+    /// Serves until `shutdown` resolves. Then: health says NOT_SERVING (so Kubernetes stops
+    /// routing), the server stops accepting and finishes in-flight RPCs, and the engine lets
+    /// running tasks finish within the grace period and releases the rest.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let server_cfg = &self.settings.file.server;
+        let grace = Duration::from_secs(server_cfg.shutdown_grace_secs);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>()
+            .await;
+        health
+            .set_serving::<pb::audit_server::AuditServer<AuditService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let max = server_cfg.max_message_bytes;
+        let rights = pb::data_subject_rights_server::DataSubjectRightsServer::new(
+            RightsService::new(self.ctx.clone()),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let audit = pb::audit_server::AuditServer::new(AuditService)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+
+        let stop = CancellationToken::new();
+        let engine_task = tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace));
+        let addr = self.local_addr();
+        info!(%addr, database = self.ctx.ledger.db().backend().name(), "dsr listening (development mode: no credentials, loopback only)");
+
+        let server_stop = CancellationToken::new();
+        let drain = {
+            let (stop, server_stop, health) = (stop.clone(), server_stop.clone(), health.clone());
+            async move {
+                shutdown.await;
+                info!("shutdown requested: health NOT_SERVING, draining");
+                health.set_not_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
+                health
+                    .set_not_serving::<pb::audit_server::AuditServer<AuditService>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                stop.cancel();
+                server_stop.cancel();
+            }
+        };
+        tokio::spawn(drain);
+
+        let serve = Server::builder()
+            .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                server_cfg.max_concurrent_requests,
+            ))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(rights)
+            .add_service(audit)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                server_stop.cancelled_owned(),
+            );
+        let served = serve.await;
+        stop.cancel();
+        if let Err(e) = engine_task.await {
+            warn!(error = %e, "engine task ended abnormally");
+        }
+        self.ctx.ledger.db().close().await;
+        info!("dsr stopped");
+        served.context("gRPC server")
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

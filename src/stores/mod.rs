@@ -1,0 +1,229 @@
+//! The stores that hold a subject's data, one adapter each, behind one trait.
+//!
+//! | module        | store         | on deletion                                              |
+//! |---------------|---------------|----------------------------------------------------------|
+//! | `accounts`    | `accounts`    | personal columns erased; row deleted unless billed        |
+//! | `rows`        | `call_logs`, `transcripts` | rows deleted                                 |
+//! | `recordings`  | `recordings`  | audio objects deleted, then index rows; re-checked absent |
+//! | `billing`     | `billing`     | retained under a 7-year legal hold; rows restricted       |
+//!
+//! `reference` creates the reference schema; `objects` opens the object store; `sql` builds the
+//! tenant-scoped subject predicates every SQL adapter uses.
+
+mod accounts;
+mod billing;
+mod objects;
+mod recordings;
+pub mod reference;
+mod rows;
+mod sql;
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use objects::open_object_store;
+
+use crate::{config::Settings, db::Db, domain::Subject};
+
+/// Every store, in the order outcomes are reported.
+pub const STORE_NAMES: &[&str] = &[
+    "accounts",
+    "call_logs",
+    "transcripts",
+    "recordings",
+    "billing",
+];
+
+/// What a store holds on a subject (a dry run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub records: u64,
+    pub bytes: u64,
+    pub under_legal_hold: bool,
+}
+
+/// What an erase did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasure {
+    /// The subject's records are gone (or their personal data is).
+    Erased { found: u64, affected: u64 },
+    /// Kept under a legal obligation, and restricted from any other use until `until`.
+    Retained {
+        found: u64,
+        affected: u64,
+        basis: String,
+        until: DateTime<Utc>,
+    },
+}
+
+/// A store failure. Messages never carry identifiers (they end up in outcomes and logs).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: the store is down, busy or timed out.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help (the table is missing, a column has the wrong type).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        match &e {
+            ColumnNotFound(_)
+            | ColumnDecode { .. }
+            | TypeNotFound { .. }
+            | Decode(_)
+            | ColumnIndexOutOfBounds { .. } => {
+                StoreError::Fatal(format!("store schema mismatch: {e}"))
+            }
+            Database(db)
+                if db.message().contains("no such table")
+                    || db.message().contains("does not exist") =>
+            {
+                StoreError::Fatal(format!("store schema mismatch: {}", db.message()))
+            }
+            Database(db) => StoreError::Transient(format!("database error: {}", db.message())),
+            _ => StoreError::Transient(format!("database unavailable: {e}")),
+        }
+    }
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        StoreError::Transient(format!("object store: {e}"))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One store of subject data. Every operation is scoped to `subject.tenant` and idempotent:
+/// erasing twice is harmless, and a retry after a crash finishes what the first try began.
+#[async_trait]
+pub trait StoreAdapter: Send + Sync + 'static {
+    /// The store's name in outcomes (`accounts`, …).
+    fn name(&self) -> &'static str;
+
+    /// Stores of stage 0 run first; a later stage waits for every earlier one to end (call logs
+    /// link transcripts and recordings to an account, so they go last).
+    fn stage(&self) -> u8 {
+        0
+    }
+
+    /// Whether the store can find this subject at all by the identifiers given; when not, its
+    /// outcome is SKIPPED.
+    fn applies_to(&self, subject: &Subject) -> bool;
+
+    /// Fills identifiers of the subject that this store knows (the account row knows the
+    /// person's phone and email). Default: nothing to add.
+    async fn resolve(&self, subject: Subject) -> StoreResult<Subject> {
+        Ok(subject)
+    }
+
+    /// Counts what the store holds on the subject; changes nothing.
+    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings>;
+
+    /// Erases (or, under a legal hold, restricts) the subject's records.
+    async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure>;
+
+    /// Queries again after an erase: `true` only if nothing of the subject is left (for a store
+    /// under a hold: everything left is restricted).
+    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool>;
+}
+
+/// The adapters in store order.
+#[derive(Clone)]
+pub struct StoreRegistry {
+    adapters: Vec<Arc<dyn StoreAdapter>>,
+}
+
+impl StoreRegistry {
+    pub fn new(adapters: Vec<Arc<dyn StoreAdapter>>) -> Self {
+        Self { adapters }
+    }
+
+    /// The five reference-schema adapters, each on its configured database (default: `db`) and
+    /// the recordings on the configured object store.
+    pub async fn from_settings(settings: &Settings, default_db: &Db) -> anyhow::Result<Self> {
+        let mut pools: HashMap<String, Db> = HashMap::new();
+        let mut dbs = Vec::with_capacity(STORE_NAMES.len());
+        for name in STORE_NAMES {
+            let url = settings
+                .file
+                .store(name)
+                .database_url
+                .filter(|u| u != &settings.database_url);
+            let db = match url {
+                None => default_db.clone(),
+                Some(url) => match pools.get(&url) {
+                    Some(db) => db.clone(),
+                    None => {
+                        let db = Db::connect(&url, 8).await?;
+                        pools.insert(url, db.clone());
+                        db
+                    }
+                },
+            };
+            dbs.push(db);
+        }
+        let [accounts_db, calls_db, transcripts_db, recordings_db, billing_db]: [Db; 5] =
+            dbs.try_into().expect("one database per store");
+        let table = |name: &str, default: &str| {
+            settings
+                .file
+                .store(name)
+                .table
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let t = reference::Tables {
+            accounts: table("accounts", "accounts"),
+            call_logs: table("call_logs", "call_logs"),
+            transcripts: table("transcripts", "transcripts"),
+            recordings: table("recordings", "recordings"),
+            billing: table("billing", "billing_records"),
+        };
+        if settings.file.stores.create_reference_schema {
+            for db in [
+                &accounts_db,
+                &calls_db,
+                &transcripts_db,
+                &recordings_db,
+                &billing_db,
+            ] {
+                reference::ensure_schema(db, &t).await?;
+            }
+        }
+        let objects = open_object_store(&settings.recordings_url)?;
+        Ok(Self::new(vec![
+            Arc::new(accounts::AccountsStore::new(accounts_db, &t)),
+            Arc::new(rows::RowStore::call_logs(calls_db, &t)),
+            Arc::new(rows::RowStore::transcripts(transcripts_db, &t)),
+            Arc::new(recordings::RecordingsStore::new(recordings_db, &t, objects)),
+            Arc::new(billing::BillingStore::new(billing_db, &t)),
+        ]))
+    }
+
+    pub fn all(&self) -> &[Arc<dyn StoreAdapter>] {
+        &self.adapters
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn StoreAdapter>> {
+        self.adapters.iter().find(|a| a.name() == name)
+    }
+
+    /// Replaces each adapter with `wrap(adapter)` (tests inject faults this way).
+    pub fn map(self, wrap: impl Fn(Arc<dyn StoreAdapter>) -> Arc<dyn StoreAdapter>) -> Self {
+        Self::new(self.adapters.into_iter().map(wrap).collect())
+    }
+
+    /// Lets every store add the identifiers it knows.
+    pub async fn resolve(&self, mut subject: Subject) -> StoreResult<Subject> {
+        for a in &self.adapters {
+            subject = a.resolve(subject).await?;
+        }
+        Ok(subject)
+    }
+}

@@ -1,0 +1,39 @@
+//! Opens the object store that holds recordings (and, later, export archives) from a URL:
+//! `file:///dir` for a local directory, `s3://bucket/prefix` for S3 or any S3-compatible API
+//! (endpoint, region and keys from the usual `AWS_*` variables).
+use std::sync::Arc;
+
+use anyhow::Context;
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, prefix::PrefixStore, ObjectStore,
+};
+use url::Url;
+
+pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let parsed = Url::parse(url)
+        .with_context(|| "the recordings URL is not a URL (file:///dir or s3://bucket/prefix)")?;
+    match parsed.scheme() {
+        "file" => {
+            let dir = parsed
+                .to_file_path()
+                .map_err(|_| anyhow::anyhow!("the recordings URL must be file:///absolute/dir"))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok(Arc::new(LocalFileSystem::new_with_prefix(&dir)?))
+        }
+        "s3" => {
+            let bucket = parsed
+                .host_str()
+                .context("the recordings URL names no bucket")?;
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            let prefix = parsed.path().trim_matches('/');
+            if prefix.is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(PrefixStore::new(s3, prefix)))
+            }
+        }
+        other => anyhow::bail!("unsupported recordings URL scheme {other:?}: use file:// or s3://"),
+    }
+}

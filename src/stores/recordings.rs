@@ -1,0 +1,133 @@
+//! The `recordings` store: an index table in SQL plus the audio objects in an object store.
+//! Erase deletes each object first, checks it is gone, then deletes its index row — so a retry
+//! after a crash finds either both or only the row, never an orphaned object.
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::try_join_all;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+
+use super::{
+    reference::Tables,
+    sql::{Ident, Key, Predicate},
+    Erasure, Holdings, StoreAdapter, StoreError, StoreResult,
+};
+use crate::{db::Db, domain::Subject};
+
+/// Index rows handled per round: bounds memory and the size of each DELETE.
+const BATCH: usize = 256;
+/// Object deletions in flight at once.
+const OBJECT_CONCURRENCY: usize = 16;
+
+pub struct RecordingsStore {
+    db: Db,
+    table: String,
+    keys: Vec<Key>,
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl RecordingsStore {
+    pub fn new(db: Db, t: &Tables, objects: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            db,
+            table: t.recordings.clone(),
+            keys: vec![
+                Key::Column("caller_phone", Ident::Phone),
+                Key::ViaCallLogs {
+                    column: "call_id",
+                    call_logs_table: t.call_logs.clone(),
+                },
+            ],
+            objects,
+        }
+    }
+
+    /// Deletes one object and makes sure it is gone (`delete` of a missing object is fine).
+    async fn delete_object(&self, key: &str) -> StoreResult<()> {
+        let path = Path::from(key);
+        match self.objects.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.objects.head(&path).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(_) => Err(StoreError::Transient(
+                "a recording object is still present after delete".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl StoreAdapter for RecordingsStore {
+    fn name(&self) -> &'static str {
+        "recordings"
+    }
+
+    fn applies_to(&self, subject: &Subject) -> bool {
+        Predicate::applies(subject, &self.keys)
+    }
+
+    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(Holdings::default());
+        };
+        let (records, bytes) = p.count(&self.db, &self.table, Some("bytes"), "").await?;
+        Ok(Holdings {
+            records,
+            bytes,
+            under_legal_hold: false,
+        })
+    }
+
+    async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(Erasure::Erased {
+                found: 0,
+                affected: 0,
+            });
+        };
+        let select = format!(
+            "SELECT id, object_key FROM {} WHERE {} ORDER BY id LIMIT {BATCH}",
+            self.table, p.sql
+        );
+        let mut total = 0;
+        loop {
+            let batch: Vec<(String, String)> =
+                p.query_as(&select).fetch_all(self.db.pool()).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for chunk in batch.chunks(OBJECT_CONCURRENCY) {
+                let mut deletions = Vec::with_capacity(chunk.len());
+                for (_, key) in chunk {
+                    deletions.push(self.delete_object(key));
+                }
+                try_join_all(deletions).await?;
+            }
+            let ids = (0..batch.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let delete = format!(
+                "DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids})",
+                self.table
+            );
+            let q = batch.iter().fold(
+                sqlx::query(&delete).bind(subject.tenant.as_str()),
+                |q, (id, _)| q.bind(id),
+            );
+            total += q.execute(self.db.pool()).await?.rows_affected();
+        }
+        Ok(Erasure::Erased {
+            found: total,
+            affected: total,
+        })
+    }
+
+    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
+        Ok(self.preview(subject).await?.records == 0)
+    }
+}

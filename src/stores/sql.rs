@@ -1,0 +1,127 @@
+//! Tenant-scoped subject predicates for the SQL adapters. `$1` is always the tenant, so no
+//! query can reach another tenant's rows; identifiers are bound, never spliced into SQL.
+use sqlx::{
+    any::AnyArguments,
+    query::{Query, QueryAs},
+    Any,
+};
+
+use crate::{db::Db, domain::Subject};
+
+/// Which identifier of the subject a column holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Ident {
+    AccountId,
+    Email,
+    Phone,
+}
+
+/// How a store finds a subject's rows.
+#[derive(Debug, Clone)]
+pub enum Key {
+    /// `column = <identifier>`.
+    Column(&'static str, Ident),
+    /// `column IN (SELECT id FROM <call_logs> WHERE tenant_id = $1 AND account_id = <account id>)`:
+    /// rows about a call the subject's account made.
+    ViaCallLogs {
+        column: &'static str,
+        call_logs_table: String,
+    },
+}
+
+impl Key {
+    fn ident(&self) -> Ident {
+        match self {
+            Key::Column(_, i) => *i,
+            Key::ViaCallLogs { .. } => Ident::AccountId,
+        }
+    }
+}
+
+fn value(subject: &Subject, ident: Ident) -> Option<&str> {
+    match ident {
+        Ident::AccountId => subject.account_id.as_ref().map(|a| a.as_str()),
+        Ident::Email => subject.email.as_ref().map(|e| e.as_str()),
+        Ident::Phone => subject.phone.as_ref().map(|p| p.as_str()),
+    }
+}
+
+/// `tenant_id = $1 AND (key1 = $2 OR …)` with its bind values.
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    pub sql: String,
+    binds: Vec<String>,
+}
+
+impl Predicate {
+    /// `None` when the subject has none of the identifiers the keys use.
+    pub fn for_subject(subject: &Subject, keys: &[Key]) -> Option<Self> {
+        let mut binds = vec![subject.tenant.as_str().to_owned()];
+        let mut alternatives = Vec::new();
+        for key in keys {
+            let Some(v) = value(subject, key.ident()) else {
+                continue;
+            };
+            binds.push(v.to_owned());
+            let n = binds.len();
+            alternatives.push(match key {
+                Key::Column(col, _) => format!("{col} = ${n}"),
+                Key::ViaCallLogs { column, call_logs_table } => format!(
+                    "{column} IN (SELECT id FROM {call_logs_table} WHERE tenant_id = $1 AND account_id = ${n})"
+                ),
+            });
+        }
+        if alternatives.is_empty() {
+            return None;
+        }
+        Some(Self {
+            sql: format!("tenant_id = $1 AND ({})", alternatives.join(" OR ")),
+            binds,
+        })
+    }
+
+    pub fn applies(subject: &Subject, keys: &[Key]) -> bool {
+        keys.iter().any(|k| value(subject, k.ident()).is_some())
+    }
+
+    /// Number of the next free parameter.
+    pub fn next_param(&self) -> usize {
+        self.binds.len() + 1
+    }
+
+    /// A query over `sql` (which embeds this predicate) with the predicate's values bound.
+    pub fn query<'q>(&'q self, sql: &'q str) -> Query<'q, Any, AnyArguments<'q>> {
+        self.binds
+            .iter()
+            .fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
+    }
+
+    /// Like `query`, decoding rows as `O`.
+    pub fn query_as<'q, O>(&'q self, sql: &'q str) -> QueryAs<'q, Any, O, AnyArguments<'q>>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        self.binds
+            .iter()
+            .fold(sqlx::query_as(sql), |q, b| q.bind(b.as_str()))
+    }
+
+    /// `SELECT COUNT(*)` (and optionally a byte sum) of `table` rows matching, plus `extra`.
+    pub async fn count(
+        &self,
+        db: &Db,
+        table: &str,
+        bytes_expr: Option<&str>,
+        extra: &str,
+    ) -> sqlx::Result<(u64, u64)> {
+        let bytes = bytes_expr.map_or("0".to_owned(), |e| {
+            format!("CAST(COALESCE(SUM({e}), 0) AS BIGINT)")
+        });
+        let sql = format!(
+            "SELECT COUNT(*), {bytes} FROM {table} WHERE {}{extra}",
+            self.sql
+        );
+        let (n, b): (i64, i64) = self.query_as(&sql).fetch_one(db.pool()).await?;
+        Ok((n as u64, b as u64))
+    }
+}

@@ -32,12 +32,16 @@ pub struct Overrides {
     pub wrap_store: Option<StoreWrapper>,
     /// Listen here instead of the configured address (tests pass port 0).
     pub listen: Option<SocketAddr>,
+    /// Do not run the engine: requests are accepted but no store task starts (tests of what
+    /// happens before work begins).
+    pub paused_engine: bool,
 }
 
 pub struct Application {
     listener: TcpListener,
     ctx: Arc<ServiceContext>,
     engine: Arc<Engine>,
+    paused_engine: bool,
     settings: Settings,
 }
 
@@ -103,6 +107,7 @@ impl Application {
             listener,
             ctx,
             engine,
+            paused_engine: overrides.paused_engine,
             settings,
         })
     }
@@ -152,7 +157,10 @@ impl Application {
             .max_encoding_message_size(max);
 
         let stop = CancellationToken::new();
-        let engine_task = tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace));
+        let engine_task = match self.paused_engine {
+            true => tokio::spawn(async {}),
+            false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
+        };
         let addr = self.local_addr();
         info!(%addr, database = self.ctx.ledger.db().backend().name(), "dsr listening (development mode: no credentials, loopback only)");
 
@@ -179,6 +187,9 @@ impl Application {
             .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 server_cfg.max_concurrent_requests,
+            ))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::api::status_codes::normalise,
             ))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -5,6 +5,7 @@ mod audit;
 mod convert;
 mod error;
 mod rights;
+pub mod status_codes;
 mod watch;
 
 pub use audit::AuditService;

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine, in one command:  scripts/test.sh [cargo test args]
+#
+# Starts what the tests need and stops it afterwards:
+#   - a throwaway PostgreSQL cluster on a random loopback port (installs `postgresql` with apt
+#     when it is missing), unless DSR_TEST_POSTGRES_URL already points at one;
+#   - an S3-compatible server (moto, from PyPI) on a random loopback port, unless
+#     DSR_TEST_S3_ENDPOINT is already set.
+# Then: the offline deployment checks, rustfmt, clippy, and `cargo test` over everything
+# (SQLite and Postgres, local files and S3). No test skips itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d /tmp/dsr-test.XXXXXX)
+chmod 755 "$work"
+pg_dir="" moto_pid=""
+cleanup() {
+  if [ -n "$pg_dir" ]; then as_postgres "$pg_bin/pg_ctl" -D "$pg_dir" -m immediate stop >/dev/null 2>&1 || true; fi
+  if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [ -z "${DSR_TEST_POSTGRES_URL:-}" ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "== installing postgresql (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  pg_port=$(free_port)
+  pg_dir="$work/pg"
+  mkdir -p "$pg_dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$pg_dir"
+  as_postgres "$pg_bin/initdb" -D "$pg_dir" -A trust -U postgres --no-sync >/dev/null
+  as_postgres "$pg_bin/pg_ctl" -D "$pg_dir" -w -l "$pg_dir/server.log" \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300" \
+    start >/dev/null
+  export DSR_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port"
+  echo "== postgres on 127.0.0.1:$pg_port"
+fi
+
+if [ -z "${DSR_TEST_S3_ENDPOINT:-}" ]; then
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "== installing moto[server] (pip)"
+    python3 -m pip install -q 'moto[server]' >/dev/null
+  fi
+  s3_port=$(free_port)
+  moto_server -H 127.0.0.1 -p "$s3_port" >"$work/moto.log" 2>&1 &
+  moto_pid=$!
+  for _ in $(seq 1 100); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$s3_port/')" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  export DSR_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+  echo "== s3 (moto) on 127.0.0.1:$s3_port"
+fi
+
+echo "== deployment checks"
+bash scripts/check-deploy.sh
+echo "== rustfmt, clippy"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+echo "== tests"
+cargo test --locked "$@"

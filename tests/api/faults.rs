@@ -1,0 +1,175 @@
+//! Store outages: transient failures are retried with backoff; a store that keeps failing fails
+//! the request, and RetryRequest finishes it once the store is back.
+use std::sync::{
+    atomic::{AtomicBool, AtomicU32, Ordering},
+    Arc,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dsr::{
+    api::pb::{self, OutcomeState, RequestStatus},
+    domain::Subject,
+    startup::Overrides,
+    stores::{Erasure, Holdings, StoreAdapter, StoreError, StoreResult},
+};
+use tonic::Code;
+
+use crate::{both, helpers::*};
+
+/// Wraps a real store; its erase fails while `failures_left > 0` or `down` is set.
+struct FlakyStore {
+    inner: Arc<dyn StoreAdapter>,
+    failures_left: Arc<AtomicU32>,
+    down: Arc<AtomicBool>,
+    erase_calls: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl StoreAdapter for FlakyStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn stage(&self) -> u8 {
+        self.inner.stage()
+    }
+    fn applies_to(&self, s: &Subject) -> bool {
+        self.inner.applies_to(s)
+    }
+    async fn preview(&self, s: &Subject) -> StoreResult<Holdings> {
+        self.inner.preview(s).await
+    }
+    async fn erase(&self, s: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.erase_calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient(
+                "connection refused (injected)".into(),
+            ));
+        }
+        if self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Transient("timeout (injected)".into()));
+        }
+        self.inner.erase(s, now).await
+    }
+    async fn verify_erased(&self, s: &Subject) -> StoreResult<bool> {
+        self.inner.verify_erased(s).await
+    }
+}
+
+struct Fault {
+    failures_left: Arc<AtomicU32>,
+    down: Arc<AtomicBool>,
+    erase_calls: Arc<AtomicU32>,
+}
+
+fn flaky(store: &'static str, failures: u32, down: bool) -> (Fault, Overrides) {
+    let fault = Fault {
+        failures_left: Arc::new(AtomicU32::new(failures)),
+        down: Arc::new(AtomicBool::new(down)),
+        erase_calls: Arc::new(AtomicU32::new(0)),
+    };
+    let (f, d, c) = (
+        fault.failures_left.clone(),
+        fault.down.clone(),
+        fault.erase_calls.clone(),
+    );
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(
+            move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+                if inner.name() == store {
+                    Arc::new(FlakyStore {
+                        inner,
+                        failures_left: f.clone(),
+                        down: d.clone(),
+                        erase_calls: c.clone(),
+                    })
+                } else {
+                    inner
+                }
+            },
+        )),
+        ..Default::default()
+    };
+    (fault, overrides)
+}
+
+async fn a_store_that_fails_twice_then_succeeds_is_done_after_three_attempts(backend: Backend) {
+    let (fault, overrides) = flaky("transcripts", 2, false);
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 3).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let t = outcome(&done, "transcripts");
+    assert_eq!(t.state, OutcomeState::Done as i32);
+    assert_eq!(t.attempts, 3);
+    assert_eq!(t.records_found, 3);
+    assert!(t.verified);
+    assert_eq!(fault.erase_calls.load(Ordering::SeqCst), 3);
+    let events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM dsr_events WHERE request_id = $1 AND store = 'transcripts' AND action = 'retry_scheduled'",
+    )
+    .bind(&r.id)
+    .fetch_one(app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(events, 2);
+    app.shutdown().await;
+}
+both!(a_store_that_fails_twice_then_succeeds_is_done_after_three_attempts);
+
+async fn a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it(backend: Backend) {
+    let (fault, overrides) = flaky("recordings", 0, true);
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 2).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let failed = app.wait_terminal(&r.id).await;
+    assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
+    let rec = outcome(&failed, "recordings");
+    assert_eq!(rec.state, OutcomeState::Failed as i32);
+    assert_eq!(rec.attempts, 3, "max_attempts in the test config");
+    assert!(
+        rec.last_error.contains("connection refused"),
+        "{}",
+        rec.last_error
+    );
+    // The others finished; their outcomes stand.
+    assert_eq!(
+        outcome(&failed, "transcripts").state,
+        OutcomeState::Done as i32
+    );
+    assert_eq!(
+        outcome(&failed, "billing").state,
+        OutcomeState::Retained as i32
+    );
+
+    // Retrying only makes sense for a FAILED request; the store is still down, so not yet.
+    fault.down.store(false, Ordering::SeqCst);
+    let mut c = app.client.clone();
+    let retried = c
+        .retry_request(pb::RetryRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(retried.status, RequestStatus::Failed as i32);
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let rec = outcome(&done, "recordings");
+    assert_eq!(rec.state, OutcomeState::Done as i32);
+    assert_eq!(rec.attempts, 4);
+    assert_eq!(rec.records_found, 2);
+    assert!(rec.verified);
+    // Only the failed store ran again.
+    assert_eq!(outcome(&done, "transcripts").attempts, 1);
+    let err = c
+        .retry_request(pb::RetryRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    app.shutdown().await;
+}
+both!(a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it);

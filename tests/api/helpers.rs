@@ -1,0 +1,234 @@
+//! `spawn_app`: the real server on a random loopback port with a fresh database, and a real
+//! gRPC client to it.
+use std::{net::SocketAddr, time::Duration};
+
+use dsr::{
+    api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
+    config::Settings,
+    db::Db,
+    seed::{SeedSpec, SeededSubject},
+    startup::{Application, Overrides},
+    stores::{open_object_store, reference::Tables},
+};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::support;
+pub use crate::support::Backend;
+
+/// Fast retries and short leases, so tests of failure paths do not wait on production timings.
+pub const TEST_CONFIG: &str = "
+[engine]
+backoff_base_ms = 10
+backoff_max_ms = 50
+poll_interval_ms = 50
+max_attempts = 3
+";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: DataSubjectRightsClient<Channel>,
+    pub settings: Settings,
+    pub db: Db,
+    pub dir: TempDir,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, TEST_CONFIG, Overrides::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, toml: &str, overrides: Overrides) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = support::fresh_database(backend, dir.path()).await;
+    let settings = support::settings(dir.path(), url, None, toml);
+    spawn_on(settings, dir, overrides).await
+}
+
+pub async fn spawn_on(settings: Settings, dir: TempDir, overrides: Overrides) -> TestApp {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..overrides
+    };
+    let app = Application::build_with(settings.clone(), overrides)
+        .await
+        .expect("build app");
+    let addr = app.local_addr();
+    let db = app.ledger().db().clone();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+    let client = DataSubjectRightsClient::new(channel(addr).await);
+    TestApp {
+        addr,
+        client,
+        settings,
+        db,
+        dir,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to test server")
+}
+
+impl TestApp {
+    /// Seeds `subjects` subjects with `calls` calls each into `tenant`.
+    pub async fn seed(&self, tenant: &str, subjects: usize, calls: usize) -> Vec<SeededSubject> {
+        let objects = open_object_store(&self.settings.recordings_url).unwrap();
+        let spec = SeedSpec {
+            tenant: dsr::domain::TenantId::parse("tenant", tenant).unwrap(),
+            subjects,
+            calls,
+            recording_bytes: 512,
+            first: 0,
+        };
+        let mut out = Vec::new();
+        dsr::seed::seed(
+            &self.db,
+            &Tables::default(),
+            objects,
+            &spec,
+            chrono::Utc::now(),
+            |s| out.push(s),
+        )
+        .await
+        .expect("seed");
+        out
+    }
+
+    pub async fn delete(&self, subject: pb::Subject) -> pb::DsrRequest {
+        self.client
+            .clone()
+            .submit_deletion(pb::SubmitDeletionRequest {
+                subject: Some(subject),
+                ..Default::default()
+            })
+            .await
+            .expect("submit deletion")
+            .into_inner()
+    }
+
+    /// Follows the request with WatchRequest until it ends; returns every message seen.
+    pub async fn watch_to_end(&self, id: &str) -> Vec<pb::DsrRequest> {
+        let mut stream = self
+            .client
+            .clone()
+            .watch_request(pb::WatchRequestRequest { id: id.to_owned() })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut seen = Vec::new();
+        // A safety net against a hang, not a timing assertion.
+        let follow = async {
+            while let Some(r) = stream.message().await.expect("watch stream") {
+                seen.push(r);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), follow)
+            .await
+            .expect("request did not end within 120 s");
+        seen
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> pb::DsrRequest {
+        self.watch_to_end(id)
+            .await
+            .pop()
+            .expect("at least one message")
+    }
+
+    pub async fn get(&self, id: &str) -> pb::DsrRequest {
+        self.client
+            .clone()
+            .get_request(pb::GetRequestRequest { id: id.to_owned() })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    pub async fn preview(&self, subject: pb::Subject) -> Vec<pb::StoreHoldings> {
+        self.client
+            .clone()
+            .preview_subject(pb::PreviewSubjectRequest {
+                subject: Some(subject),
+            })
+            .await
+            .expect("preview")
+            .into_inner()
+            .stores
+    }
+
+    /// Rows of the ledger table (to prove nothing was written).
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server the way SIGTERM would and waits for it; hands back what a second server
+    /// on the same data needs.
+    pub async fn shutdown(mut self) -> (Settings, TempDir) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server ran cleanly");
+        }
+        (self.settings, self.dir)
+    }
+}
+
+pub fn by_phone(tenant: &str, phone: &str) -> pb::Subject {
+    pb::Subject {
+        tenant_id: tenant.into(),
+        phone: phone.into(),
+        ..Default::default()
+    }
+}
+
+pub fn by_email(tenant: &str, email: &str) -> pb::Subject {
+    pb::Subject {
+        tenant_id: tenant.into(),
+        email: email.into(),
+        ..Default::default()
+    }
+}
+
+pub fn outcome<'a>(r: &'a pb::DsrRequest, store: &str) -> &'a pb::StoreOutcome {
+    r.outcomes
+        .iter()
+        .find(|o| o.store == store)
+        .unwrap_or_else(|| panic!("no outcome for {store}"))
+}
+
+pub fn holdings<'a>(h: &'a [pb::StoreHoldings], store: &str) -> &'a pb::StoreHoldings {
+    h.iter()
+        .find(|s| s.store == store)
+        .unwrap_or_else(|| panic!("no holdings for {store}"))
+}
+
+/// Runs an async test body on SQLite and on Postgres: `both!(name)` makes `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+}

@@ -1,0 +1,14 @@
+//! Black-box tests of the service through a real gRPC client on a random loopback port, against
+//! real SQLite and Postgres databases and real files.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+
+mod deletion;
+mod faults;
+mod idempotency;
+mod lifecycle;
+mod protocol;
+mod validation;

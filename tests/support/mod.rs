@@ -1,0 +1,91 @@
+//! Shared by the test binaries: fresh databases on SQLite and Postgres, an S3 bucket on the
+//! test S3 server, and the settings that point a service at them.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use dsr::config::{FileConfig, Locations, Settings};
+use sqlx::{Connection, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The Postgres server the test command started. Never skipped: without it the Postgres half of
+/// the suite fails, loudly.
+pub fn postgres_server_url() -> String {
+    std::env::var("DSR_TEST_POSTGRES_URL").expect(
+        "DSR_TEST_POSTGRES_URL is not set: run the suite with `scripts/test.sh`, which starts a throwaway \
+         Postgres, or point it at a server where databases may be created (postgres://user@host:port)",
+    )
+}
+
+/// A database URL for one test: a file under `dir` on SQLite, a new database on Postgres.
+pub async fn fresh_database(backend: Backend, dir: &Path) -> String {
+    match backend {
+        Backend::Sqlite => dsr::db::sqlite_url(&dir.join("dsr.db")),
+        Backend::Postgres => {
+            let server = postgres_server_url();
+            let name = format!("dsr_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+                .await
+                .expect("connect to test Postgres");
+            conn.execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create test database");
+            conn.close().await.ok();
+            format!("{server}/{name}")
+        }
+    }
+}
+
+/// A bucket on the test S3 server (`DSR_TEST_S3_ENDPOINT`), with the `AWS_*` variables set so the
+/// service's S3 backend reaches it. Returns the `s3://bucket/prefix` URL.
+pub async fn fresh_s3_bucket() -> String {
+    let endpoint = std::env::var("DSR_TEST_S3_ENDPOINT").expect(
+        "DSR_TEST_S3_ENDPOINT is not set: run the suite with `scripts/test.sh`, which starts an S3-compatible server",
+    );
+    let bucket = format!(
+        "dsr-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let res = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(
+        res.status().is_success(),
+        "creating bucket: {}",
+        res.status()
+    );
+    // SAFETY of set_var: every test sets the same values, before any S3 client reads them.
+    unsafe {
+        std::env::set_var("AWS_ENDPOINT", &endpoint);
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    format!("s3://{bucket}/recordings")
+}
+
+/// Settings for a service on `database_url` with its data directory at `dir`.
+pub fn settings(
+    dir: &Path,
+    database_url: String,
+    recordings_url: Option<String>,
+    toml: &str,
+) -> Settings {
+    let loc = Locations {
+        data_dir: dir.to_path_buf(),
+        database_url: Some(database_url),
+        recordings_url,
+        config_file: None,
+    };
+    let mut s = Settings::load(&loc).expect("settings");
+    s.file = FileConfig::from_toml(toml).expect("test config");
+    s
+}

@@ -116,9 +116,10 @@ impl EngineConfig {
 }
 
 /// Per-store settings, keyed by store name (`accounts`, `call_logs`, `transcripts`,
-/// `recordings`, `billing`).
+/// `recordings`, `billing`). (No `deny_unknown_fields` here: serde cannot combine it with the
+/// flattened map; `validate` refuses unknown store names instead.)
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct StoresConfig {
     /// Create the reference schema's tables if missing (embedded default and tests). Turn off
     /// when the adapters point at the platform's real tables.
@@ -285,6 +286,16 @@ mod tests {
         assert!(format!("{err:#}").contains("workerz"), "{err:#}");
         let err = FileConfig::from_toml("[stores.calllogs]\nconcurrency = 2\n").unwrap_err();
         assert!(format!("{err:#}").contains("stores.calllogs"), "{err:#}");
+    }
+
+    #[test]
+    fn store_sections_are_read() {
+        let cfg = FileConfig::from_toml("[stores]\ncreate_reference_schema = false\n[stores.recordings]\nconcurrency = 2\ntable = \"recs\"\n").unwrap();
+        assert_eq!(cfg.store("recordings").concurrency, 2);
+        assert_eq!(cfg.store("recordings").table.as_deref(), Some("recs"));
+        assert!(!cfg.stores.create_reference_schema);
+        let err = FileConfig::from_toml("[stores.recordings]\nconcurency = 2\n").unwrap_err();
+        assert!(format!("{err:#}").contains("concurency"), "{err:#}");
     }
 
     #[test]

@@ -1,0 +1,483 @@
+//! The `dsr` binary as operators run it: killed with SIGKILL mid-work and restarted, stopped
+//! with SIGTERM, refused a public address without credentials, driven from its own client
+//! commands — and its logs searched for every identifier it handled.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dsr::api::pb::{self, data_subject_rights_client::DataSubjectRightsClient, RequestStatus};
+use serde_json::Value;
+use support::Backend;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dsr");
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// Starts `dsr serve` on a random port, logging JSON to `log`; returns once it listens.
+fn start_server(dir: &Path, db: &str, config: &Path, log: &Path) -> Server {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--database-url")
+        .arg(db)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
+        .stderr(log_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start dsr serve");
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!(
+                "dsr serve exited with {exit}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        // The newest "listening" line belongs to this process.
+        if let Some(addr) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("dsr listening"))
+            })
+            .filter_map(|v| v["fields"]["addr"].as_str().map(str::to_owned))
+            .last()
+            .filter(|_| text.matches("dsr listening").count() > servers_started(log))
+        {
+            mark_started(log);
+            return Server {
+                child,
+                addr: addr.parse().unwrap(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dsr serve did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How many servers already logged to this file (each test's log is its own file).
+fn servers_started(log: &Path) -> usize {
+    std::fs::read_to_string(log.with_extension("count"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mark_started(log: &Path) {
+    let n = servers_started(log) + 1;
+    std::fs::write(log.with_extension("count"), n.to_string()).unwrap();
+}
+
+async fn client(addr: SocketAddr) -> DataSubjectRightsClient<Channel> {
+    DataSubjectRightsClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn seed(dir: &Path, db: &str, tenant: &str, subjects: usize, calls: usize) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args([
+            "seed",
+            "--tenant",
+            tenant,
+            "--subjects",
+            &subjects.to_string(),
+            "--calls",
+            &calls.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--database-url")
+        .arg(db)
+        .output()
+        .expect("run dsr seed");
+    assert!(
+        out.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn statuses(c: &mut DataSubjectRightsClient<Channel>) -> HashMap<String, pb::DsrRequest> {
+    let mut all = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_requests(pb::ListRequestsRequest {
+                page_size: 500,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.requests.into_iter().map(|r| (r.id.clone(), r)));
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("dsr.toml");
+    std::fs::write(
+        &path,
+        "[engine]\nworkers = 4\nlease_secs = 2\npoll_interval_ms = 50\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
+         [stores.recordings]\nconcurrency = 2\n",
+    )
+    .unwrap();
+    path
+}
+
+/// Every identifier of the seeded subjects, and the names the seed gave them.
+fn canaries(seeded: &[Value]) -> Vec<String> {
+    seeded
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            vec![
+                s["phone"].as_str().unwrap().to_owned(),
+                s["phone"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('+')
+                    .to_owned(),
+                s["email"].as_str().unwrap().to_owned(),
+                s["account_id"].as_str().unwrap().to_owned(),
+                format!("Subject {i}"),
+            ]
+        })
+        .collect()
+}
+
+fn assert_no_canaries(log: &Path, canaries: &[String]) {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.lines().count() > 10,
+        "the server logged almost nothing:\n{text}"
+    );
+    for c in canaries {
+        assert!(
+            !text.contains(c.as_str()),
+            "the log contains an identifier: {c}"
+        );
+    }
+}
+
+async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(backend, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 150, 3);
+
+    let mut first = start_server(dir.path(), &db, &cfg, &log);
+    let mut c = client(first.addr).await;
+    let mut ids = Vec::new();
+    for s in &seeded {
+        let subject = pb::Subject {
+            tenant_id: "acme".into(),
+            phone: s["phone"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        let r = c
+            .submit_deletion(pb::SubmitDeletionRequest {
+                subject: Some(subject),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(r.id);
+    }
+    // Kill as soon as work is under way: some requests done, most not.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let done = statuses(&mut c)
+            .await
+            .values()
+            .filter(|r| r.status == RequestStatus::Completed as i32)
+            .count();
+        if done > 0 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "no request completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    assert!(
+        done_at_kill < ids.len(),
+        "everything finished before the kill; the test proved nothing"
+    );
+
+    let mut second = start_server(dir.path(), &db, &cfg, &log);
+    let mut c = client(second.addr).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let all = loop {
+        let all = statuses(&mut c).await;
+        if all.values().all(|r| {
+            r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32
+        }) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all.len(), ids.len());
+    for r in all.values() {
+        assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
+        for o in &r.outcomes {
+            let expected = seeded[0]["counts"][&o.store].as_u64().unwrap();
+            assert_eq!(
+                o.records_found, expected,
+                "{} of {}: an attempt after the crash must still report the first count",
+                o.store, r.id
+            );
+            assert!(o.verified, "{} of {}", o.store, r.id);
+        }
+    }
+    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
+    )
+    .fetch_all(ledger.pool())
+    .await
+    .unwrap();
+    assert!(
+        twice.is_empty(),
+        "outcomes recorded more than once: {twice:?}"
+    );
+    let outcomes: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcomes, 150 * 5);
+    let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap();
+    eprintln!("{backend:?}: {done_at_kill}/150 requests done at the kill; {taken_over} tasks taken over after their lease expired");
+    let left = std::fs::read_dir(dir.path().join("recordings/acme"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "every recording object is gone");
+
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    assert_no_canaries(&log, &canaries(&seeded));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice_on_sqlite() {
+    a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice_on_postgres() {
+    a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 20, 2);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let mut c = client(server.addr).await;
+    for s in &seeded {
+        let subject = pb::Subject {
+            tenant_id: "acme".into(),
+            email: s["email"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        c.submit_deletion(pb::SubmitDeletionRequest {
+            subject: Some(subject),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "dsr did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<usize> = ["shutdown requested", "engine stopped", "dsr stopped"]
+        .iter()
+        .map(|m| {
+            text.find(m)
+                .unwrap_or_else(|| panic!("log lacks {m:?}:\n{text}"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "shutdown steps out of order"
+    );
+    assert_no_canaries(&log, &canaries(&seeded));
+}
+
+#[test]
+fn without_credentials_the_server_refuses_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0") && err.contains("no credentials"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_file_with_a_typo_stops_the_server_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dsr.toml");
+    std::fs::write(&cfg, "[engine]\nworkrs = 2\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("workrs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_preview_delete_watch_and_show_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let url = format!("http://{}", server.addr);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("DSR_SERVER", &url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let phone = seeded[1]["phone"].as_str().unwrap();
+    let (ok, out, err) = run(&["preview", "--tenant", "acme", "--phone", phone]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("recordings") && l.split_whitespace().nth(1) == Some("3")),
+        "{out}"
+    );
+    let (ok, out, err) = run(&[
+        "delete", "--tenant", "acme", "--phone", phone, "--regime", "ccpa", "--watch",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("COMPLETED") && out.contains("RETAINED") && out.contains("stores finished"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, _) = run(&["status", &id, "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "COMPLETED");
+    assert_eq!(v["outcomes"].as_array().unwrap().len(), 5);
+    let (ok, _, err) = run(&["delete", "--tenant", "acme", "--phone", "12345"]);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("subject.phone"),
+        "{err}"
+    );
+    let (ok, out, _) = run(&["list", "--tenant", "acme"]);
+    assert!(ok && out.contains(&id), "{out}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn migrate_applies_the_ledger_schema_on_both_backends() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = support::fresh_database(backend, dir.path()).await;
+        for _ in 0..2 {
+            let out = Command::new(BIN)
+                .args(["migrate", "--database-url", &db])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let ledger = dsr::db::Db::connect(&db, 1).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests")
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}

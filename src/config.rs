@@ -130,10 +130,7 @@ pub struct StoresConfig {
 
 impl Default for StoresConfig {
     fn default() -> Self {
-        Self {
-            create_reference_schema: true,
-            each: BTreeMap::new(),
-        }
+        Self { create_reference_schema: true, each: BTreeMap::new() }
     }
 }
 
@@ -150,11 +147,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            database_url: None,
-            table: None,
-            concurrency: 4,
-        }
+        Self { database_url: None, table: None, concurrency: 4 }
     }
 }
 
@@ -187,12 +180,7 @@ impl Settings {
             Some(u) => u,
             None => file_url(&data_dir.join("recordings"))?,
         };
-        Ok(Self {
-            data_dir,
-            database_url,
-            recordings_url,
-            file,
-        })
+        Ok(Self { data_dir, database_url, recordings_url, file })
     }
 
     /// Makes the data directory (the embedded default lives there).
@@ -219,42 +207,25 @@ impl FileConfig {
         let e = &self.engine;
         anyhow::ensure!(e.workers >= 1, "engine.workers must be at least 1");
         anyhow::ensure!(e.lease_secs >= 1, "engine.lease_secs must be at least 1");
-        anyhow::ensure!(
-            e.max_attempts >= 1,
-            "engine.max_attempts must be at least 1"
-        );
+        anyhow::ensure!(e.max_attempts >= 1, "engine.max_attempts must be at least 1");
         anyhow::ensure!(
             e.backoff_base_ms <= e.backoff_max_ms,
             "engine.backoff_base_ms must not exceed engine.backoff_max_ms"
         );
         let s = &self.server;
-        anyhow::ensure!(
-            s.max_concurrent_requests >= 1,
-            "server.max_concurrent_requests must be at least 1"
-        );
-        anyhow::ensure!(
-            s.max_message_bytes >= 1024,
-            "server.max_message_bytes must be at least 1024"
-        );
-        anyhow::ensure!(
-            s.request_timeout_secs >= 1,
-            "server.request_timeout_secs must be at least 1"
-        );
+        anyhow::ensure!(s.max_concurrent_requests >= 1, "server.max_concurrent_requests must be at least 1");
+        anyhow::ensure!(s.max_message_bytes >= 1024, "server.max_message_bytes must be at least 1024");
+        anyhow::ensure!(s.request_timeout_secs >= 1, "server.request_timeout_secs must be at least 1");
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
                 crate::stores::STORE_NAMES.contains(&name.as_str()),
                 "stores.{name}: unknown store (known: {})",
                 crate::stores::STORE_NAMES.join(", ")
             );
-            anyhow::ensure!(
-                store.concurrency >= 1,
-                "stores.{name}.concurrency must be at least 1"
-            );
+            anyhow::ensure!(store.concurrency >= 1, "stores.{name}.concurrency must be at least 1");
             if let Some(t) = &store.table {
                 anyhow::ensure!(
-                    !t.is_empty()
-                        && t.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),
+                    !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),
                     "stores.{name}.table must be a plain SQL identifier"
                 );
             }
@@ -268,11 +239,7 @@ impl FileConfig {
 }
 
 fn file_url(path: &Path) -> anyhow::Result<String> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
     Ok(format!("file://{}", abs.display()))
 }
 

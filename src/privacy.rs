@@ -63,9 +63,7 @@ impl KeyedHasher {
                 Ok(Self::new(key.to_vec()))
             }
             // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Self::load_or_create(None, data_dir)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(None, data_dir),
             Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
         }
     }
@@ -93,10 +91,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("hmac.key"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(dir.path().join("hmac.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

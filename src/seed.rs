@@ -69,9 +69,8 @@ pub fn recording_bytes(call_id: &str, len: usize) -> Vec<u8> {
     out.extend_from_slice(&8u16.to_le_bytes());
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
-    let mut x = call_id.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
-    });
+    let mut x =
+        call_id.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
@@ -94,12 +93,7 @@ pub async fn seed(
     for i in spec.first..spec.first + spec.subjects {
         let (account, phone, email) = (account_id_of(tenant, i), phone_of(i), email_of(i));
         let calls: Vec<(String, DateTime<Utc>)> = (0..spec.calls)
-            .map(|j| {
-                (
-                    format!("{tenant}-call-{i:06}-{j:04}"),
-                    now - Duration::hours(j as i64 + 1),
-                )
-            })
+            .map(|j| (format!("{tenant}-call-{i:06}-{j:04}"), now - Duration::hours(j as i64 + 1)))
             .collect();
         // Objects first: an index row never points at a missing object.
         stream::iter(calls.iter().map(|(call_id, _)| {
@@ -152,9 +146,7 @@ pub async fn seed(
             .bind(call_id)
             .bind(tenant)
             .bind(&phone)
-            .bind(format!(
-                "Agent: Hello, how can I help? Caller: This is Subject {i}, call {j}."
-            ))
+            .bind(format!("Agent: Hello, how can I help? Caller: This is Subject {i}, call {j}."))
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -198,13 +190,7 @@ pub async fn seed(
             ("recordings", spec.calls as u64),
             ("billing", billing as u64),
         ]);
-        each(SeededSubject {
-            tenant_id: tenant.to_owned(),
-            account_id: account,
-            email,
-            phone,
-            counts,
-        });
+        each(SeededSubject { tenant_id: tenant.to_owned(), account_id: account, email, phone, counts });
     }
     Ok(())
 }

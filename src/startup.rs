@@ -50,10 +50,7 @@ pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
     settings.ensure_data_dir()?;
     let db = Db::connect(&settings.database_url, 16).await?;
     let ledger = Ledger::new(db);
-    ledger
-        .migrate()
-        .await
-        .context("applying the ledger's migrations")?;
+    ledger.migrate().await.context("applying the ledger's migrations")?;
     Ok(ledger)
 }
 
@@ -79,10 +76,8 @@ impl Application {
             None => stores,
         };
         let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let hasher = KeyedHasher::load_or_create(
-            settings.file.privacy.hmac_key.as_deref(),
-            &settings.data_dir,
-        )?;
+        let hasher =
+            KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
         let signals = Signals::default();
         let engine = Arc::new(Engine::new(
             ledger.clone(),
@@ -100,22 +95,12 @@ impl Application {
             config: settings.file.clone(),
             watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
         });
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        Ok(Self {
-            listener,
-            ctx,
-            engine,
-            paused_engine: overrides.paused_engine,
-            settings,
-        })
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        Ok(Self { listener, ctx, engine, paused_engine: overrides.paused_engine, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -132,12 +117,8 @@ impl Application {
         let server_cfg = &self.settings.file.server;
         let grace = Duration::from_secs(server_cfg.shutdown_grace_secs);
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>()
-            .await;
-        health
-            .set_serving::<pb::audit_server::AuditServer<AuditService>>()
-            .await;
+        health.set_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
+        health.set_serving::<pb::audit_server::AuditServer<AuditService>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -147,9 +128,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let max = server_cfg.max_message_bytes;
-        let rights = pb::data_subject_rights_server::DataSubjectRightsServer::new(
-            RightsService::new(self.ctx.clone()),
-        )
+        let rights = pb::data_subject_rights_server::DataSubjectRightsServer::new(RightsService::new(
+            self.ctx.clone(),
+        ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         let audit = pb::audit_server::AuditServer::new(AuditService)
@@ -171,12 +152,8 @@ impl Application {
                 shutdown.await;
                 info!("shutdown requested: health NOT_SERVING, draining");
                 health.set_not_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
-                health
-                    .set_not_serving::<pb::audit_server::AuditServer<AuditService>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                health.set_not_serving::<pb::audit_server::AuditServer<AuditService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 stop.cancel();
                 server_stop.cancel();
             }
@@ -185,12 +162,8 @@ impl Application {
 
         let serve = Server::builder()
             .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                server_cfg.max_concurrent_requests,
-            ))
-            .layer(tower::util::MapResponseLayer::new(
-                crate::api::status_codes::normalise,
-            ))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(server_cfg.max_concurrent_requests))
+            .layer(tower::util::MapResponseLayer::new(crate::api::status_codes::normalise))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -25,14 +25,11 @@ struct Server {
     addr: SocketAddr,
 }
 
-/// Starts `dsr serve` on a random port, logging JSON to `log`; returns once it listens.
+/// Starts `dsr serve` on a random port, logging JSON to `log` (one file per server); returns
+/// once it listens.
 fn start_server(dir: &Path, db: &str, config: &Path, log: &Path) -> Server {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = Command::new(BIN)
+    let log_file = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(BIN)
         .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
@@ -45,60 +42,26 @@ fn start_server(dir: &Path, db: &str, config: &Path, log: &Path) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("start dsr serve");
-    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            panic!(
-                "dsr serve exited with {exit}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        // The newest "listening" line belongs to this process.
-        if let Some(addr) = text
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("dsr serve exited with {exit}:\n{text}");
+        }
+        let listening = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("dsr listening"))
-            })
-            .filter_map(|v| v["fields"]["addr"].as_str().map(str::to_owned))
-            .last()
-            .filter(|_| text.matches("dsr listening").count() > servers_started(log))
-        {
-            mark_started(log);
-            return Server {
-                child,
-                addr: addr.parse().unwrap(),
-            };
+            .find(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dsr listening")));
+        if let Some(addr) = listening.as_ref().and_then(|v| v["fields"]["addr"].as_str()) {
+            return Server { child, addr: addr.parse().unwrap() };
         }
-        assert!(
-            Instant::now() < deadline,
-            "dsr serve did not start:\n{text}"
-        );
+        assert!(Instant::now() < deadline, "dsr serve did not start:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// How many servers already logged to this file (each test's log is its own file).
-fn servers_started(log: &Path) -> usize {
-    std::fs::read_to_string(log.with_extension("count"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn mark_started(log: &Path) {
-    let n = servers_started(log) + 1;
-    std::fs::write(log.with_extension("count"), n.to_string()).unwrap();
-}
-
 async fn client(addr: SocketAddr) -> DataSubjectRightsClient<Channel> {
-    DataSubjectRightsClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+    DataSubjectRightsClient::connect(format!("http://{addr}")).await.unwrap()
 }
 
 fn seed(dir: &Path, db: &str, tenant: &str, subjects: usize, calls: usize) -> Vec<Value> {
@@ -118,16 +81,8 @@ fn seed(dir: &Path, db: &str, tenant: &str, subjects: usize, calls: usize) -> Ve
         .arg(db)
         .output()
         .expect("run dsr seed");
-    assert!(
-        out.status.success(),
-        "seed failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    assert!(out.status.success(), "seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 async fn statuses(c: &mut DataSubjectRightsClient<Channel>) -> HashMap<String, pb::DsrRequest> {
@@ -170,11 +125,7 @@ fn canaries(seeded: &[Value]) -> Vec<String> {
         .flat_map(|(i, s)| {
             vec![
                 s["phone"].as_str().unwrap().to_owned(),
-                s["phone"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches('+')
-                    .to_owned(),
+                s["phone"].as_str().unwrap().trim_start_matches('+').to_owned(),
                 s["email"].as_str().unwrap().to_owned(),
                 s["account_id"].as_str().unwrap().to_owned(),
                 format!("Subject {i}"),
@@ -185,15 +136,9 @@ fn canaries(seeded: &[Value]) -> Vec<String> {
 
 fn assert_no_canaries(log: &Path, canaries: &[String]) {
     let text = std::fs::read_to_string(log).unwrap();
-    assert!(
-        text.lines().count() > 10,
-        "the server logged almost nothing:\n{text}"
-    );
+    assert!(text.lines().count() > 10, "the server logged almost nothing:\n{text}");
     for c in canaries {
-        assert!(
-            !text.contains(c.as_str()),
-            "the log contains an identifier: {c}"
-        );
+        assert!(!text.contains(c.as_str()), "the log contains an identifier: {c}");
     }
 }
 
@@ -201,10 +146,10 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
     let dir = tempfile::tempdir().unwrap();
     let db = support::fresh_database(backend, dir.path()).await;
     let cfg = config(dir.path());
-    let log = dir.path().join("server.log");
+    let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
     let seeded = seed(dir.path(), &db, "acme", 150, 3);
 
-    let mut first = start_server(dir.path(), &db, &cfg, &log);
+    let mut first = start_server(dir.path(), &db, &cfg, &log1);
     let mut c = client(first.addr).await;
     let mut ids = Vec::new();
     for s in &seeded {
@@ -214,10 +159,7 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
             ..Default::default()
         };
         let r = c
-            .submit_deletion(pb::SubmitDeletionRequest {
-                subject: Some(subject),
-                ..Default::default()
-            })
+            .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -226,11 +168,8 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
     // Kill as soon as work is under way: some requests done, most not.
     let deadline = Instant::now() + Duration::from_secs(60);
     let done_at_kill = loop {
-        let done = statuses(&mut c)
-            .await
-            .values()
-            .filter(|r| r.status == RequestStatus::Completed as i32)
-            .count();
+        let done =
+            statuses(&mut c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
         if done > 0 {
             break done;
         }
@@ -239,25 +178,20 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
     };
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
-    assert!(
-        done_at_kill < ids.len(),
-        "everything finished before the kill; the test proved nothing"
-    );
+    assert!(done_at_kill < ids.len(), "everything finished before the kill; the test proved nothing");
 
-    let mut second = start_server(dir.path(), &db, &cfg, &log);
+    let mut second = start_server(dir.path(), &db, &cfg, &log2);
     let mut c = client(second.addr).await;
     let deadline = Instant::now() + Duration::from_secs(180);
     let all = loop {
         let all = statuses(&mut c).await;
-        if all.values().all(|r| {
-            r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32
-        }) {
+        if all
+            .values()
+            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
+        {
             break all;
         }
-        assert!(
-            Instant::now() < deadline,
-            "requests did not finish after the restart"
-        );
+        assert!(Instant::now() < deadline, "requests did not finish after the restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(all.len(), ids.len());
@@ -280,29 +214,24 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
     .fetch_all(ledger.pool())
     .await
     .unwrap();
-    assert!(
-        twice.is_empty(),
-        "outcomes recorded more than once: {twice:?}"
-    );
-    let outcomes: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
-            .fetch_one(ledger.pool())
-            .await
-            .unwrap();
+    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
+    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap();
     assert_eq!(outcomes, 150 * 5);
     let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
         .fetch_one(ledger.pool())
         .await
         .unwrap();
     eprintln!("{backend:?}: {done_at_kill}/150 requests done at the kill; {taken_over} tasks taken over after their lease expired");
-    let left = std::fs::read_dir(dir.path().join("recordings/acme"))
-        .unwrap()
-        .count();
+    let left = std::fs::read_dir(dir.path().join("recordings/acme")).unwrap().count();
     assert_eq!(left, 0, "every recording object is gone");
 
     second.child.kill().unwrap();
     second.child.wait().unwrap();
-    assert_no_canaries(&log, &canaries(&seeded));
+    assert_no_canaries(&log1, &canaries(&seeded));
+    assert_no_canaries(&log2, &canaries(&seeded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,17 +259,11 @@ async fn sigterm_drains_and_exits_cleanly() {
             email: s["email"].as_str().unwrap().into(),
             ..Default::default()
         };
-        c.submit_deletion(pb::SubmitDeletionRequest {
-            subject: Some(subject),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
+            .await
+            .unwrap();
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
@@ -354,15 +277,9 @@ async fn sigterm_drains_and_exits_cleanly() {
     let text = std::fs::read_to_string(&log).unwrap();
     let order: Vec<usize> = ["shutdown requested", "engine stopped", "dsr stopped"]
         .iter()
-        .map(|m| {
-            text.find(m)
-                .unwrap_or_else(|| panic!("log lacks {m:?}:\n{text}"))
-        })
+        .map(|m| text.find(m).unwrap_or_else(|| panic!("log lacks {m:?}:\n{text}")))
         .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "shutdown steps out of order"
-    );
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "shutdown steps out of order");
     assert_no_canaries(&log, &canaries(&seeded));
 }
 
@@ -377,10 +294,7 @@ fn without_credentials_the_server_refuses_a_public_address() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to listen on 0.0.0.0:0") && err.contains("no credentials"),
-        "{err}"
-    );
+    assert!(err.contains("refusing to listen on 0.0.0.0:0") && err.contains("no credentials"), "{err}");
 }
 
 #[test]
@@ -410,11 +324,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     let mut server = start_server(dir.path(), &db, &cfg, &log);
     let url = format!("http://{}", server.addr);
     let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("DSR_SERVER", &url)
-            .output()
-            .unwrap();
+        let out = Command::new(BIN).args(args).env("DSR_SERVER", &url).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -425,13 +335,11 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     let (ok, out, err) = run(&["preview", "--tenant", "acme", "--phone", phone]);
     assert!(ok, "{err}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("recordings") && l.split_whitespace().nth(1) == Some("3")),
+        out.lines().any(|l| l.starts_with("recordings") && l.split_whitespace().nth(1) == Some("3")),
         "{out}"
     );
-    let (ok, out, err) = run(&[
-        "delete", "--tenant", "acme", "--phone", phone, "--regime", "ccpa", "--watch",
-    ]);
+    let (ok, out, err) =
+        run(&["delete", "--tenant", "acme", "--phone", phone, "--regime", "ccpa", "--watch"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("COMPLETED") && out.contains("RETAINED") && out.contains("stores finished"),
@@ -445,10 +353,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     assert_eq!(v["outcomes"].as_array().unwrap().len(), 5);
     let (ok, _, err) = run(&["delete", "--tenant", "acme", "--phone", "12345"]);
     assert!(!ok);
-    assert!(
-        err.contains("InvalidArgument") && err.contains("subject.phone"),
-        "{err}"
-    );
+    assert!(err.contains("InvalidArgument") && err.contains("subject.phone"), "{err}");
     let (ok, out, _) = run(&["list", "--tenant", "acme"]);
     assert!(ok && out.contains(&id), "{out}");
     server.child.kill().unwrap();
@@ -467,17 +372,11 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
                 .arg(dir.path())
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
         let ledger = dsr::db::Db::connect(&db, 1).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests")
-            .fetch_one(ledger.pool())
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests").fetch_one(ledger.pool()).await.unwrap();
         assert_eq!(n, 0);
     }
 }

@@ -10,19 +10,12 @@ use crate::{
 };
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn subject(field: &'static str, s: Option<pb::Subject>) -> Result<Subject, FieldError> {
-    let pb::Subject {
-        tenant_id,
-        account_id,
-        email,
-        phone,
-    } = s.ok_or_else(|| FieldError::new(field, "is required"))?;
+    let pb::Subject { tenant_id, account_id, email, phone } =
+        s.ok_or_else(|| FieldError::new(field, "is required"))?;
     Subject::parse(&tenant_id, &account_id, &email, &phone)
 }
 

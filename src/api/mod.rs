@@ -18,6 +18,5 @@ pub mod pb {
     tonic::include_proto!("dsr.v1");
 
     /// The encoded descriptors of the contract, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/dsr_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dsr_descriptor.bin"));
 }

@@ -10,9 +10,7 @@ use super::{convert, error::ApiError, pb, watch};
 use crate::{
     clock::SharedClock,
     config::FileConfig,
-    domain::{
-        due_at, parse_text, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject,
-    },
+    domain::{due_at, parse_text, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject},
     engine::Signals,
     ledger::{Ledger, ListFilter, NewDsrRequest, Page, Submitted},
     privacy::KeyedHasher,
@@ -39,9 +37,7 @@ pub struct Caller {
 }
 
 fn caller_name<T>(req: &Request<T>) -> String {
-    req.extensions()
-        .get::<Caller>()
-        .map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
+    req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
 }
 
 #[derive(Clone)]
@@ -70,18 +66,11 @@ impl RightsService {
         let now = ctx.clock.now();
         // The payload hash covers what the caller sent (not what resolution added), so a retry
         // of the same call always matches.
-        let payload = format!(
-            "{}|{}|{}|{}",
-            s.kind,
-            s.regime,
-            s.subject.canonical_identifiers(),
-            s.requested_by
-        );
+        let payload =
+            format!("{}|{}|{}|{}", s.kind, s.regime, s.subject.canonical_identifiers(), s.requested_by);
         let subject_tag = ctx.hasher.tag(&s.subject.canonical_identifiers());
         let resolved = ctx.stores.resolve(s.subject.clone()).await.map_err(|e| {
-            ApiError::Unavailable(format!(
-                "could not look the subject up in the accounts store: {e}"
-            ))
+            ApiError::Unavailable(format!("could not look the subject up in the accounts store: {e}"))
         })?;
         let id = RequestId::new().to_string();
         let new = NewDsrRequest {
@@ -91,22 +80,16 @@ impl RightsService {
             regime: s.regime,
             requested_by: s.requested_by,
             actor,
-            idempotency_hash: s.idempotency_key.map(|k| {
-                ctx.hasher
-                    .tag(&format!("idem|{}|{}", s.subject.tenant, k.expose()))
-            }),
+            idempotency_hash: s
+                .idempotency_key
+                .map(|k| ctx.hasher.tag(&format!("idem|{}|{}", s.subject.tenant, k.expose()))),
             payload_hash: ctx.hasher.tag(&payload),
             subject_tag,
             subject_json: serde_json::to_string(&resolved).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),
             trace_context: None,
-            stores: ctx
-                .stores
-                .all()
-                .iter()
-                .map(|a| (a.name().to_owned(), a.stage()))
-                .collect(),
+            stores: ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
             attempt_limit: ctx.config.engine.max_attempts,
             detail: None,
         };
@@ -150,32 +133,15 @@ fn request_id(id: &str) -> Result<String, ApiError> {
 
 #[tonic::async_trait]
 impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
-    async fn submit_export(
-        &self,
-        _req: Request<pb::SubmitExportRequest>,
-    ) -> ApiResult<pb::DsrRequest> {
+    async fn submit_export(&self, _req: Request<pb::SubmitExportRequest>) -> ApiResult<pb::DsrRequest> {
         Err(ApiError::Unimplemented("SubmitExport").into())
     }
 
-    async fn submit_deletion(
-        &self,
-        req: Request<pb::SubmitDeletionRequest>,
-    ) -> ApiResult<pb::DsrRequest> {
+    async fn submit_deletion(&self, req: Request<pb::SubmitDeletionRequest>) -> ApiResult<pb::DsrRequest> {
         let actor = caller_name(&req);
-        let pb::SubmitDeletionRequest {
-            subject,
-            regime,
-            idempotency_key,
-            requested_by,
-        } = req.into_inner();
-        let s = parse_submission(
-            RequestKind::Deletion,
-            subject,
-            regime,
-            &idempotency_key,
-            &requested_by,
-        )
-        .map_err(ApiError::from)?;
+        let pb::SubmitDeletionRequest { subject, regime, idempotency_key, requested_by } = req.into_inner();
+        let s = parse_submission(RequestKind::Deletion, subject, regime, &idempotency_key, &requested_by)
+            .map_err(ApiError::from)?;
         Ok(Response::new(self.submit(s, actor).await?))
     }
 
@@ -207,9 +173,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         let now = self.ctx.clock.now();
         let filter = ListFilter {
             tenant_id: (!tenant_id.is_empty())
-                .then(|| {
-                    crate::domain::TenantId::parse("tenant_id", &tenant_id).map(|t| t.to_string())
-                })
+                .then(|| crate::domain::TenantId::parse("tenant_id", &tenant_id).map(|t| t.to_string()))
                 .transpose()
                 .map_err(ApiError::from)?,
             status: convert::status_filter(status).map_err(ApiError::from)?,
@@ -218,11 +182,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
             due_before: match due_within_days {
                 0 => None,
                 d if d <= 3650 => Some(now + chrono::Duration::days(d.into())),
-                _ => {
-                    return Err(
-                        ApiError::from(FieldError::new("due_within_days", "at most 3650")).into(),
-                    )
-                }
+                _ => return Err(ApiError::from(FieldError::new("due_within_days", "at most 3650")).into()),
             },
         };
         let page = Page {
@@ -232,20 +192,14 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
                 n => n.min(500) as usize,
             },
         };
-        let (records, next) = self
-            .ctx
-            .ledger
-            .list(&filter, &page)
-            .await
-            .map_err(ApiError::from)?;
+        let (records, next) = self.ctx.ledger.list(&filter, &page).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListRequestsResponse {
             requests: records.iter().map(Into::into).collect(),
             next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
         }))
     }
 
-    type WatchRequestStream =
-        Pin<Box<dyn Stream<Item = Result<pb::DsrRequest, Status>> + Send + 'static>>;
+    type WatchRequestStream = Pin<Box<dyn Stream<Item = Result<pb::DsrRequest, Status>> + Send + 'static>>;
 
     async fn watch_request(
         &self,
@@ -259,41 +213,23 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
             )
         })?;
         let first = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
-        Ok(Response::new(Box::pin(watch::stream(
-            self.ctx.clone(),
-            first,
-            permit,
-        ))))
+        Ok(Response::new(Box::pin(watch::stream(self.ctx.clone(), first, permit))))
     }
 
-    async fn cancel_request(
-        &self,
-        req: Request<pb::CancelRequestRequest>,
-    ) -> ApiResult<pb::DsrRequest> {
+    async fn cancel_request(&self, req: Request<pb::CancelRequestRequest>) -> ApiResult<pb::DsrRequest> {
         let actor = caller_name(&req);
         let id = request_id(&req.into_inner().id)?;
-        self.ctx
-            .ledger
-            .cancel(&id, &actor, self.ctx.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        self.ctx.ledger.cancel(&id, &actor, self.ctx.clock.now()).await.map_err(ApiError::from)?;
         info!(request_id = %id, "request cancelled");
         self.ctx.signals.request_changed(&id);
         Ok(Response::new(self.get(&id).await?))
     }
 
-    async fn retry_request(
-        &self,
-        req: Request<pb::RetryRequestRequest>,
-    ) -> ApiResult<pb::DsrRequest> {
+    async fn retry_request(&self, req: Request<pb::RetryRequestRequest>) -> ApiResult<pb::DsrRequest> {
         let actor = caller_name(&req);
         let id = request_id(&req.into_inner().id)?;
         let budget = self.ctx.config.engine.max_attempts;
-        self.ctx
-            .ledger
-            .retry(&id, &actor, budget, self.ctx.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        self.ctx.ledger.retry(&id, &actor, budget, self.ctx.clock.now()).await.map_err(ApiError::from)?;
         info!(request_id = %id, "failed stores queued again");
         self.ctx.signals.request_changed(&id);
         self.ctx.signals.work_available();
@@ -325,8 +261,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         Ok(Response::new(pb::PreviewSubjectResponse { stores }))
     }
 
-    type DownloadExportStream =
-        Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>>;
+    type DownloadExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>>;
 
     async fn download_export(
         &self,
@@ -335,10 +270,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         Err(ApiError::Unimplemented("DownloadExport").into())
     }
 
-    async fn extend_deadline(
-        &self,
-        _req: Request<pb::ExtendDeadlineRequest>,
-    ) -> ApiResult<pb::DsrRequest> {
+    async fn extend_deadline(&self, _req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {
         Err(ApiError::Unimplemented("ExtendDeadline").into())
     }
 }

@@ -57,36 +57,21 @@ impl Body for NormalisedBody {
 }
 
 fn rewrite(headers: &mut HeaderMap) {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let replacement = match code {
-        INTERNAL if message.contains("decode") => Some((
-            "3",
-            "the request body is not a valid protobuf message for this RPC",
-        )),
-        OUT_OF_RANGE
-            if message.contains("length%20too%20large") || message.contains("length too large") =>
-        {
-            Some((
-                "8",
-                "the request message is larger than the server's max_message_bytes",
-            ))
+        INTERNAL if message.contains("decode") => {
+            Some(("3", "the request body is not a valid protobuf message for this RPC"))
+        }
+        OUT_OF_RANGE if message.contains("length%20too%20large") || message.contains("length too large") => {
+            Some(("8", "the request message is larger than the server's max_message_bytes"))
         }
         _ => None,
     };
     if let Some((code, text)) = replacement {
         headers.insert("grpc-status", HeaderValue::from_static(code));
         let encoded = text.replace(' ', "%20");
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_str(&encoded).expect("ASCII message"),
-        );
+        headers.insert("grpc-message", HeaderValue::from_str(&encoded).expect("ASCII message"));
     }
 }
 
@@ -114,10 +99,7 @@ mod tests {
 
     #[test]
     fn oversized_messages_become_resource_exhausted() {
-        let r = normalise(response(
-            "11",
-            "Error,%20decoded%20message%20length%20too%20large",
-        ));
+        let r = normalise(response("11", "Error,%20decoded%20message%20length%20too%20large"));
         assert_eq!(r["grpc-status"], "8");
     }
 

@@ -2,8 +2,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tonic::{
-    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request,
-    Status,
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request, Status,
 };
 
 use crate::api::pb::{self, data_subject_rights_client::DataSubjectRightsClient};
@@ -66,17 +65,12 @@ async fn connect(conn: &Connection) -> anyhow::Result<Client> {
         .await
         .with_context(|| format!("cannot reach the dsr server at {}", conn.server))?;
     let auth = match &conn.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .context("--token has characters not allowed in a header")?,
-        ),
+        Some(t) => {
+            Some(format!("Bearer {t}").parse().context("--token has characters not allowed in a header")?)
+        }
         None => None,
     };
-    Ok(DataSubjectRightsClient::with_interceptor(
-        channel,
-        Auth(auth),
-    ))
+    Ok(DataSubjectRightsClient::with_interceptor(channel, Auth(auth)))
 }
 
 fn subject(s: &SubjectArgs) -> pb::Subject {
@@ -109,11 +103,7 @@ pub async fn delete(conn: &Connection, s: &SubjectArgs, submit: &SubmitArgs) -> 
         idempotency_key: submit.idempotency_key.clone(),
         requested_by: submit.requested_by.clone(),
     };
-    let r = client
-        .submit_deletion(req)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let r = client.submit_deletion(req).await.map_err(status_error)?.into_inner();
     print!("{}", render(&r));
     if submit.watch {
         follow(&mut client, &r.id).await?;
@@ -149,11 +139,7 @@ async fn follow(client: &mut Client, id: &str) -> anyhow::Result<()> {
         .into_inner();
     let mut last = None;
     while let Some(r) = stream.message().await.map_err(status_error)? {
-        let ended = r
-            .outcomes
-            .iter()
-            .filter(|o| is_terminal_outcome(o.state))
-            .count();
+        let ended = r.outcomes.iter().filter(|o| is_terminal_outcome(o.state)).count();
         println!(
             "{}  {}  {}/{} stores finished",
             Utc::now().format("%H:%M:%S"),
@@ -166,10 +152,7 @@ async fn follow(client: &mut Client, id: &str) -> anyhow::Result<()> {
     if let Some(r) = last {
         print!("{}", render(&r));
         if r.status == pb::RequestStatus::Failed as i32 {
-            anyhow::bail!(
-                "the request FAILED; see last_error per store, then `dsr retry {}`",
-                r.id
-            );
+            anyhow::bail!("the request FAILED; see last_error per store, then `dsr retry {}`", r.id);
         }
     }
     Ok(())
@@ -178,16 +161,11 @@ async fn follow(client: &mut Client, id: &str) -> anyhow::Result<()> {
 pub async fn preview(conn: &Connection, s: &SubjectArgs) -> anyhow::Result<()> {
     let mut client = connect(conn).await?;
     let r = client
-        .preview_subject(pb::PreviewSubjectRequest {
-            subject: Some(subject(s)),
-        })
+        .preview_subject(pb::PreviewSubjectRequest { subject: Some(subject(s)) })
         .await
         .map_err(status_error)?
         .into_inner();
-    println!(
-        "{:<12} {:>8} {:>12}  LEGAL HOLD",
-        "STORE", "RECORDS", "BYTES"
-    );
+    println!("{:<12} {:>8} {:>12}  LEGAL HOLD", "STORE", "RECORDS", "BYTES");
     for h in r.stores {
         println!(
             "{:<12} {:>8} {:>12}  {}",
@@ -217,10 +195,7 @@ pub async fn list(
         .await
         .map_err(status_error)?
         .into_inner();
-    println!(
-        "{:<36}  {:<14} {:<12} {:<12} DUE",
-        "ID", "KIND", "STATUS", "TENANT"
-    );
+    println!("{:<36}  {:<14} {:<12} {:<12} DUE", "ID", "KIND", "STATUS", "TENANT");
     for q in r.requests {
         println!(
             "{:<36}  {:<14} {:<12} {:<12} {}",
@@ -257,35 +232,24 @@ pub async fn retry(conn: &Connection, id: &str) -> anyhow::Result<()> {
 }
 
 fn is_terminal_outcome(state: i32) -> bool {
-    !matches!(
-        pb::OutcomeState::try_from(state),
-        Ok(pb::OutcomeState::Pending | pb::OutcomeState::Running)
-    )
+    !matches!(pb::OutcomeState::try_from(state), Ok(pb::OutcomeState::Pending | pb::OutcomeState::Running))
 }
 
 fn status_name(s: i32) -> &'static str {
-    pb::RequestStatus::try_from(s).map_or("?", |s| {
-        s.as_str_name().trim_start_matches("REQUEST_STATUS_")
-    })
+    pb::RequestStatus::try_from(s).map_or("?", |s| s.as_str_name().trim_start_matches("REQUEST_STATUS_"))
 }
 
 fn kind_name(k: i32) -> &'static str {
-    pb::RequestKind::try_from(k)
-        .map_or("?", |k| k.as_str_name().trim_start_matches("REQUEST_KIND_"))
+    pb::RequestKind::try_from(k).map_or("?", |k| k.as_str_name().trim_start_matches("REQUEST_KIND_"))
 }
 
 fn outcome_name(s: i32) -> &'static str {
-    pb::OutcomeState::try_from(s).map_or("?", |s| {
-        s.as_str_name().trim_start_matches("OUTCOME_STATE_")
-    })
+    pb::OutcomeState::try_from(s).map_or("?", |s| s.as_str_name().trim_start_matches("OUTCOME_STATE_"))
 }
 
 fn time(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos as u32))
-        .map_or_else(
-            || "-".to_owned(),
-            |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
-        )
+        .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
 }
 
 /// A request as a few lines of text and a table of outcomes.
@@ -306,11 +270,7 @@ pub fn render(r: &pb::DsrRequest) -> String {
     ));
     for o in &r.outcomes {
         let note = if !o.retention_basis.is_empty() {
-            format!(
-                "retained until {}: {}",
-                time(o.retained_until.as_ref()),
-                o.retention_basis
-            )
+            format!("retained until {}: {}", time(o.retained_until.as_ref()), o.retention_basis)
         } else {
             o.last_error.clone()
         };

@@ -143,31 +143,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { loc, listen } => server::serve(&loc, listen).await,
         Command::Migrate { loc } => server::migrate(&loc).await,
-        Command::Seed {
-            loc,
-            tenant,
-            subjects,
-            calls,
-            recording_bytes,
-            first,
-        } => server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await,
-        Command::Sweep { .. } => {
-            anyhow::bail!("`dsr sweep` is not implemented in this version (it arrives with the retention schedule)")
+        Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
+            server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Delete {
-            conn,
-            subject,
-            submit,
-        } => client::delete(&conn, &subject, &submit).await,
+        Command::Sweep { .. } => {
+            anyhow::bail!(
+                "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"
+            )
+        }
+        Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
         Command::Status { conn, id, json } => client::status(&conn, &id, json).await,
         Command::Watch { conn, id } => client::watch(&conn, &id).await,
         Command::Preview { conn, subject } => client::preview(&conn, &subject).await,
-        Command::List {
-            conn,
-            tenant,
-            overdue,
-            limit,
-        } => client::list(&conn, tenant, overdue, limit).await,
+        Command::List { conn, tenant, overdue, limit } => client::list(&conn, tenant, overdue, limit).await,
         Command::Cancel { conn, id } => client::cancel(&conn, &id).await,
         Command::Retry { conn, id } => client::retry(&conn, &id).await,
     }

@@ -12,14 +12,7 @@ use crate::{
 
 pub async fn serve(loc: &Locations, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let settings = Settings::load(loc)?;
-    let app = Application::build_with(
-        settings,
-        Overrides {
-            listen,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let app = Application::build_with(settings, Overrides { listen, ..Default::default() }).await?;
     app.run_until_stopped(shutdown_signal()).await
 }
 
@@ -42,33 +35,14 @@ pub async fn seed(
     let tenant = TenantId::parse("--tenant", tenant)?;
     anyhow::ensure!(subjects <= 10_000_000, "--subjects: at most 10000000");
     anyhow::ensure!(calls <= 10_000, "--calls: at most 10000 per subject");
-    anyhow::ensure!(
-        recording_bytes <= 1 << 30,
-        "--recording-bytes: at most 1 GiB"
-    );
+    anyhow::ensure!(recording_bytes <= 1 << 30, "--recording-bytes: at most 1 GiB");
     let ledger = open_ledger(&settings).await?;
     let tables = reference::Tables::default();
     reference::ensure_schema(ledger.db(), &tables).await?;
     let objects = open_object_store(&settings.recordings_url)?;
-    let spec = SeedSpec {
-        tenant,
-        subjects,
-        calls,
-        recording_bytes,
-        first,
-    };
-    run_seed(
-        ledger.db(),
-        &tables,
-        objects,
-        &spec,
-        SystemClock.now(),
-        |s| {
-            println!(
-                "{}",
-                serde_json::to_string(&s).expect("seeded subject serialises")
-            );
-        },
-    )
+    let spec = SeedSpec { tenant, subjects, calls, recording_bytes, first };
+    run_seed(ledger.db(), &tables, objects, &spec, SystemClock.now(), |s| {
+        println!("{}", serde_json::to_string(&s).expect("seeded subject serialises"));
+    })
     .await
 }

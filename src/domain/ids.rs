@@ -15,10 +15,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
+        Self { field, reason: reason.into() }
     }
 }
 
@@ -35,9 +32,7 @@ impl RequestId {
         if s.is_empty() {
             return Err(FieldError::new(field, "is required"));
         }
-        Uuid::try_parse(s)
-            .map(Self)
-            .map_err(|_| FieldError::new(field, "is not a request id (a UUID)"))
+        Uuid::try_parse(s).map(Self).map_err(|_| FieldError::new(field, "is not a request id (a UUID)"))
     }
 }
 
@@ -67,10 +62,7 @@ impl IdempotencyKey {
             return Ok(None);
         }
         if s.len() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                field,
-                format!("longer than {} bytes", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new(field, format!("longer than {} bytes", Self::MAX_LEN)));
         }
         Ok(Some(Self(s.to_owned())))
     }

@@ -20,10 +20,7 @@ pub const MAX_TEXT_LEN: usize = 512;
 /// Checks a free-text field: length and no control characters.
 pub fn parse_text(field: &'static str, value: &str) -> Result<String, FieldError> {
     if value.chars().count() > MAX_TEXT_LEN {
-        return Err(FieldError::new(
-            field,
-            format!("longer than {MAX_TEXT_LEN} characters"),
-        ));
+        return Err(FieldError::new(field, format!("longer than {MAX_TEXT_LEN} characters")));
     }
     if value.chars().any(|c| c.is_control()) {
         return Err(FieldError::new(field, "contains control characters"));

@@ -71,10 +71,7 @@ impl OutcomeState {
 
 impl RequestStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RequestStatus::Completed | RequestStatus::Failed | RequestStatus::Cancelled
-        )
+        matches!(self, RequestStatus::Completed | RequestStatus::Failed | RequestStatus::Cancelled)
     }
 }
 
@@ -122,45 +119,22 @@ mod tests {
 
     #[test]
     fn status_follows_the_outcomes() {
-        assert_eq!(
-            derive_status([(Pending, 0), (Pending, 0)]),
-            RequestStatus::Pending
-        );
-        assert_eq!(
-            derive_status([(Done, 1), (Pending, 0)]),
-            RequestStatus::InProgress
-        );
+        assert_eq!(derive_status([(Pending, 0), (Pending, 0)]), RequestStatus::Pending);
+        assert_eq!(derive_status([(Done, 1), (Pending, 0)]), RequestStatus::InProgress);
         assert_eq!(derive_status([(Pending, 2)]), RequestStatus::InProgress);
-        assert_eq!(
-            derive_status([(Done, 1), (Retained, 1), (Skipped, 0)]),
-            RequestStatus::Completed
-        );
-        assert_eq!(
-            derive_status([(Done, 1), (Failed, 5)]),
-            RequestStatus::Failed
-        );
-        assert_eq!(
-            derive_status([(Cancelled, 0), (Done, 1)]),
-            RequestStatus::Cancelled
-        );
-        assert_eq!(
-            derive_status([(Failed, 3), (Running, 1)]),
-            RequestStatus::InProgress
-        );
+        assert_eq!(derive_status([(Done, 1), (Retained, 1), (Skipped, 0)]), RequestStatus::Completed);
+        assert_eq!(derive_status([(Done, 1), (Failed, 5)]), RequestStatus::Failed);
+        assert_eq!(derive_status([(Cancelled, 0), (Done, 1)]), RequestStatus::Cancelled);
+        assert_eq!(derive_status([(Failed, 3), (Running, 1)]), RequestStatus::InProgress);
     }
 
     #[test]
     fn deadlines_follow_the_regime() {
-        let t = DateTime::parse_from_rfc3339("2026-01-31T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-01-31T00:00:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(due_at(Regime::Gdpr, t) - t, Duration::days(30));
         assert_eq!(due_at(Regime::Unspecified, t) - t, Duration::days(30));
         assert_eq!(due_at(Regime::Ccpa, t) - t, Duration::days(45));
         assert_eq!(extended_due_at(Regime::Ccpa, t) - t, Duration::days(45));
-        assert_eq!(
-            extended_due_at(Regime::Gdpr, t).to_rfc3339(),
-            "2026-03-31T00:00:00+00:00"
-        );
+        assert_eq!(extended_due_at(Regime::Gdpr, t).to_rfc3339(), "2026-03-31T00:00:00+00:00");
     }
 }

@@ -29,19 +29,10 @@ impl TenantId {
             return Err(FieldError::new(field, "is required"));
         }
         if s.len() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                field,
-                format!("longer than {} characters", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new(field, format!("longer than {} characters", Self::MAX_LEN)));
         }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(FieldError::new(
-                field,
-                "may contain only letters, digits, '.', '_' and '-'",
-            ));
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(FieldError::new(field, "may contain only letters, digits, '.', '_' and '-'"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -68,16 +59,10 @@ impl AccountId {
 
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
         if s.len() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                field,
-                format!("longer than {} characters", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new(field, format!("longer than {} characters", Self::MAX_LEN)));
         }
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(FieldError::new(
-                field,
-                "must be non-empty with no whitespace",
-            ));
+            return Err(FieldError::new(field, "must be non-empty with no whitespace"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -100,24 +85,16 @@ impl Email {
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
         let s = s.trim();
         if s.len() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                field,
-                format!("longer than {} characters", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new(field, format!("longer than {} characters", Self::MAX_LEN)));
         }
         let bad = || FieldError::new(field, "is not an email address (local@domain.tld)");
         let (local, domain) = s.split_once('@').ok_or_else(bad)?;
-        let ok_chars = |p: &str| {
-            !p.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '@')
-        };
+        let ok_chars = |p: &str| !p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@');
         let domain_ok = domain.contains('.')
             && !domain.starts_with('.')
             && !domain.ends_with('.')
             && !domain.contains("..")
-            && domain
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+            && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-');
         if local.is_empty() || local.len() > 64 || !ok_chars(local) || !domain_ok {
             return Err(bad());
         }
@@ -142,10 +119,7 @@ impl Phone {
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with('0');
         if !ok {
-            return Err(FieldError::new(
-                field,
-                "is not an E.164 phone number (+ and 7 to 15 digits)",
-            ));
+            return Err(FieldError::new(field, "is not an E.164 phone number (+ and 7 to 15 digits)"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -170,10 +144,7 @@ impl Name {
             return Err(FieldError::new(field, "must not be empty"));
         }
         if s.chars().count() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                field,
-                format!("longer than {} characters", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new(field, format!("longer than {} characters", Self::MAX_LEN)));
         }
         if s.chars().any(|c| c.is_control()) {
             return Err(FieldError::new(field, "contains control characters"));
@@ -197,35 +168,20 @@ pub struct Subject {
 
 impl Subject {
     /// Parses the wire fields; `prefix` names the message field (`subject`) in errors.
-    pub fn parse(
-        tenant: &str,
-        account_id: &str,
-        email: &str,
-        phone: &str,
-    ) -> Result<Self, FieldError> {
+    pub fn parse(tenant: &str, account_id: &str, email: &str, phone: &str) -> Result<Self, FieldError> {
         let tenant = TenantId::parse("subject.tenant_id", tenant)?;
         let opt = |s: &str| (!s.is_empty()).then_some(());
-        let account_id = opt(account_id)
-            .map(|_| AccountId::parse("subject.account_id", account_id))
-            .transpose()?;
-        let email = opt(email)
-            .map(|_| Email::parse("subject.email", email))
-            .transpose()?;
-        let phone = opt(phone)
-            .map(|_| Phone::parse("subject.phone", phone))
-            .transpose()?;
+        let account_id =
+            opt(account_id).map(|_| AccountId::parse("subject.account_id", account_id)).transpose()?;
+        let email = opt(email).map(|_| Email::parse("subject.email", email)).transpose()?;
+        let phone = opt(phone).map(|_| Phone::parse("subject.phone", phone)).transpose()?;
         if account_id.is_none() && email.is_none() && phone.is_none() {
             return Err(FieldError::new(
                 "subject",
                 "needs at least one identifier: account_id, email or phone",
             ));
         }
-        Ok(Self {
-            tenant,
-            account_id,
-            email,
-            phone,
-        })
+        Ok(Self { tenant, account_id, email, phone })
     }
 
     /// Fills identifiers this subject lacks from another view of the same person (the account
@@ -263,27 +219,14 @@ pub struct Corrections {
 }
 
 impl Corrections {
-    pub fn parse(
-        name: Option<&str>,
-        email: Option<&str>,
-        phone: Option<&str>,
-    ) -> Result<Self, FieldError> {
+    pub fn parse(name: Option<&str>, email: Option<&str>, phone: Option<&str>) -> Result<Self, FieldError> {
         let c = Self {
-            name: name
-                .map(|v| Name::parse("corrections.name", v))
-                .transpose()?,
-            email: email
-                .map(|v| Email::parse("corrections.email", v))
-                .transpose()?,
-            phone: phone
-                .map(|v| Phone::parse("corrections.phone", v))
-                .transpose()?,
+            name: name.map(|v| Name::parse("corrections.name", v)).transpose()?,
+            email: email.map(|v| Email::parse("corrections.email", v)).transpose()?,
+            phone: phone.map(|v| Phone::parse("corrections.phone", v)).transpose()?,
         };
         if c.name.is_none() && c.email.is_none() && c.phone.is_none() {
-            return Err(FieldError::new(
-                "corrections",
-                "needs at least one of name, email, phone",
-            ));
+            return Err(FieldError::new("corrections", "needs at least one of name, email, phone"));
         }
         Ok(c)
     }
@@ -311,54 +254,24 @@ mod tests {
     #[test]
     fn phones_must_be_e164() {
         assert!(Phone::parse("p", "+14155550100").is_ok());
-        for bad in [
-            "14155550100",
-            "+0123456789",
-            "+1 415 555",
-            "+123",
-            "+1234567890123456",
-            "",
-            "+",
-        ] {
+        for bad in ["14155550100", "+0123456789", "+1 415 555", "+123", "+1234567890123456", "", "+"] {
             assert!(Phone::parse("p", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(
-            Email::parse("e", " Ann@Example.COM ").unwrap().as_str(),
-            "ann@example.com"
-        );
-        for bad in [
-            "ann",
-            "@x.com",
-            "ann@",
-            "ann@localhost",
-            "a b@x.com",
-            "ann@x..com",
-            "a@b@c.com",
-        ] {
+        assert_eq!(Email::parse("e", " Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        for bad in ["ann", "@x.com", "ann@", "ann@localhost", "a b@x.com", "ann@x..com", "a@b@c.com"] {
             assert!(Email::parse("e", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn a_subject_needs_a_tenant_and_an_identifier() {
-        assert_eq!(
-            Subject::parse("", "", "", "+14155550100")
-                .unwrap_err()
-                .field,
-            "subject.tenant_id"
-        );
-        assert_eq!(
-            Subject::parse("acme", "", "", "").unwrap_err().field,
-            "subject"
-        );
-        assert_eq!(
-            Subject::parse("acme", "", "x", "").unwrap_err().field,
-            "subject.email"
-        );
+        assert_eq!(Subject::parse("", "", "", "+14155550100").unwrap_err().field, "subject.tenant_id");
+        assert_eq!(Subject::parse("acme", "", "", "").unwrap_err().field, "subject");
+        assert_eq!(Subject::parse("acme", "", "x", "").unwrap_err().field, "subject.email");
         assert!(Subject::parse("acme", "acct-1", "", "").is_ok());
     }
 
@@ -366,9 +279,6 @@ mod tests {
     fn identifiers_do_not_show_in_debug() {
         let s = Subject::parse("acme", "acct-1", "ann@example.com", "+14155550100").unwrap();
         let dbg = format!("{s:?}");
-        assert!(
-            !dbg.contains("ann@") && !dbg.contains("4155550100") && !dbg.contains("acct-1"),
-            "{dbg}"
-        );
+        assert!(!dbg.contains("ann@") && !dbg.contains("4155550100") && !dbg.contains("acct-1"), "{dbg}");
     }
 }

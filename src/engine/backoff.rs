@@ -28,29 +28,20 @@ mod tests {
 
     #[test]
     fn delays_grow_then_cap_and_stay_within_bounds() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(5) };
         let mut rng = rand::rng();
         for attempt in 1..40 {
             let ceiling = Duration::from_millis(100 * 2u64.pow((attempt - 1).min(30))).min(b.max);
             for _ in 0..50 {
                 let d = b.delay(attempt, &mut rng);
-                assert!(
-                    d >= ceiling / 2 && d <= ceiling,
-                    "attempt {attempt}: {d:?} vs {ceiling:?}"
-                );
+                assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?} vs {ceiling:?}");
             }
         }
     }
 
     #[test]
     fn jitter_spreads_retries() {
-        let b = Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        };
+        let b = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
         let mut rng = rand::rng();
         let delays: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3, &mut rng)).collect();
         assert!(delays.len() > 10);

@@ -11,31 +11,23 @@ use super::Engine;
 impl Engine {
     pub(super) async fn execute(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
         let adapter = self.stores.get(&task.store).ok_or_else(|| {
-            StoreError::Fatal(format!(
-                "no adapter for store {:?} in this process",
-                task.store
-            ))
+            StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
         let subject: Subject = task
             .subject_json
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
-            .map_err(|e| {
-                StoreError::Fatal(format!("the ledger's subject record does not parse: {e}"))
-            })?
+            .map_err(|e| StoreError::Fatal(format!("the ledger's subject record does not parse: {e}")))?
             .ok_or_else(|| StoreError::Fatal("the request no longer holds its subject".into()))?;
         if !adapter.applies_to(&subject) {
-            return Ok(skipped(
-                "the subject has no identifier this store is keyed on",
-            ));
+            return Ok(skipped("the subject has no identifier this store is keyed on"));
         }
         match task.kind {
             RequestKind::Deletion => self.erase(adapter.as_ref(), task, &subject).await,
-            RequestKind::Export | RequestKind::Rectification => Err(StoreError::Fatal(format!(
-                "{} is not supported by this version",
-                task.kind
-            ))),
+            RequestKind::Export | RequestKind::Rectification => {
+                Err(StoreError::Fatal(format!("{} is not supported by this version", task.kind)))
+            }
         }
     }
 
@@ -56,9 +48,7 @@ impl Engine {
                     Ok(Fenced::Stale) => {
                         return Err(StoreError::Transient("lease lost before erasing".into()))
                     }
-                    Err(e) => {
-                        return Err(StoreError::Transient(format!("ledger unavailable: {e}")))
-                    }
+                    Err(e) => return Err(StoreError::Transient(format!("ledger unavailable: {e}"))),
                 }
                 before
             }
@@ -84,12 +74,7 @@ impl Engine {
                     detail: None,
                 }
             }
-            Erasure::Retained {
-                found,
-                affected,
-                basis,
-                until,
-            } => TaskResult {
+            Erasure::Retained { found, affected, basis, until } => TaskResult {
                 state: OutcomeState::Retained,
                 found: found.max(first_count),
                 affected,

@@ -52,12 +52,7 @@ impl Engine {
         let per_store = stores
             .all()
             .iter()
-            .map(|a| {
-                (
-                    a.name(),
-                    Arc::new(Semaphore::new(file.store(a.name()).concurrency)),
-                )
-            })
+            .map(|a| (a.name(), Arc::new(Semaphore::new(file.store(a.name()).concurrency))))
             .collect();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
@@ -87,21 +82,13 @@ impl Engine {
             let mut claimed = 0;
             for adapter in self.stores.all() {
                 let store_sem = &self.per_store[adapter.name()];
-                let free = store_sem
-                    .available_permits()
-                    .min(self.workers.available_permits());
+                let free = store_sem.available_permits().min(self.workers.available_permits());
                 if free == 0 {
                     continue;
                 }
                 let tasks = match self
                     .ledger
-                    .claim(
-                        adapter.name(),
-                        free,
-                        &self.owner,
-                        self.config.lease(),
-                        self.clock.now(),
-                    )
+                    .claim(adapter.name(), free, &self.owner, self.config.lease(), self.clock.now())
                     .await
                 {
                     Ok(tasks) => {
@@ -117,20 +104,11 @@ impl Engine {
                 for task in tasks {
                     // Only this loop takes permits, and it counted them above: these succeed.
                     let permits = (
-                        self.workers
-                            .clone()
-                            .try_acquire_owned()
-                            .expect("worker permit counted"),
-                        store_sem
-                            .clone()
-                            .try_acquire_owned()
-                            .expect("store permit counted"),
+                        self.workers.clone().try_acquire_owned().expect("worker permit counted"),
+                        store_sem.clone().try_acquire_owned().expect("store permit counted"),
                     );
                     claimed += 1;
-                    self.running
-                        .lock()
-                        .expect("running lock")
-                        .insert(task.task_id.clone(), task.clone());
+                    self.running.lock().expect("running lock").insert(task.task_id.clone(), task.clone());
                     let engine = self.clone();
                     inflight.spawn(async move {
                         let _permits = permits;
@@ -140,8 +118,7 @@ impl Engine {
             }
             while inflight.try_join_next().is_some() {}
             if claimed == 0 {
-                let idle =
-                    Duration::from_millis(self.config.poll_interval_ms) * (1 + db_trouble.min(10));
+                let idle = Duration::from_millis(self.config.poll_interval_ms) * (1 + db_trouble.min(10));
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = self.signals.wait_for_work() => {}
@@ -149,26 +126,14 @@ impl Engine {
                 }
             }
         }
-        info!(
-            running = inflight.len(),
-            "engine stopping: draining running tasks"
-        );
-        if tokio::time::timeout(grace, async {
-            while inflight.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
+        info!(running = inflight.len(), "engine stopping: draining running tasks");
+        if tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await.is_err()
         {
             inflight.abort_all();
             while inflight.join_next().await.is_some() {}
         }
-        let left: Vec<ClaimedTask> = self
-            .running
-            .lock()
-            .expect("running lock")
-            .drain()
-            .map(|(_, t)| t)
-            .collect();
+        let left: Vec<ClaimedTask> =
+            self.running.lock().expect("running lock").drain().map(|(_, t)| t).collect();
         for task in left {
             match self.ledger.release(&task, self.clock.now()).await {
                 Ok(_) => {
@@ -225,11 +190,7 @@ impl Engine {
         .await
     }
 
-    async fn record_failure(
-        &self,
-        task: &ClaimedTask,
-        err: &StoreError,
-    ) -> crate::ledger::Result<Fenced> {
+    async fn record_failure(&self, task: &ClaimedTask, err: &StoreError) -> crate::ledger::Result<Fenced> {
         let now = self.clock.now();
         let retry_at = match err {
             StoreError::Transient(_) if task.attempt < task.attempt_limit => {
@@ -249,9 +210,7 @@ impl Engine {
             }
             None => warn!(error = %message, "store task failed for good"),
         }
-        self.ledger
-            .fail_attempt(task, &message, retry_at, now)
-            .await
+        self.ledger.fail_attempt(task, &message, retry_at, now).await
     }
 
     /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.
@@ -259,11 +218,7 @@ impl Engine {
         let lease = self.config.lease();
         loop {
             tokio::time::sleep(lease / 3).await;
-            match self
-                .ledger
-                .renew_lease(&task, lease, self.clock.now())
-                .await
-            {
+            match self.ledger.renew_lease(&task, lease, self.clock.now()).await {
                 Ok(true) => {}
                 Ok(false) => return lost.cancel(),
                 Err(e) => warn!(error = %e, "renewing the lease failed; will try again"),

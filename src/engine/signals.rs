@@ -13,10 +13,7 @@ pub struct Signals {
 
 impl Default for Signals {
     fn default() -> Self {
-        Self {
-            work: Arc::new(Notify::new()),
-            changes: broadcast::channel(1024).0,
-        }
+        Self { work: Arc::new(Notify::new()), changes: broadcast::channel(1024).0 }
     }
 }
 

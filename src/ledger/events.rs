@@ -25,12 +25,7 @@ pub struct NewEvent<'a> {
 
 impl<'a> NewEvent<'a> {
     pub fn request(request_id: &'a str, tenant_id: &'a str, action: &'a str) -> Self {
-        Self {
-            request_id: Some(request_id),
-            tenant_id: Some(tenant_id),
-            action,
-            ..Default::default()
-        }
+        Self { request_id: Some(request_id), tenant_id: Some(tenant_id), action, ..Default::default() }
     }
 
     pub fn store(mut self, store: &'a str, attempt: u32) -> Self {

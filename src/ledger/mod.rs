@@ -102,8 +102,7 @@ fn opt_time(row: &AnyRow, col: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
 }
 
 fn decode_enum<T>(value: String, parse: fn(&str) -> Option<T>) -> sqlx::Result<T> {
-    parse(&value)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown state {value:?} in the ledger").into()))
+    parse(&value).ok_or_else(|| sqlx::Error::Decode(format!("unknown state {value:?} in the ledger").into()))
 }
 
 impl TaskRecord {

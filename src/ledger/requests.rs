@@ -86,9 +86,7 @@ impl Ledger {
                     return Ok(Submitted::Created(new.id.clone()));
                 }
                 // Two submits with one key raced: the loser re-reads the winner's row.
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt == 0 => {
-                    continue
-                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt == 0 => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -96,13 +94,11 @@ impl Ledger {
     }
 
     pub async fn get(&self, id: &str) -> Result<RequestRecord> {
-        let row = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.db.pool())
-        .await?
-        .ok_or(LedgerError::NotFound)?;
+        let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(LedgerError::NotFound)?;
         let mut rec = request_from_row(&row)?;
         rec.outcomes = self.tasks_of(id).await?;
         Ok(rec)
@@ -134,10 +130,7 @@ impl Ledger {
         .bind(id)
         .fetch_all(self.db.pool())
         .await?;
-        Ok(rows
-            .iter()
-            .map(TaskRecord::from_row)
-            .collect::<sqlx::Result<_>>()?)
+        Ok(rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<_>>()?)
     }
 
     /// Newest first. Returns the page and, when there is more, the position after it.
@@ -174,10 +167,7 @@ impl Ledger {
             push(&mut sql, " OR (created_at = $?", Bind::Int(*created));
             push(&mut sql, " AND id < $?))", Bind::Text(id.clone()));
         }
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, id DESC LIMIT {}",
-            page.size + 1
-        ));
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {}", page.size + 1));
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = match b {
@@ -186,15 +176,10 @@ impl Ledger {
             };
         }
         let rows = q.fetch_all(self.db.pool()).await?;
-        let mut records = rows
-            .iter()
-            .map(request_from_row)
-            .collect::<sqlx::Result<Vec<_>>>()?;
+        let mut records = rows.iter().map(request_from_row).collect::<sqlx::Result<Vec<_>>>()?;
         let next = if records.len() > page.size {
             records.truncate(page.size);
-            records
-                .last()
-                .map(|r| (to_millis(r.created_at), r.id.clone()))
+            records.last().map(|r| (to_millis(r.created_at), r.id.clone()))
         } else {
             None
         };
@@ -210,9 +195,7 @@ impl Ledger {
         let mut tx = self.db.begin_write().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status.is_terminal() {
-            return Err(LedgerError::FailedPrecondition(format!(
-                "the request has already ended ({status})"
-            )));
+            return Err(LedgerError::FailedPrecondition(format!("the request has already ended ({status})")));
         }
         let cancelled = sqlx::query(
             "UPDATE dsr_tasks SET state = 'cancelled', finished_at = $1, lease_owner = NULL, lease_until = NULL \
@@ -234,13 +217,7 @@ impl Ledger {
     }
 
     /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.
-    pub async fn retry(
-        &self,
-        id: &str,
-        actor: &str,
-        attempt_budget: u32,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    pub async fn retry(&self, id: &str, actor: &str, attempt_budget: u32, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.db.begin_write().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status != RequestStatus::Failed {
@@ -277,8 +254,7 @@ enum Bind {
 pub(super) const REQUEST_COLUMNS: &str =
     "id, tenant_id, kind, status, regime, requested_by, created_at, due_at, \
      completed_at, deadline_extended, version";
-pub(super) const TASK_COLUMNS: &str =
-    "store, state, records_found, records_affected, retention_basis, \
+pub(super) const TASK_COLUMNS: &str = "store, state, records_found, records_affected, retention_basis, \
      retained_until, attempt, last_error, verified, started_at, finished_at";
 
 fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
@@ -298,10 +274,7 @@ fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
     })
 }
 
-async fn find_by_idempotency(
-    tx: &mut Tx,
-    new: &NewDsrRequest,
-) -> Result<Option<Result<Submitted>>> {
+async fn find_by_idempotency(tx: &mut Tx, new: &NewDsrRequest) -> Result<Option<Result<Submitted>>> {
     let Some(key) = &new.idempotency_hash else {
         return Ok(None);
     };
@@ -372,10 +345,7 @@ async fn status_for_update(tx: &mut Tx, id: &str) -> Result<(String, RequestStat
         .fetch_optional(&mut **tx)
         .await?
         .ok_or(LedgerError::NotFound)?;
-    Ok((
-        row.try_get("tenant_id")?,
-        decode_enum(row.try_get("status")?, RequestStatus::from_db)?,
-    ))
+    Ok((row.try_get("tenant_id")?, decode_enum(row.try_get("status")?, RequestStatus::from_db)?))
 }
 
 /// Re-derives a request's status from its tasks, bumps its version, and on a terminal status
@@ -417,9 +387,7 @@ pub(super) async fn refresh_status(
     .execute(&mut **tx)
     .await?;
     if terminal && old != status {
-        NewEvent::request(id, tenant, status.as_str())
-            .append(tx, now)
-            .await?;
+        NewEvent::request(id, tenant, status.as_str()).append(tx, now).await?;
     }
     Ok(status)
 }

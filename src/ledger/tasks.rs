@@ -90,10 +90,12 @@ impl Ledger {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             let request_id: String = row.try_get("request_id")?;
-            let req = sqlx::query("SELECT tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id = $1")
-                .bind(&request_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let req = sqlx::query(
+                "SELECT tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id = $1",
+            )
+            .bind(&request_id)
+            .fetch_one(&mut *tx)
+            .await?;
             let task = ClaimedTask {
                 task_id: row.try_get("id")?,
                 tenant_id: req.try_get("tenant_id")?,
@@ -102,9 +104,7 @@ impl Ledger {
                 attempt: row.try_get::<i64, _>("attempt")? as u32,
                 attempt_limit: row.try_get::<i64, _>("attempt_limit")? as u32,
                 subject_json: req.try_get("subject_json")?,
-                found_checkpoint: row
-                    .try_get::<Option<i64>, _>("found_checkpoint")?
-                    .map(|n| n as u64),
+                found_checkpoint: row.try_get::<Option<i64>, _>("found_checkpoint")?.map(|n| n as u64),
                 trace_context: req.try_get("trace_context")?,
                 request_id,
             };
@@ -120,12 +120,7 @@ impl Ledger {
     }
 
     /// Renews our lease; `false` when the task is no longer ours.
-    pub async fn renew_lease(
-        &self,
-        task: &ClaimedTask,
-        lease: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
+    pub async fn renew_lease(&self, task: &ClaimedTask, lease: Duration, now: DateTime<Utc>) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE dsr_tasks SET lease_until = $1 WHERE id = $2 AND attempt = $3 AND state = 'running'",
         )
@@ -151,11 +146,7 @@ impl Ledger {
         .execute(self.db.pool())
         .await?
         .rows_affected();
-        Ok(if n == 1 {
-            Fenced::Applied(RequestStatus::InProgress)
-        } else {
-            Fenced::Stale
-        })
+        Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale })
     }
 
     /// Ends a task with the store's result, appends its `outcome` event and re-derives the
@@ -232,11 +223,7 @@ impl Ledger {
         }
         NewEvent::request(&task.request_id, &task.tenant_id, action)
             .store(&task.store, task.attempt)
-            .detail(if next_run_at.is_some() {
-                "transient"
-            } else {
-                "failed"
-            })
+            .detail(if next_run_at.is_some() { "transient" } else { "failed" })
             .append(&mut tx, now)
             .await?;
         let status = refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
@@ -258,10 +245,6 @@ impl Ledger {
         .execute(self.db.pool())
         .await?
         .rows_affected();
-        Ok(if n == 1 {
-            Fenced::Applied(RequestStatus::InProgress)
-        } else {
-            Fenced::Stale
-        })
+        Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale })
     }
 }

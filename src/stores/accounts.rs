@@ -56,10 +56,7 @@ impl StoreAdapter for AccountsStore {
         let Some(p) = Predicate::for_subject(&subject, &self.keys) else {
             return Ok(subject);
         };
-        let sql = format!(
-            "SELECT id, email, phone FROM {} WHERE {}{NOT_ERASED} LIMIT 2",
-            self.table, p.sql
-        );
+        let sql = format!("SELECT id, email, phone FROM {} WHERE {}{NOT_ERASED} LIMIT 2", self.table, p.sql);
         let rows = p.query(&sql).fetch_all(self.db.pool()).await?;
         let [row] = rows.as_slice() else {
             return Ok(subject);
@@ -80,19 +77,12 @@ impl StoreAdapter for AccountsStore {
             return Ok(Holdings::default());
         };
         let (records, _) = p.count(&self.db, &self.table, None, NOT_ERASED).await?;
-        Ok(Holdings {
-            records,
-            bytes: 0,
-            under_legal_hold: false,
-        })
+        Ok(Holdings { records, bytes: 0, under_legal_hold: false })
     }
 
     async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased {
-                found: 0,
-                affected: 0,
-            });
+            return Ok(Erasure::Erased { found: 0, affected: 0 });
         };
         let billed = format!(
             "EXISTS (SELECT 1 FROM {b} WHERE {b}.tenant_id = {a}.tenant_id AND {b}.account_id = {a}.id)",
@@ -105,16 +95,10 @@ impl StoreAdapter for AccountsStore {
             self.table, p.sql
         );
         let erased = p.query(&kept).execute(&mut *tx).await?.rows_affected();
-        let gone = format!(
-            "DELETE FROM {} WHERE {} AND NOT {billed}",
-            self.table, p.sql
-        );
+        let gone = format!("DELETE FROM {} WHERE {} AND NOT {billed}", self.table, p.sql);
         let deleted = p.query(&gone).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
-        Ok(Erasure::Erased {
-            found: erased + deleted,
-            affected: erased + deleted,
-        })
+        Ok(Erasure::Erased { found: erased + deleted, affected: erased + deleted })
     }
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {

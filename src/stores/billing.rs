@@ -53,19 +53,12 @@ impl StoreAdapter for BillingStore {
             return Ok(Holdings::default());
         };
         let (records, _) = p.count(&self.db, &self.table, None, "").await?;
-        Ok(Holdings {
-            records,
-            bytes: 0,
-            under_legal_hold: records > 0,
-        })
+        Ok(Holdings { records, bytes: 0, under_legal_hold: records > 0 })
     }
 
     async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased {
-                found: 0,
-                affected: 0,
-            });
+            return Ok(Erasure::Erased { found: 0, affected: 0 });
         };
         let mut tx = self.db.begin_write().await?;
         let sql = format!(
@@ -74,24 +67,12 @@ impl StoreAdapter for BillingStore {
             p.next_param(),
             p.sql
         );
-        let restricted = p
-            .query(&sql)
-            .bind(to_millis(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let restricted = p.query(&sql).bind(to_millis(now)).execute(&mut *tx).await?.rows_affected();
         let newest_sql = format!("SELECT MAX(created_at) FROM {} WHERE {}", self.table, p.sql);
-        let newest: Option<i64> = p
-            .query_as::<(Option<i64>,)>(&newest_sql)
-            .fetch_one(&mut *tx)
-            .await?
-            .0;
+        let newest: Option<i64> = p.query_as::<(Option<i64>,)>(&newest_sql).fetch_one(&mut *tx).await?.0;
         tx.commit().await?;
         match newest {
-            None => Ok(Erasure::Erased {
-                found: 0,
-                affected: 0,
-            }),
+            None => Ok(Erasure::Erased { found: 0, affected: 0 }),
             Some(newest) => Ok(Erasure::Retained {
                 found: restricted,
                 affected: restricted,
@@ -106,9 +87,7 @@ impl StoreAdapter for BillingStore {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
             return Ok(true);
         };
-        let (unrestricted, _) = p
-            .count(&self.db, &self.table, None, " AND restricted_at IS NULL")
-            .await?;
+        let (unrestricted, _) = p.count(&self.db, &self.table, None, " AND restricted_at IS NULL").await?;
         Ok(unrestricted == 0)
     }
 }

@@ -28,13 +28,7 @@ pub use objects::open_object_store;
 use crate::{config::Settings, db::Db, domain::Subject};
 
 /// Every store, in the order outcomes are reported.
-pub const STORE_NAMES: &[&str] = &[
-    "accounts",
-    "call_logs",
-    "transcripts",
-    "recordings",
-    "billing",
-];
+pub const STORE_NAMES: &[&str] = &["accounts", "call_logs", "transcripts", "recordings", "billing"];
 
 /// What a store holds on a subject (a dry run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,12 +44,7 @@ pub enum Erasure {
     /// The subject's records are gone (or their personal data is).
     Erased { found: u64, affected: u64 },
     /// Kept under a legal obligation, and restricted from any other use until `until`.
-    Retained {
-        found: u64,
-        affected: u64,
-        basis: String,
-        until: DateTime<Utc>,
-    },
+    Retained { found: u64, affected: u64, basis: String, until: DateTime<Utc> },
 }
 
 /// A store failure. Messages never carry identifiers (they end up in outcomes and logs).
@@ -77,12 +66,9 @@ impl From<sqlx::Error> for StoreError {
             | ColumnDecode { .. }
             | TypeNotFound { .. }
             | Decode(_)
-            | ColumnIndexOutOfBounds { .. } => {
-                StoreError::Fatal(format!("store schema mismatch: {e}"))
-            }
+            | ColumnIndexOutOfBounds { .. } => StoreError::Fatal(format!("store schema mismatch: {e}")),
             Database(db)
-                if db.message().contains("no such table")
-                    || db.message().contains("does not exist") =>
+                if db.message().contains("no such table") || db.message().contains("does not exist") =>
             {
                 StoreError::Fatal(format!("store schema mismatch: {}", db.message()))
             }
@@ -151,11 +137,7 @@ impl StoreRegistry {
         let mut pools: HashMap<String, Db> = HashMap::new();
         let mut dbs = Vec::with_capacity(STORE_NAMES.len());
         for name in STORE_NAMES {
-            let url = settings
-                .file
-                .store(name)
-                .database_url
-                .filter(|u| u != &settings.database_url);
+            let url = settings.file.store(name).database_url.filter(|u| u != &settings.database_url);
             let db = match url {
                 None => default_db.clone(),
                 Some(url) => match pools.get(&url) {
@@ -171,13 +153,8 @@ impl StoreRegistry {
         }
         let [accounts_db, calls_db, transcripts_db, recordings_db, billing_db]: [Db; 5] =
             dbs.try_into().expect("one database per store");
-        let table = |name: &str, default: &str| {
-            settings
-                .file
-                .store(name)
-                .table
-                .unwrap_or_else(|| default.to_owned())
-        };
+        let table =
+            |name: &str, default: &str| settings.file.store(name).table.unwrap_or_else(|| default.to_owned());
         let t = reference::Tables {
             accounts: table("accounts", "accounts"),
             call_logs: table("call_logs", "call_logs"),
@@ -186,13 +163,7 @@ impl StoreRegistry {
             billing: table("billing", "billing_records"),
         };
         if settings.file.stores.create_reference_schema {
-            for db in [
-                &accounts_db,
-                &calls_db,
-                &transcripts_db,
-                &recordings_db,
-                &billing_db,
-            ] {
+            for db in [&accounts_db, &calls_db, &transcripts_db, &recordings_db, &billing_db] {
                 reference::ensure_schema(db, &t).await?;
             }
         }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use object_store::{
-    aws::AmazonS3Builder, local::LocalFileSystem, prefix::PrefixStore, ObjectStore,
-};
+use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, prefix::PrefixStore, ObjectStore};
 use url::Url;
 
 pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
@@ -21,12 +19,8 @@ pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
             Ok(Arc::new(LocalFileSystem::new_with_prefix(&dir)?))
         }
         "s3" => {
-            let bucket = parsed
-                .host_str()
-                .context("the recordings URL names no bucket")?;
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()?;
+            let bucket = parsed.host_str().context("the recordings URL names no bucket")?;
+            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let prefix = parsed.path().trim_matches('/');
             if prefix.is_empty() {
                 Ok(Arc::new(s3))

@@ -34,10 +34,7 @@ impl RecordingsStore {
             table: t.recordings.clone(),
             keys: vec![
                 Key::Column("caller_phone", Ident::Phone),
-                Key::ViaCallLogs {
-                    column: "call_id",
-                    call_logs_table: t.call_logs.clone(),
-                },
+                Key::ViaCallLogs { column: "call_id", call_logs_table: t.call_logs.clone() },
             ],
             objects,
         }
@@ -52,9 +49,7 @@ impl RecordingsStore {
         }
         match self.objects.head(&path).await {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Ok(_) => Err(StoreError::Transient(
-                "a recording object is still present after delete".into(),
-            )),
+            Ok(_) => Err(StoreError::Transient("a recording object is still present after delete".into())),
             Err(e) => Err(e.into()),
         }
     }
@@ -75,28 +70,18 @@ impl StoreAdapter for RecordingsStore {
             return Ok(Holdings::default());
         };
         let (records, bytes) = p.count(&self.db, &self.table, Some("bytes"), "").await?;
-        Ok(Holdings {
-            records,
-            bytes,
-            under_legal_hold: false,
-        })
+        Ok(Holdings { records, bytes, under_legal_hold: false })
     }
 
     async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased {
-                found: 0,
-                affected: 0,
-            });
+            return Ok(Erasure::Erased { found: 0, affected: 0 });
         };
-        let select = format!(
-            "SELECT id, object_key FROM {} WHERE {} ORDER BY id LIMIT {BATCH}",
-            self.table, p.sql
-        );
+        let select =
+            format!("SELECT id, object_key FROM {} WHERE {} ORDER BY id LIMIT {BATCH}", self.table, p.sql);
         let mut total = 0;
         loop {
-            let batch: Vec<(String, String)> =
-                p.query_as(&select).fetch_all(self.db.pool()).await?;
+            let batch: Vec<(String, String)> = p.query_as(&select).fetch_all(self.db.pool()).await?;
             if batch.is_empty() {
                 break;
             }
@@ -107,24 +92,14 @@ impl StoreAdapter for RecordingsStore {
                 }
                 try_join_all(deletions).await?;
             }
-            let ids = (0..batch.len())
-                .map(|i| format!("${}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let delete = format!(
-                "DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids})",
-                self.table
-            );
-            let q = batch.iter().fold(
-                sqlx::query(&delete).bind(subject.tenant.as_str()),
-                |q, (id, _)| q.bind(id),
-            );
+            let ids = (0..batch.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+            let delete = format!("DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids})", self.table);
+            let q = batch
+                .iter()
+                .fold(sqlx::query(&delete).bind(subject.tenant.as_str()), |q, (id, _)| q.bind(id));
             total += q.execute(self.db.pool()).await?.rows_affected();
         }
-        Ok(Erasure::Erased {
-            found: total,
-            affected: total,
-        })
+        Ok(Erasure::Erased { found: total, affected: total })
     }
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {

@@ -44,10 +44,7 @@ impl RowStore {
             table: t.transcripts.clone(),
             keys: vec![
                 Key::Column("caller_phone", Ident::Phone),
-                Key::ViaCallLogs {
-                    column: "call_id",
-                    call_logs_table: t.call_logs.clone(),
-                },
+                Key::ViaCallLogs { column: "call_id", call_logs_table: t.call_logs.clone() },
             ],
             bytes_expr: Some("LENGTH(text)"),
         }
@@ -73,26 +70,16 @@ impl StoreAdapter for RowStore {
             return Ok(Holdings::default());
         };
         let (records, bytes) = p.count(&self.db, &self.table, self.bytes_expr, "").await?;
-        Ok(Holdings {
-            records,
-            bytes,
-            under_legal_hold: false,
-        })
+        Ok(Holdings { records, bytes, under_legal_hold: false })
     }
 
     async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased {
-                found: 0,
-                affected: 0,
-            });
+            return Ok(Erasure::Erased { found: 0, affected: 0 });
         };
         let sql = format!("DELETE FROM {} WHERE {}", self.table, p.sql);
         let affected = p.query(&sql).execute(self.db.pool()).await?.rows_affected();
-        Ok(Erasure::Erased {
-            found: affected,
-            affected,
-        })
+        Ok(Erasure::Erased { found: affected, affected })
     }
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {

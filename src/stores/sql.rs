@@ -23,10 +23,7 @@ pub enum Key {
     Column(&'static str, Ident),
     /// `column IN (SELECT id FROM <call_logs> WHERE tenant_id = $1 AND account_id = <account id>)`:
     /// rows about a call the subject's account made.
-    ViaCallLogs {
-        column: &'static str,
-        call_logs_table: String,
-    },
+    ViaCallLogs { column: &'static str, call_logs_table: String },
 }
 
 impl Key {
@@ -74,10 +71,7 @@ impl Predicate {
         if alternatives.is_empty() {
             return None;
         }
-        Some(Self {
-            sql: format!("tenant_id = $1 AND ({})", alternatives.join(" OR ")),
-            binds,
-        })
+        Some(Self { sql: format!("tenant_id = $1 AND ({})", alternatives.join(" OR ")), binds })
     }
 
     pub fn applies(subject: &Subject, keys: &[Key]) -> bool {
@@ -91,9 +85,7 @@ impl Predicate {
 
     /// A query over `sql` (which embeds this predicate) with the predicate's values bound.
     pub fn query<'q>(&'q self, sql: &'q str) -> Query<'q, Any, AnyArguments<'q>> {
-        self.binds
-            .iter()
-            .fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
+        self.binds.iter().fold(sqlx::query(sql), |q, b| q.bind(b.as_str()))
     }
 
     /// Like `query`, decoding rows as `O`.
@@ -101,9 +93,7 @@ impl Predicate {
     where
         O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
     {
-        self.binds
-            .iter()
-            .fold(sqlx::query_as(sql), |q, b| q.bind(b.as_str()))
+        self.binds.iter().fold(sqlx::query_as(sql), |q, b| q.bind(b.as_str()))
     }
 
     /// `SELECT COUNT(*)` (and optionally a byte sum) of `table` rows matching, plus `extra`.
@@ -114,13 +104,8 @@ impl Predicate {
         bytes_expr: Option<&str>,
         extra: &str,
     ) -> sqlx::Result<(u64, u64)> {
-        let bytes = bytes_expr.map_or("0".to_owned(), |e| {
-            format!("CAST(COALESCE(SUM({e}), 0) AS BIGINT)")
-        });
-        let sql = format!(
-            "SELECT COUNT(*), {bytes} FROM {table} WHERE {}{extra}",
-            self.sql
-        );
+        let bytes = bytes_expr.map_or("0".to_owned(), |e| format!("CAST(COALESCE(SUM({e}), 0) AS BIGINT)"));
+        let sql = format!("SELECT COUNT(*), {bytes} FROM {table} WHERE {}{extra}", self.sql);
         let (n, b): (i64, i64) = self.query_as(&sql).fetch_one(db.pool()).await?;
         Ok((n as u64, b as u64))
     }

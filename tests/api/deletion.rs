@@ -14,13 +14,7 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
     let target_files = || {
         std::fs::read_dir(&recordings_dir)
             .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .contains("-000001-")
-            })
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("-000001-"))
             .count()
     };
     assert_eq!(target_files(), 4);
@@ -29,8 +23,7 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
     let submitted = app.delete(by_email("acme", &target.email)).await;
     assert_eq!(submitted.status, RequestStatus::Pending as i32);
     assert_eq!(submitted.outcomes.len(), 5);
-    let due =
-        submitted.due_at.as_ref().unwrap().seconds - submitted.created_at.as_ref().unwrap().seconds;
+    let due = submitted.due_at.as_ref().unwrap().seconds - submitted.created_at.as_ref().unwrap().seconds;
     assert_eq!(due, Duration::days(30).num_seconds());
 
     let done = app.wait_terminal(&submitted.id).await;
@@ -48,11 +41,7 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
     let billing = outcome(&done, "billing");
     assert_eq!(billing.state, OutcomeState::Retained as i32);
     assert_eq!(billing.records_found, target.counts["billing"]);
-    assert!(
-        billing.retention_basis.contains("legal_obligation"),
-        "{}",
-        billing.retention_basis
-    );
+    assert!(billing.retention_basis.contains("legal_obligation"), "{}", billing.retention_basis);
     let until = billing.retained_until.as_ref().unwrap().seconds;
     let seven_years = Utc::now() + Duration::days(7 * 365);
     assert!(
@@ -64,51 +53,27 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
     let after = app.preview(by_email("acme", &target.email)).await;
     let after_by_phone = app.preview(by_phone("acme", &target.phone)).await;
     for store in ["accounts", "call_logs", "transcripts", "recordings"] {
-        assert_eq!(
-            holdings(&after_by_phone, store).records,
-            0,
-            "{store} by phone"
-        );
+        assert_eq!(holdings(&after_by_phone, store).records, 0, "{store} by phone");
         assert_eq!(holdings(&after, store).records, 0, "{store} by email");
     }
-    assert_eq!(
-        holdings(&after_by_phone, "billing").records,
-        target.counts["billing"]
-    );
+    assert_eq!(holdings(&after_by_phone, "billing").records, target.counts["billing"]);
     assert!(holdings(&after_by_phone, "billing").under_legal_hold);
     assert_eq!(target_files(), 0, "the audio files are gone");
 
     // The neighbours and the same phone in another tenant are untouched.
     for (tenant, subject) in [("acme", &acme[0]), ("acme", &acme[2]), ("globex", target)] {
         let h = app.preview(by_phone(tenant, &subject.phone)).await;
-        for store in [
-            "accounts",
-            "call_logs",
-            "transcripts",
-            "recordings",
-            "billing",
-        ] {
-            assert_eq!(
-                holdings(&h, store).records,
-                target.counts[store],
-                "{tenant} {store}"
-            );
+        for store in ["accounts", "call_logs", "transcripts", "recordings", "billing"] {
+            assert_eq!(holdings(&h, store).records, target.counts[store], "{tenant} {store}");
         }
     }
-    assert_eq!(
-        std::fs::read_dir(app.dir.path().join("recordings/globex"))
-            .unwrap()
-            .count(),
-        12
-    );
+    assert_eq!(std::fs::read_dir(app.dir.path().join("recordings/globex")).unwrap().count(), 12);
     assert_eq!(std::fs::read_dir(&recordings_dir).unwrap().count(), 8);
     app.shutdown().await;
 }
 both!(a_deletion_erases_every_store_and_reports_one_outcome_per_store);
 
-async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one(
-    backend: Backend,
-) {
+async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one(backend: Backend) {
     let app = spawn_app(backend).await;
     let s = app.seed("acme", 1, 2).await;
     let r = app.delete(by_phone("acme", &s[0].phone)).await;
@@ -116,9 +81,7 @@ async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_o
     assert!(seen.len() >= 2, "{} messages", seen.len());
     let last = seen.last().unwrap();
     assert_eq!(last.status, RequestStatus::Completed as i32);
-    assert!(seen[..seen.len() - 1]
-        .iter()
-        .all(|m| m.status != RequestStatus::Completed as i32));
+    assert!(seen[..seen.len() - 1].iter().all(|m| m.status != RequestStatus::Completed as i32));
     // Already terminal: one message, then the stream ends.
     let again = app.watch_to_end(&r.id).await;
     assert_eq!(again.len(), 1);
@@ -135,12 +98,7 @@ async fn a_subject_unknown_to_every_store_completes_with_nothing_found(backend: 
     assert_eq!(done.status, RequestStatus::Completed as i32);
     for o in &done.outcomes {
         assert_eq!(o.records_found, 0, "{}", o.store);
-        assert_eq!(
-            o.state,
-            OutcomeState::Done as i32,
-            "{}: nothing held, nothing retained",
-            o.store
-        );
+        assert_eq!(o.state, OutcomeState::Done as i32, "{}: nothing held, nothing retained", o.store);
         assert!(o.verified);
     }
     app.shutdown().await;
@@ -157,11 +115,7 @@ async fn a_store_keyed_on_no_identifier_the_subject_has_is_skipped(backend: Back
     assert_eq!(done.status, RequestStatus::Completed as i32);
     assert_eq!(outcome(&done, "accounts").state, OutcomeState::Done as i32);
     for store in ["call_logs", "transcripts", "recordings", "billing"] {
-        assert_eq!(
-            outcome(&done, store).state,
-            OutcomeState::Skipped as i32,
-            "{store}"
-        );
+        assert_eq!(outcome(&done, store).state, OutcomeState::Skipped as i32, "{store}");
     }
     app.shutdown().await;
 }

@@ -42,15 +42,9 @@ impl StoreAdapter for FlakyStore {
     async fn erase(&self, s: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Transient(
-                "connection refused (injected)".into(),
-            ));
+            return Err(StoreError::Transient("connection refused (injected)".into()));
         }
-        if self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(StoreError::Transient("timeout (injected)".into()));
         }
         self.inner.erase(s, now).await
@@ -72,26 +66,20 @@ fn flaky(store: &'static str, failures: u32, down: bool) -> (Fault, Overrides) {
         down: Arc::new(AtomicBool::new(down)),
         erase_calls: Arc::new(AtomicU32::new(0)),
     };
-    let (f, d, c) = (
-        fault.failures_left.clone(),
-        fault.down.clone(),
-        fault.erase_calls.clone(),
-    );
+    let (f, d, c) = (fault.failures_left.clone(), fault.down.clone(), fault.erase_calls.clone());
     let overrides = Overrides {
-        wrap_store: Some(Box::new(
-            move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
-                if inner.name() == store {
-                    Arc::new(FlakyStore {
-                        inner,
-                        failures_left: f.clone(),
-                        down: d.clone(),
-                        erase_calls: c.clone(),
-                    })
-                } else {
-                    inner
-                }
-            },
-        )),
+        wrap_store: Some(Box::new(move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            if inner.name() == store {
+                Arc::new(FlakyStore {
+                    inner,
+                    failures_left: f.clone(),
+                    down: d.clone(),
+                    erase_calls: c.clone(),
+                })
+            } else {
+                inner
+            }
+        })),
         ..Default::default()
     };
     (fault, overrides)
@@ -132,29 +120,15 @@ async fn a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it(back
     let rec = outcome(&failed, "recordings");
     assert_eq!(rec.state, OutcomeState::Failed as i32);
     assert_eq!(rec.attempts, 3, "max_attempts in the test config");
-    assert!(
-        rec.last_error.contains("connection refused"),
-        "{}",
-        rec.last_error
-    );
+    assert!(rec.last_error.contains("connection refused"), "{}", rec.last_error);
     // The others finished; their outcomes stand.
-    assert_eq!(
-        outcome(&failed, "transcripts").state,
-        OutcomeState::Done as i32
-    );
-    assert_eq!(
-        outcome(&failed, "billing").state,
-        OutcomeState::Retained as i32
-    );
+    assert_eq!(outcome(&failed, "transcripts").state, OutcomeState::Done as i32);
+    assert_eq!(outcome(&failed, "billing").state, OutcomeState::Retained as i32);
 
     // Retrying only makes sense for a FAILED request; the store is still down, so not yet.
     fault.down.store(false, Ordering::SeqCst);
     let mut c = app.client.clone();
-    let retried = c
-        .retry_request(pb::RetryRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let retried = c.retry_request(pb::RetryRequestRequest { id: r.id.clone() }).await.unwrap().into_inner();
     assert_ne!(retried.status, RequestStatus::Failed as i32);
     let done = app.wait_terminal(&r.id).await;
     assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
@@ -165,10 +139,7 @@ async fn a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it(back
     assert!(rec.verified);
     // Only the failed store ran again.
     assert_eq!(outcome(&done, "transcripts").attempts, 1);
-    let err = c
-        .retry_request(pb::RetryRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap_err();
+    let err = c.retry_request(pb::RetryRequestRequest { id: r.id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     app.shutdown().await;
 }

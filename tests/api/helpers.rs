@@ -49,35 +49,18 @@ pub async fn spawn_app_with(backend: Backend, toml: &str, overrides: Overrides) 
 }
 
 pub async fn spawn_on(settings: Settings, dir: TempDir, overrides: Overrides) -> TestApp {
-    let overrides = Overrides {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..overrides
-    };
-    let app = Application::build_with(settings.clone(), overrides)
-        .await
-        .expect("build app");
+    let overrides = Overrides { listen: Some("127.0.0.1:0".parse().unwrap()), ..overrides };
+    let app = Application::build_with(settings.clone(), overrides).await.expect("build app");
     let addr = app.local_addr();
     let db = app.ledger().db().clone();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let client = DataSubjectRightsClient::new(channel(addr).await);
-    TestApp {
-        addr,
-        client,
-        settings,
-        db,
-        dir,
-        stop,
-        handle: Some(handle),
-    }
+    TestApp { addr, client, settings, db, dir, stop, handle: Some(handle) }
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to test server")
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect to test server")
 }
 
 impl TestApp {
@@ -92,26 +75,16 @@ impl TestApp {
             first: 0,
         };
         let mut out = Vec::new();
-        dsr::seed::seed(
-            &self.db,
-            &Tables::default(),
-            objects,
-            &spec,
-            chrono::Utc::now(),
-            |s| out.push(s),
-        )
-        .await
-        .expect("seed");
+        dsr::seed::seed(&self.db, &Tables::default(), objects, &spec, chrono::Utc::now(), |s| out.push(s))
+            .await
+            .expect("seed");
         out
     }
 
     pub async fn delete(&self, subject: pb::Subject) -> pb::DsrRequest {
         self.client
             .clone()
-            .submit_deletion(pb::SubmitDeletionRequest {
-                subject: Some(subject),
-                ..Default::default()
-            })
+            .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
             .await
             .expect("submit deletion")
             .into_inner()
@@ -140,10 +113,7 @@ impl TestApp {
     }
 
     pub async fn wait_terminal(&self, id: &str) -> pb::DsrRequest {
-        self.watch_to_end(id)
-            .await
-            .pop()
-            .expect("at least one message")
+        self.watch_to_end(id).await.pop().expect("at least one message")
     }
 
     pub async fn get(&self, id: &str) -> pb::DsrRequest {
@@ -158,9 +128,7 @@ impl TestApp {
     pub async fn preview(&self, subject: pb::Subject) -> Vec<pb::StoreHoldings> {
         self.client
             .clone()
-            .preview_subject(pb::PreviewSubjectRequest {
-                subject: Some(subject),
-            })
+            .preview_subject(pb::PreviewSubjectRequest { subject: Some(subject) })
             .await
             .expect("preview")
             .into_inner()
@@ -169,10 +137,7 @@ impl TestApp {
 
     /// Rows of the ledger table (to prove nothing was written).
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(self.db.pool()).await.unwrap()
     }
 
     /// Stops the server the way SIGTERM would and waits for it; hands back what a second server
@@ -187,32 +152,19 @@ impl TestApp {
 }
 
 pub fn by_phone(tenant: &str, phone: &str) -> pb::Subject {
-    pb::Subject {
-        tenant_id: tenant.into(),
-        phone: phone.into(),
-        ..Default::default()
-    }
+    pb::Subject { tenant_id: tenant.into(), phone: phone.into(), ..Default::default() }
 }
 
 pub fn by_email(tenant: &str, email: &str) -> pb::Subject {
-    pb::Subject {
-        tenant_id: tenant.into(),
-        email: email.into(),
-        ..Default::default()
-    }
+    pb::Subject { tenant_id: tenant.into(), email: email.into(), ..Default::default() }
 }
 
 pub fn outcome<'a>(r: &'a pb::DsrRequest, store: &str) -> &'a pb::StoreOutcome {
-    r.outcomes
-        .iter()
-        .find(|o| o.store == store)
-        .unwrap_or_else(|| panic!("no outcome for {store}"))
+    r.outcomes.iter().find(|o| o.store == store).unwrap_or_else(|| panic!("no outcome for {store}"))
 }
 
 pub fn holdings<'a>(h: &'a [pb::StoreHoldings], store: &str) -> &'a pb::StoreHoldings {
-    h.iter()
-        .find(|s| s.store == store)
-        .unwrap_or_else(|| panic!("no holdings for {store}"))
+    h.iter().find(|s| s.store == store).unwrap_or_else(|| panic!("no holdings for {store}"))
 }
 
 /// Runs an async test body on SQLite and on Postgres: `both!(name)` makes `name::sqlite` and

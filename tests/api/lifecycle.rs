@@ -8,51 +8,26 @@ use tonic::Code;
 use crate::{both, helpers::*};
 
 async fn a_request_cancelled_before_work_starts_is_cancelled_and_erases_nothing(backend: Backend) {
-    let overrides = Overrides {
-        paused_engine: true,
-        ..Default::default()
-    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
     let s = app.seed("acme", 1, 3).await;
     let r = app.delete(by_phone("acme", &s[0].phone)).await;
     let mut c = app.client.clone();
-    let cancelled = c
-        .cancel_request(pb::CancelRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let cancelled =
+        c.cancel_request(pb::CancelRequestRequest { id: r.id.clone() }).await.unwrap().into_inner();
     assert_eq!(cancelled.status, RequestStatus::Cancelled as i32);
-    assert!(cancelled
-        .outcomes
-        .iter()
-        .all(|o| o.state == OutcomeState::Cancelled as i32 && o.attempts == 0));
+    assert!(cancelled.outcomes.iter().all(|o| o.state == OutcomeState::Cancelled as i32 && o.attempts == 0));
     let held = app.preview(by_phone("acme", &s[0].phone)).await;
-    for store in [
-        "accounts",
-        "call_logs",
-        "transcripts",
-        "recordings",
-        "billing",
-    ] {
-        assert_eq!(
-            holdings(&held, store).records,
-            s[0].counts[store],
-            "{store}"
-        );
+    for store in ["accounts", "call_logs", "transcripts", "recordings", "billing"] {
+        assert_eq!(holdings(&held, store).records, s[0].counts[store], "{store}");
     }
-    let err = c
-        .cancel_request(pb::CancelRequestRequest { id: r.id.clone() })
-        .await
-        .unwrap_err();
+    let err = c.cancel_request(pb::CancelRequestRequest { id: r.id.clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let (settings, dir) = app.shutdown().await;
 
     // A live engine on the same database finds nothing to do.
     let second = spawn_on(settings, dir, Overrides::default()).await;
-    assert_eq!(
-        second.get(&r.id).await.status,
-        RequestStatus::Cancelled as i32
-    );
+    assert_eq!(second.get(&r.id).await.status, RequestStatus::Cancelled as i32);
     let held = second.preview(by_phone("acme", &s[0].phone)).await;
     assert_eq!(holdings(&held, "call_logs").records, 3);
     second.shutdown().await;
@@ -60,24 +35,15 @@ async fn a_request_cancelled_before_work_starts_is_cancelled_and_erases_nothing(
 both!(a_request_cancelled_before_work_starts_is_cancelled_and_erases_nothing);
 
 async fn requests_are_listed_newest_first_in_pages_with_filters(backend: Backend) {
-    let overrides = Overrides {
-        paused_engine: true,
-        ..Default::default()
-    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let tenant = if i % 2 == 0 { "acme" } else { "globex" };
-        ids.push(
-            app.delete(by_phone(tenant, &format!("+1415555010{i}")))
-                .await
-                .id,
-        );
+        ids.push(app.delete(by_phone(tenant, &format!("+1415555010{i}"))).await.id);
     }
     let mut c = app.client.clone();
-    c.cancel_request(pb::CancelRequestRequest { id: ids[0].clone() })
-        .await
-        .unwrap();
+    c.cancel_request(pb::CancelRequestRequest { id: ids[0].clone() }).await.unwrap();
 
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -102,10 +68,7 @@ async fn requests_are_listed_newest_first_in_pages_with_filters(backend: Backend
     assert_eq!(seen, newest_first);
 
     let acme = c
-        .list_requests(pb::ListRequestsRequest {
-            tenant_id: "acme".into(),
-            ..Default::default()
-        })
+        .list_requests(pb::ListRequestsRequest { tenant_id: "acme".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -119,37 +82,21 @@ async fn requests_are_listed_newest_first_in_pages_with_filters(backend: Backend
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        cancelled.requests.iter().map(|r| &r.id).collect::<Vec<_>>(),
-        vec![&ids[0]]
-    );
+    assert_eq!(cancelled.requests.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&ids[0]]);
     let exports = c
-        .list_requests(pb::ListRequestsRequest {
-            kind: RequestKind::Export as i32,
-            ..Default::default()
-        })
+        .list_requests(pb::ListRequestsRequest { kind: RequestKind::Export as i32, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
     assert!(exports.requests.is_empty());
     let due_soon = c
-        .list_requests(pb::ListRequestsRequest {
-            due_within_days: 31,
-            ..Default::default()
-        })
+        .list_requests(pb::ListRequestsRequest { due_within_days: 31, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        due_soon.requests.len(),
-        4,
-        "open requests due within 31 days"
-    );
+    assert_eq!(due_soon.requests.len(), 4, "open requests due within 31 days");
     let overdue = c
-        .list_requests(pb::ListRequestsRequest {
-            overdue: true,
-            ..Default::default()
-        })
+        .list_requests(pb::ListRequestsRequest { overdue: true, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

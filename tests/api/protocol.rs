@@ -16,13 +16,7 @@ async fn health_answers_without_credentials_for_the_server_and_each_service() {
     let app = spawn_app(Backend::Sqlite).await;
     let mut health = HealthClient::new(channel(app.addr).await);
     for service in ["", "dsr.v1.DataSubjectRights", "dsr.v1.Audit"] {
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
     app.shutdown().await;
@@ -36,15 +30,9 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     let mut v1c = v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
     let req = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
     };
-    let mut stream = v1c
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = v1c.server_reflection_info(futures::stream::iter([req])).await.unwrap().into_inner();
     let msg = stream.message().await.unwrap().unwrap();
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
         msg.message_response
@@ -52,10 +40,7 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"dsr.v1.DataSubjectRights") && names.contains(&"dsr.v1.Audit"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"dsr.v1.DataSubjectRights") && names.contains(&"dsr.v1.Audit"), "{names:?}");
 
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
     let req = v1alpha::ServerReflectionRequest {
@@ -64,11 +49,7 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
             v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
         ),
     };
-    let mut stream = alpha
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = alpha.server_reflection_info(futures::stream::iter([req])).await.unwrap().into_inner();
     assert!(stream.message().await.unwrap().is_some());
     app.shutdown().await;
 }
@@ -113,11 +94,8 @@ impl Decoder for RawDecoder {
 async fn raw_call(app: &TestApp, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel(app.addr).await);
     grpc.ready().await.unwrap();
-    let path =
-        http::uri::PathAndQuery::from_str(&format!("/dsr.v1.DataSubjectRights/{method}")).unwrap();
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
-        .await
-        .map(|r| r.into_inner())
+    let path = http::uri::PathAndQuery::from_str(&format!("/dsr.v1.DataSubjectRights/{method}")).unwrap();
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(|r| r.into_inner())
 }
 
 use std::str::FromStr;
@@ -135,9 +113,7 @@ async fn an_undecodable_message_is_invalid_argument_and_the_server_stays_up() {
     }
     assert_eq!(app.count("dsr_requests").await, 0);
     let mut c = app.client.clone();
-    c.list_requests(pb::ListRequestsRequest::default())
-        .await
-        .expect("still serving");
+    c.list_requests(pb::ListRequestsRequest::default()).await.expect("still serving");
     app.shutdown().await;
 }
 
@@ -167,26 +143,17 @@ async fn rpcs_of_later_versions_answer_unimplemented() {
     let mut c = app.client.clone();
     let subject = Some(by_phone("acme", "+14155550100"));
     let e = c
-        .submit_export(pb::SubmitExportRequest {
-            subject: subject.clone(),
-            ..Default::default()
-        })
+        .submit_export(pb::SubmitExportRequest { subject: subject.clone(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     let e = c
-        .submit_rectification(pb::SubmitRectificationRequest {
-            subject,
-            ..Default::default()
-        })
+        .submit_rectification(pb::SubmitRectificationRequest { subject, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     let mut audit = pb::audit_client::AuditClient::new(channel(app.addr).await);
-    let e = audit
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
-        .await
-        .unwrap_err();
+    let e = audit.verify_audit_log(pb::VerifyAuditLogRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     app.shutdown().await;
 }

@@ -32,9 +32,7 @@ pub async fn fresh_database(backend: Backend, dir: &Path) -> String {
             let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
                 .await
                 .expect("connect to test Postgres");
-            conn.execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create test database");
+            conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
             conn.close().await.ok();
             format!("{server}/{name}")
         }
@@ -47,20 +45,9 @@ pub async fn fresh_s3_bucket() -> String {
     let endpoint = std::env::var("DSR_TEST_S3_ENDPOINT").expect(
         "DSR_TEST_S3_ENDPOINT is not set: run the suite with `scripts/test.sh`, which starts an S3-compatible server",
     );
-    let bucket = format!(
-        "dsr-test-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let res = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .expect("create bucket");
-    assert!(
-        res.status().is_success(),
-        "creating bucket: {}",
-        res.status()
-    );
+    let bucket = format!("dsr-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let res = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("create bucket");
+    assert!(res.status().is_success(), "creating bucket: {}", res.status());
     // SAFETY of set_var: every test sets the same values, before any S3 client reads them.
     unsafe {
         std::env::set_var("AWS_ENDPOINT", &endpoint);
@@ -73,12 +60,7 @@ pub async fn fresh_s3_bucket() -> String {
 }
 
 /// Settings for a service on `database_url` with its data directory at `dir`.
-pub fn settings(
-    dir: &Path,
-    database_url: String,
-    recordings_url: Option<String>,
-    toml: &str,
-) -> Settings {
+pub fn settings(dir: &Path, database_url: String, recordings_url: Option<String>, toml: &str) -> Settings {
     let loc = Locations {
         data_dir: dir.to_path_buf(),
         database_url: Some(database_url),

@@ -1,0 +1,223 @@
+//! One conformance suite for every store adapter, run against SQLite and Postgres and against
+//! a local directory and a real S3 API for the recordings: erasing twice is harmless, a preview
+//! after an erase is zero, another tenant with the same phone and the neighbours are untouched,
+//! retained data reports its basis and date.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use chrono::{Months, Utc};
+use dsr::{
+    domain::Subject,
+    seed::{recording_key, SeedSpec, SeededSubject},
+    startup::open_ledger,
+    stores::{open_object_store, reference::Tables, Erasure, StoreRegistry},
+};
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use support::Backend;
+
+struct Fixture {
+    stores: StoreRegistry,
+    objects: Arc<dyn ObjectStore>,
+    db: dsr::db::Db,
+    acme: Vec<SeededSubject>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(backend: Backend, s3: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::fresh_database(backend, dir.path()).await;
+    let recordings = if s3 { Some(support::fresh_s3_bucket().await) } else { None };
+    let settings = support::settings(dir.path(), url, recordings, "");
+    let ledger = open_ledger(&settings).await.unwrap();
+    let stores = StoreRegistry::from_settings(&settings, ledger.db()).await.unwrap();
+    let objects = open_object_store(&settings.recordings_url).unwrap();
+    let mut acme = Vec::new();
+    for (tenant, out) in [("acme", Some(&mut acme)), ("globex", None)] {
+        let spec = SeedSpec {
+            tenant: dsr::domain::TenantId::parse("t", tenant).unwrap(),
+            subjects: 3,
+            calls: 12,
+            recording_bytes: 300,
+            first: 0,
+        };
+        let mut seen = Vec::new();
+        dsr::seed::seed(ledger.db(), &Tables::default(), objects.clone(), &spec, Utc::now(), |s| {
+            seen.push(s)
+        })
+        .await
+        .unwrap();
+        if let Some(out) = out {
+            *out = seen;
+        }
+    }
+    Fixture { stores, objects, db: ledger.db().clone(), acme, _dir: dir }
+}
+
+fn subject(tenant: &str, s: &SeededSubject) -> Subject {
+    Subject::parse(tenant, "", "", &s.phone).unwrap()
+}
+
+async fn the_conformance_suite(backend: Backend, s3: bool) {
+    let f = fixture(backend, s3).await;
+    let target = &f.acme[1];
+    let me = f.stores.resolve(subject("acme", target)).await.unwrap();
+    assert!(me.account_id.is_some() && me.email.is_some(), "the account row resolves the subject");
+    let same_phone_elsewhere = f.stores.resolve(subject("globex", target)).await.unwrap();
+    let neighbour = f.stores.resolve(subject("acme", &f.acme[0])).await.unwrap();
+
+    for store in f.stores.all() {
+        let name = store.name();
+        let expected = target.counts[name];
+        let before = store.preview(&me).await.unwrap();
+        assert_eq!(before.records, expected, "{name}: preview before");
+
+        let first = store.erase(&me, Utc::now()).await.unwrap();
+        assert!(store.verify_erased(&me).await.unwrap(), "{name}: verified after erase");
+        let second = store.erase(&me, Utc::now()).await.unwrap();
+        assert!(store.verify_erased(&me).await.unwrap(), "{name}: verified after a second erase");
+        let after = store.preview(&me).await.unwrap();
+
+        match (name, first, second) {
+            (
+                "billing",
+                Erasure::Retained { found, basis, until, .. },
+                Erasure::Retained { found: again, .. },
+            ) => {
+                assert_eq!(found, expected, "billing: found");
+                assert_eq!(again, expected, "billing: the hold is reported again, nothing erased");
+                assert!(basis.starts_with("legal_obligation"), "{basis}");
+                let newest = Utc::now() - chrono::Duration::days(1);
+                let delta = (until - (newest + Months::new(84))).num_seconds().abs();
+                assert!(delta < 120, "billing: retained until the newest record + 7 years ({until})");
+                assert_eq!(after.records, expected, "billing: rows kept");
+                assert!(after.under_legal_hold);
+            }
+            (_, Erasure::Erased { found, affected }, Erasure::Erased { found: again, .. }) => {
+                assert_eq!((found, affected), (expected, expected), "{name}: first erase");
+                assert_eq!(again, 0, "{name}: erasing twice is harmless");
+                assert_eq!(after.records, 0, "{name}: preview after erase");
+            }
+            (_, first, second) => panic!("{name}: unexpected {first:?} then {second:?}"),
+        }
+        for (who, other) in
+            [("same phone in another tenant", &same_phone_elsewhere), ("neighbour", &neighbour)]
+        {
+            assert_eq!(store.preview(other).await.unwrap().records, expected, "{name}: {who} untouched");
+        }
+    }
+
+    // Recordings: the subject's objects are gone, the others' are there.
+    for j in 0..12 {
+        let mine = Path::from(recording_key("acme", &format!("acme-call-000001-{j:04}")));
+        assert!(matches!(f.objects.head(&mine).await, Err(object_store::Error::NotFound { .. })), "{mine}");
+        for other in ["acme-call-000000", "acme-call-000002"] {
+            let key = Path::from(recording_key("acme", &format!("{other}-{j:04}")));
+            f.objects.head(&key).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+        let theirs = Path::from(recording_key("globex", &format!("globex-call-000001-{j:04}")));
+        f.objects.head(&theirs).await.unwrap();
+    }
+
+    // The billed account keeps its row, without personal data.
+    let (email, phone, name): (Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT email, phone, name FROM accounts WHERE id = $1")
+            .bind(&target.account_id)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!((email, phone, name), (None, None, None));
+}
+
+async fn an_account_no_billing_references_is_deleted_outright(backend: Backend) {
+    let f = fixture(backend, false).await;
+    let target = &f.acme[2];
+    sqlx::query("DELETE FROM billing_records WHERE account_id = $1")
+        .bind(&target.account_id)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let me = f.stores.resolve(subject("acme", target)).await.unwrap();
+    let accounts = f.stores.get("accounts").unwrap();
+    assert_eq!(accounts.erase(&me, Utc::now()).await.unwrap(), Erasure::Erased { found: 1, affected: 1 });
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE id = $1")
+        .bind(&target.account_id)
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+async fn a_subject_known_by_email_alone_is_resolved_through_the_account(backend: Backend) {
+    let f = fixture(backend, false).await;
+    let target = &f.acme[0];
+    let by_email = Subject::parse("acme", "", &target.email, "").unwrap();
+    let calls = f.stores.get("call_logs").unwrap();
+    assert!(!calls.applies_to(&by_email), "call logs are not keyed by email");
+    let resolved = f.stores.resolve(by_email).await.unwrap();
+    assert_eq!(resolved.phone.as_ref().map(|p| p.as_str()), Some(target.phone.as_str()));
+    assert_eq!(calls.preview(&resolved).await.unwrap().records, 12);
+    // In another tenant the same email resolves to that tenant's account only.
+    let elsewhere = f.stores.resolve(Subject::parse("globex", "", &target.email, "").unwrap()).await.unwrap();
+    assert_eq!(elsewhere.account_id.as_ref().unwrap().as_str(), "globex-acct-000000");
+}
+
+/// Transcripts and recordings of an account's calls are found through the call logs even when
+/// they carry another phone number.
+async fn rows_linked_by_call_id_are_found_through_the_call_logs(backend: Backend) {
+    let f = fixture(backend, false).await;
+    let target = &f.acme[1];
+    sqlx::query(
+        "UPDATE transcripts SET caller_phone = '+19998887777' WHERE call_id = 'acme-call-000001-0000'",
+    )
+    .execute(f.db.pool())
+    .await
+    .unwrap();
+    let by_account = Subject::parse("acme", &target.account_id, "", "").unwrap();
+    let transcripts = f.stores.get("transcripts").unwrap();
+    assert_eq!(transcripts.preview(&by_account).await.unwrap().records, 12);
+    let by_phone_only = Subject::parse("acme", "", "", &target.phone).unwrap();
+    assert_eq!(transcripts.preview(&by_phone_only).await.unwrap().records, 11);
+}
+
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    };
+}
+
+mod every_adapter_passes_the_conformance_suite {
+    use super::*;
+    #[tokio::test]
+    async fn on_sqlite_and_local_files() {
+        the_conformance_suite(Backend::Sqlite, false).await
+    }
+    #[tokio::test]
+    async fn on_postgres_and_local_files() {
+        the_conformance_suite(Backend::Postgres, false).await
+    }
+    #[tokio::test]
+    async fn on_sqlite_and_s3() {
+        the_conformance_suite(Backend::Sqlite, true).await
+    }
+    #[tokio::test]
+    async fn on_postgres_and_s3() {
+        the_conformance_suite(Backend::Postgres, true).await
+    }
+}
+
+on_every_backend!(an_account_no_billing_references_is_deleted_outright);
+on_every_backend!(a_subject_known_by_email_alone_is_resolved_through_the_account);
+on_every_backend!(rows_linked_by_call_id_are_found_through_the_call_logs);

@@ -13,11 +13,13 @@
 //! | `config`    | flags, environment and TOML configuration                              |
 //! | `db`        | one handle over SQLite or Postgres                                     |
 //! | `seed`      | deterministic synthetic data in the reference schema                   |
+//! | `bench`     | `dsr bench`: measurements next to a floor from the same run            |
 //! | `privacy`   | keyed hashes: the only way an identifier reaches a log                 |
 //! | `clock`     | injected time                                                          |
 //! | `telemetry` | logging set-up                                                         |
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

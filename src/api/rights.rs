@@ -212,8 +212,9 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
                 "too many WatchRequest streams open; retry later or poll GetRequest".into(),
             )
         })?;
+        let changes = self.ctx.signals.subscribe();
         let first = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
-        Ok(Response::new(Box::pin(watch::stream(self.ctx.clone(), first, permit))))
+        Ok(Response::new(Box::pin(watch::stream(self.ctx.clone(), changes, first, permit))))
     }
 
     async fn cancel_request(&self, req: Request<pb::CancelRequestRequest>) -> ApiResult<pb::DsrRequest> {

@@ -4,7 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::Stream;
-use tokio::sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit};
+use tokio::sync::{
+    broadcast::{self, error::RecvError},
+    mpsc, OwnedSemaphorePermit,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -14,13 +17,15 @@ use crate::ledger::RequestRecord;
 /// How often a watcher re-reads when nothing in this process said the request changed.
 const POLL: Duration = Duration::from_secs(1);
 
+/// `changes` must be subscribed before `first` was read, or a change in between is missed
+/// until the next poll.
 pub fn stream(
     ctx: Arc<ServiceContext>,
+    mut changes: broadcast::Receiver<String>,
     first: RequestRecord,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<pb::DsrRequest, Status>> {
     let (tx, rx) = mpsc::channel(8);
-    let mut changes = ctx.signals.subscribe();
     tokio::spawn(async move {
         let _permit = permit;
         let id = first.id.clone();

@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Measure: seed two identical tenants, erase one through gRPC and one by hand-written SQL.
+    Bench {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+    },
     /// Submit a deletion of everything held on a subject.
     Delete {
         #[command(flatten)]
@@ -145,6 +154,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate { loc } => server::migrate(&loc).await,
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
+        }
+        Command::Bench { loc, subjects, calls } => {
+            crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
         }
         Command::Sweep { .. } => {
             anyhow::bail!(

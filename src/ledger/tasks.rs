@@ -53,8 +53,9 @@ pub enum Fenced {
 
 impl Ledger {
     /// Claims up to `limit` due tasks of one store: pending ones whose time has come, and running
-    /// ones whose lease expired (their worker died). A store waits until every earlier stage of its
-    /// request has ended, so linking rows (call logs) outlive the rows they link.
+    /// ones whose lease expired (their worker died). Tasks of a later stage are due only once
+    /// every earlier stage of their request has ended (see `BLOCKED`), so this is an index range
+    /// scan whatever the backlog.
     pub async fn claim(
         &self,
         store: &str,
@@ -70,10 +71,9 @@ impl Ledger {
         let sql = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT t.id FROM dsr_tasks t WHERE t.store = $4 AND \
-               ((t.state = 'pending' AND t.next_run_at <= $3) OR (t.state = 'running' AND t.lease_until < $3)) \
-               AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = t.request_id AND e.stage < t.stage \
-                               AND e.state IN ('pending', 'running')) \
+             WHERE id IN (SELECT t.id FROM dsr_tasks t WHERE \
+               ((t.store = $4 AND t.state = 'pending' AND t.next_run_at <= $3) \
+                OR (t.store = $4 AND t.state = 'running' AND t.lease_until < $3)) \
                ORDER BY t.next_run_at LIMIT $5 {lock}) \
              RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint"
         );
@@ -112,7 +112,14 @@ impl Ledger {
                 .store(&task.store, task.attempt)
                 .append(&mut tx, now)
                 .await?;
-            refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
+            // A claim cannot end a request: the status only moves from PENDING to IN_PROGRESS.
+            sqlx::query(
+                "UPDATE dsr_requests SET status = 'in_progress', version = version + 1 \
+                 WHERE id = $1 AND status IN ('pending', 'in_progress')",
+            )
+            .bind(&task.request_id)
+            .execute(&mut *tx)
+            .await?;
             claimed.push(task);
         }
         tx.commit().await?;

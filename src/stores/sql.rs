@@ -43,7 +43,7 @@ fn value(subject: &Subject, ident: Ident) -> Option<&str> {
     }
 }
 
-/// `tenant_id = $1 AND (key1 = $2 OR …)` with its bind values.
+/// `((tenant_id = $1 AND key1 = $2) OR …)` with its bind values.
 #[derive(Debug, Clone)]
 pub struct Predicate {
     pub sql: String,
@@ -61,17 +61,19 @@ impl Predicate {
             };
             binds.push(v.to_owned());
             let n = binds.len();
+            // Each branch repeats the tenant so that every branch is one index lookup on
+            // (tenant_id, column): SQLite will not use an index for `tenant AND (a OR b)`.
             alternatives.push(match key {
-                Key::Column(col, _) => format!("{col} = ${n}"),
+                Key::Column(col, _) => format!("(tenant_id = $1 AND {col} = ${n})"),
                 Key::ViaCallLogs { column, call_logs_table } => format!(
-                    "{column} IN (SELECT id FROM {call_logs_table} WHERE tenant_id = $1 AND account_id = ${n})"
+                    "(tenant_id = $1 AND {column} IN (SELECT id FROM {call_logs_table} WHERE tenant_id = $1 AND account_id = ${n}))"
                 ),
             });
         }
         if alternatives.is_empty() {
             return None;
         }
-        Some(Self { sql: format!("tenant_id = $1 AND ({})", alternatives.join(" OR ")), binds })
+        Some(Self { sql: format!("({})", alternatives.join(" OR ")), binds })
     }
 
     pub fn applies(subject: &Subject, keys: &[Key]) -> bool {

@@ -46,6 +46,57 @@ pub struct FileConfig {
     pub engine: EngineConfig,
     pub stores: StoresConfig,
     pub privacy: PrivacyConfig,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+}
+
+/// Who may call: bearer tokens and client-certificate identities. With neither, the server runs
+/// in development mode (loopback only, every caller is `anonymous` with every scope).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// A bearer token, stored only as the SHA-256 of the token (lowercase hex).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub token_sha256: String,
+    pub scopes: Vec<crate::api::Scope>,
+    /// Bound to one tenant: it can neither act on nor see another tenant's requests.
+    pub tenant: Option<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client certificate (mTLS) whose subject common name maps to a named identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub name: String,
+    pub subject_cn: String,
+    pub scopes: Vec<crate::api::Scope>,
+    pub tenant: Option<String>,
+}
+
+/// TLS for the gRPC port; with `client_ca_file`, client certificates signed by that CA are
+/// verified (and required when no bearer tokens are configured).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +115,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Most concurrent WatchRequest streams.
     pub max_watchers: usize,
+    /// Per caller (token or certificate identity): sustained RPCs per second, and the burst
+    /// allowed above it. Over it: RESOURCE_EXHAUSTED with a retry hint. 0 turns it off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +130,8 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace_secs: 20,
             max_watchers: 1024,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -166,8 +223,18 @@ impl Settings {
             Some(path) => FileConfig::from_path(path)?,
             None => FileConfig::default(),
         };
-        if let Ok(key) = std::env::var("DSR_HMAC_KEY") {
-            file.privacy.hmac_key = Some(key);
+        // DSR_AUDIT_KEY is the name deployments use (the helm chart sets it from a Secret);
+        // DSR_HMAC_KEY is kept as an alias.
+        for var in ["DSR_HMAC_KEY", "DSR_AUDIT_KEY"] {
+            if let Ok(key) = std::env::var(var) {
+                file.privacy.hmac_key = Some(key);
+            }
+        }
+        // Tokens may live in a separate file (a Kubernetes Secret) holding only [[auth.tokens]].
+        if let Ok(path) = std::env::var("DSR_TOKENS_FILE") {
+            let extra = FileConfig::from_path(Path::new(&path))?;
+            file.auth.tokens.extend(extra.auth.tokens);
+            file.auth.certificates.extend(extra.auth.certificates);
         }
         file.validate()?;
         let data_dir = loc.data_dir.clone();
@@ -216,6 +283,34 @@ impl FileConfig {
         anyhow::ensure!(s.max_concurrent_requests >= 1, "server.max_concurrent_requests must be at least 1");
         anyhow::ensure!(s.max_message_bytes >= 1024, "server.max_message_bytes must be at least 1024");
         anyhow::ensure!(s.request_timeout_secs >= 1, "server.request_timeout_secs must be at least 1");
+        anyhow::ensure!(
+            s.rate_limit_per_second == 0 || s.rate_limit_burst >= 1,
+            "server.rate_limit_burst must be at least 1"
+        );
+        for t in &self.auth.tokens {
+            anyhow::ensure!(!t.name.is_empty(), "auth.tokens: every token needs a name");
+            anyhow::ensure!(
+                t.token_sha256.len() == 64 && t.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "auth.tokens {:?}: token_sha256 must be 64 hex characters (the SHA-256 of the token, not the token)",
+                t.name
+            );
+            if let Some(tenant) = &t.tenant {
+                crate::domain::TenantId::parse("tenant", tenant)
+                    .map_err(|e| anyhow::anyhow!("auth.tokens {:?}: {e}", t.name))?;
+            }
+        }
+        for c in &self.auth.certificates {
+            anyhow::ensure!(
+                !c.name.is_empty() && !c.subject_cn.is_empty(),
+                "auth.certificates: name and subject_cn are required"
+            );
+        }
+        if !self.auth.certificates.is_empty() {
+            anyhow::ensure!(
+                self.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+                "auth.certificates needs [tls] with client_ca_file to verify client certificates"
+            );
+        }
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
                 crate::stores::STORE_NAMES.contains(&name.as_str()),

@@ -7,13 +7,13 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    api::{pb, AuditService, RightsService, ServiceContext},
+    api::{pb, AuditService, AuthInterceptor, Authenticator, RightsService, ServiceContext},
     clock::{SharedClock, SystemClock},
-    config::Settings,
+    config::{Settings, TlsConfig},
     db::Db,
     engine::{Engine, Signals},
     ledger::Ledger,
@@ -41,6 +41,8 @@ pub struct Application {
     listener: TcpListener,
     ctx: Arc<ServiceContext>,
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTlsConfig>,
     paused_engine: bool,
     settings: Settings,
 }
@@ -61,14 +63,21 @@ impl Application {
 
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let listen = overrides.listen.unwrap_or(settings.file.server.listen);
+        install_crypto_provider();
+        let auth = Arc::new(Authenticator::new(&settings.file.auth, &settings.file.server)?);
         // Development mode: no credentials are configured, so the server must not be reachable
         // from other machines.
-        if !listen.ip().is_loopback() {
+        if auth.is_dev_mode() && !listen.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {listen}: no credentials are configured (development mode), so dsr \
-                 only listens on a loopback address such as 127.0.0.1:50051"
+                 only listens on a loopback address such as 127.0.0.1:50051; configure [[auth.tokens]] \
+                 (or DSR_TOKENS_FILE) or client certificates to listen elsewhere"
             );
         }
+        let tls = match &settings.file.tls {
+            Some(cfg) => Some(tls_config(cfg, auth.is_dev_mode() || !settings.file.auth.tokens.is_empty())?),
+            None => None,
+        };
         let ledger = open_ledger(&settings).await?;
         let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
         let stores = match &overrides.wrap_store {
@@ -96,7 +105,7 @@ impl Application {
             watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
         });
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Self { listener, ctx, engine, paused_engine: overrides.paused_engine, settings })
+        Ok(Self { listener, ctx, engine, auth, tls, paused_engine: overrides.paused_engine, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -128,14 +137,21 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let max = server_cfg.max_message_bytes;
-        let rights = pb::data_subject_rights_server::DataSubjectRightsServer::new(RightsService::new(
-            self.ctx.clone(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-        let audit = pb::audit_server::AuditServer::new(AuditService)
+        let interceptor = AuthInterceptor(self.auth.clone());
+        let rights = tonic::service::interceptor::InterceptedService::new(
+            pb::data_subject_rights_server::DataSubjectRightsServer::new(RightsService::new(
+                self.ctx.clone(),
+            ))
             .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+            .max_encoding_message_size(max),
+            interceptor.clone(),
+        );
+        let audit = tonic::service::interceptor::InterceptedService::new(
+            pb::audit_server::AuditServer::new(AuditService)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            interceptor,
+        );
 
         let stop = CancellationToken::new();
         let engine_task = match self.paused_engine {
@@ -143,7 +159,13 @@ impl Application {
             false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
         };
         let addr = self.local_addr();
-        info!(%addr, database = self.ctx.ledger.db().backend().name(), "dsr listening (development mode: no credentials, loopback only)");
+        info!(
+            %addr,
+            database = self.ctx.ledger.db().backend().name(),
+            tls = self.tls.is_some(),
+            auth = %self.auth.describe(),
+            "dsr listening"
+        );
 
         let server_stop = CancellationToken::new();
         let drain = {
@@ -160,7 +182,11 @@ impl Application {
         };
         tokio::spawn(drain);
 
-        let serve = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        let serve = builder
             .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(server_cfg.max_concurrent_requests))
             .layer(tower::util::MapResponseLayer::new(crate::api::status_codes::normalise))
@@ -182,6 +208,24 @@ impl Application {
         info!("dsr stopped");
         served.context("gRPC server")
     }
+}
+
+/// Picks rustls' crypto: both `ring` (tonic) and `aws-lc-rs` (the S3 client) are linked, so
+/// rustls cannot choose by itself. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The server's TLS: its certificate and key, and with a client CA, verified client
+/// certificates (optional when bearer tokens may be used instead).
+fn tls_config(cfg: &TlsConfig, client_cert_optional: bool) -> anyhow::Result<ServerTlsConfig> {
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?));
+    if let Some(ca) = &cfg.client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(client_cert_optional);
+    }
+    Ok(tls)
 }
 
 /// Resolves on SIGTERM or SIGINT.

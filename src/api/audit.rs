@@ -2,7 +2,11 @@
 //! then both RPCs answer UNIMPLEMENTED.
 use tonic::{Request, Response, Status};
 
-use super::{error::ApiError, pb};
+use super::{
+    auth::{Caller, Scope},
+    error::ApiError,
+    pb,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct AuditService;
@@ -11,15 +15,17 @@ pub struct AuditService;
 impl pb::audit_server::Audit for AuditService {
     async fn list_audit_events(
         &self,
-        _req: Request<pb::ListAuditEventsRequest>,
+        req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        Caller::of(&req)?.require(Scope::Admin)?;
         Err(ApiError::Unimplemented("ListAuditEvents").into())
     }
 
     async fn verify_audit_log(
         &self,
-        _req: Request<pb::VerifyAuditLogRequest>,
+        req: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        Caller::of(&req)?.require(Scope::Admin)?;
         Err(ApiError::Unimplemented("VerifyAuditLog").into())
     }
 }

@@ -18,6 +18,10 @@ pub enum ApiError {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0} is not implemented by this version of dsr")]
     Unimplemented(&'static str),
@@ -55,6 +59,8 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(m) => Status::already_exists(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             e @ ApiError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             ApiError::Unexpected(e) => {

@@ -2,6 +2,7 @@
 //! them and the domain, the error mapping to status codes, and the two services.
 
 mod audit;
+mod auth;
 mod convert;
 mod error;
 mod rights;
@@ -9,6 +10,7 @@ pub mod status_codes;
 mod watch;
 
 pub use audit::AuditService;
+pub use auth::{AuthInterceptor, Authenticator, Caller, Scope};
 pub use error::ApiError;
 pub use rights::{RightsService, ServiceContext};
 

@@ -6,7 +6,12 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{convert, error::ApiError, pb, watch};
+use super::{
+    auth::{Caller, Scope},
+    convert,
+    error::ApiError,
+    pb, watch,
+};
 use crate::{
     clock::SharedClock,
     config::FileConfig,
@@ -28,16 +33,6 @@ pub struct ServiceContext {
     pub signals: Signals,
     pub config: FileConfig,
     pub watchers: Arc<Semaphore>,
-}
-
-/// The caller, as authentication established it (development mode: `anonymous`).
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub name: String,
-}
-
-fn caller_name<T>(req: &Request<T>) -> String {
-    req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
 }
 
 #[derive(Clone)]
@@ -109,6 +104,21 @@ impl RightsService {
     async fn get(&self, id: &str) -> Result<pb::DsrRequest, ApiError> {
         Ok((&self.ctx.ledger.get(id).await?).into())
     }
+
+    /// Parses a request id and checks the caller may touch that request: `scope` (or, with
+    /// `None`, the scope that acts on the request's kind) and its tenant.
+    async fn authorize_id(
+        &self,
+        caller: &Caller,
+        id: &str,
+        scope: Option<Scope>,
+    ) -> Result<String, ApiError> {
+        let id = request_id(id)?;
+        let (tenant, kind) = self.ctx.ledger.tenant_and_kind_of(&id).await?;
+        caller.require(scope.unwrap_or_else(|| Scope::for_kind(kind)))?;
+        caller.require_tenant(&tenant)?;
+        Ok(id)
+    }
 }
 
 fn parse_submission(
@@ -133,34 +143,52 @@ fn request_id(id: &str) -> Result<String, ApiError> {
 
 #[tonic::async_trait]
 impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
-    async fn submit_export(&self, _req: Request<pb::SubmitExportRequest>) -> ApiResult<pb::DsrRequest> {
+    async fn submit_export(&self, req: Request<pb::SubmitExportRequest>) -> ApiResult<pb::DsrRequest> {
+        let caller = Caller::of(&req)?;
+        caller.require(Scope::Export)?;
+        let pb::SubmitExportRequest { subject, .. } = req.into_inner();
+        caller.require_tenant(
+            &convert::subject("subject", subject).map_err(ApiError::from)?.tenant.to_string(),
+        )?;
         Err(ApiError::Unimplemented("SubmitExport").into())
     }
 
     async fn submit_deletion(&self, req: Request<pb::SubmitDeletionRequest>) -> ApiResult<pb::DsrRequest> {
-        let actor = caller_name(&req);
+        let caller = Caller::of(&req)?;
+        caller.require(Scope::Delete)?;
         let pb::SubmitDeletionRequest { subject, regime, idempotency_key, requested_by } = req.into_inner();
         let s = parse_submission(RequestKind::Deletion, subject, regime, &idempotency_key, &requested_by)
             .map_err(ApiError::from)?;
-        Ok(Response::new(self.submit(s, actor).await?))
+        caller.require_tenant(s.subject.tenant.as_str())?;
+        Ok(Response::new(self.submit(s, caller.name).await?))
     }
 
     async fn submit_rectification(
         &self,
-        _req: Request<pb::SubmitRectificationRequest>,
+        req: Request<pb::SubmitRectificationRequest>,
     ) -> ApiResult<pb::DsrRequest> {
+        let caller = Caller::of(&req)?;
+        caller.require(Scope::Rectify)?;
+        let pb::SubmitRectificationRequest { subject, .. } = req.into_inner();
+        caller.require_tenant(
+            &convert::subject("subject", subject).map_err(ApiError::from)?.tenant.to_string(),
+        )?;
         Err(ApiError::Unimplemented("SubmitRectification").into())
     }
 
     async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> ApiResult<pb::DsrRequest> {
+        let caller = Caller::of(&req)?;
         let pb::GetRequestRequest { id } = req.into_inner();
-        Ok(Response::new(self.get(&request_id(&id)?).await?))
+        let id = self.authorize_id(&caller, &id, Some(Scope::Read)).await?;
+        Ok(Response::new(self.get(&id).await?))
     }
 
     async fn list_requests(
         &self,
         req: Request<pb::ListRequestsRequest>,
     ) -> ApiResult<pb::ListRequestsResponse> {
+        let caller = Caller::of(&req)?;
+        caller.require(Scope::Read)?;
         let pb::ListRequestsRequest {
             tenant_id,
             status,
@@ -171,11 +199,20 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
             due_within_days,
         } = req.into_inner();
         let now = self.ctx.clock.now();
+        let tenant_id = (!tenant_id.is_empty())
+            .then(|| crate::domain::TenantId::parse("tenant_id", &tenant_id).map(|t| t.to_string()))
+            .transpose()
+            .map_err(ApiError::from)?;
+        // A tenant-bound caller lists its own tenant, whether it names it or not.
+        let tenant_id = match (tenant_id, caller.tenant()) {
+            (Some(t), _) => {
+                caller.require_tenant(&t)?;
+                Some(t)
+            }
+            (None, own) => own.map(str::to_owned),
+        };
         let filter = ListFilter {
-            tenant_id: (!tenant_id.is_empty())
-                .then(|| crate::domain::TenantId::parse("tenant_id", &tenant_id).map(|t| t.to_string()))
-                .transpose()
-                .map_err(ApiError::from)?,
+            tenant_id,
             status: convert::status_filter(status).map_err(ApiError::from)?,
             kind: convert::kind_filter(kind).map_err(ApiError::from)?,
             overdue_at: overdue.then_some(now),
@@ -205,8 +242,9 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         &self,
         req: Request<pb::WatchRequestRequest>,
     ) -> ApiResult<Self::WatchRequestStream> {
+        let caller = Caller::of(&req)?;
         let pb::WatchRequestRequest { id } = req.into_inner();
-        let id = request_id(&id)?;
+        let id = self.authorize_id(&caller, &id, Some(Scope::Read)).await?;
         let permit = self.ctx.watchers.clone().try_acquire_owned().map_err(|_| {
             ApiError::ResourceExhausted(
                 "too many WatchRequest streams open; retry later or poll GetRequest".into(),
@@ -218,19 +256,23 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     }
 
     async fn cancel_request(&self, req: Request<pb::CancelRequestRequest>) -> ApiResult<pb::DsrRequest> {
-        let actor = caller_name(&req);
-        let id = request_id(&req.into_inner().id)?;
-        self.ctx.ledger.cancel(&id, &actor, self.ctx.clock.now()).await.map_err(ApiError::from)?;
+        let caller = Caller::of(&req)?;
+        let id = self.authorize_id(&caller, &req.into_inner().id, None).await?;
+        self.ctx.ledger.cancel(&id, &caller.name, self.ctx.clock.now()).await.map_err(ApiError::from)?;
         info!(request_id = %id, "request cancelled");
         self.ctx.signals.request_changed(&id);
         Ok(Response::new(self.get(&id).await?))
     }
 
     async fn retry_request(&self, req: Request<pb::RetryRequestRequest>) -> ApiResult<pb::DsrRequest> {
-        let actor = caller_name(&req);
-        let id = request_id(&req.into_inner().id)?;
+        let caller = Caller::of(&req)?;
+        let id = self.authorize_id(&caller, &req.into_inner().id, None).await?;
         let budget = self.ctx.config.engine.max_attempts;
-        self.ctx.ledger.retry(&id, &actor, budget, self.ctx.clock.now()).await.map_err(ApiError::from)?;
+        self.ctx
+            .ledger
+            .retry(&id, &caller.name, budget, self.ctx.clock.now())
+            .await
+            .map_err(ApiError::from)?;
         info!(request_id = %id, "failed stores queued again");
         self.ctx.signals.request_changed(&id);
         self.ctx.signals.work_available();
@@ -241,8 +283,11 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         &self,
         req: Request<pb::PreviewSubjectRequest>,
     ) -> ApiResult<pb::PreviewSubjectResponse> {
+        let caller = Caller::of(&req)?;
+        caller.require(Scope::Read)?;
         let pb::PreviewSubjectRequest { subject } = req.into_inner();
         let subject = convert::subject("subject", subject).map_err(ApiError::from)?;
+        caller.require_tenant(subject.tenant.as_str())?;
         let subject = self
             .ctx
             .stores
@@ -266,12 +311,16 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
 
     async fn download_export(
         &self,
-        _req: Request<pb::DownloadExportRequest>,
+        req: Request<pb::DownloadExportRequest>,
     ) -> ApiResult<Self::DownloadExportStream> {
+        let caller = Caller::of(&req)?;
+        self.authorize_id(&caller, &req.into_inner().id, Some(Scope::Read)).await?;
         Err(ApiError::Unimplemented("DownloadExport").into())
     }
 
-    async fn extend_deadline(&self, _req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {
+    async fn extend_deadline(&self, req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {
+        let caller = Caller::of(&req)?;
+        self.authorize_id(&caller, &req.into_inner().id, None).await?;
         Err(ApiError::Unimplemented("ExtendDeadline").into())
     }
 }

@@ -59,6 +59,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+    crate::startup::install_crypto_provider();
     let channel = Channel::from_shared(conn.server.clone())
         .context("--server is not a URL")?
         .connect()

@@ -118,6 +118,16 @@ impl Ledger {
             .ok_or(LedgerError::NotFound)
     }
 
+    /// The tenant and kind of a request (to authorise an action on it).
+    pub async fn tenant_and_kind_of(&self, id: &str) -> Result<(String, RequestKind)> {
+        let row = sqlx::query("SELECT tenant_id, kind FROM dsr_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or(LedgerError::NotFound)?;
+        Ok((row.try_get("tenant_id")?, decode_enum(row.try_get("kind")?, RequestKind::from_db)?))
+    }
+
     /// The change counter of a request: bumped by every state change, so a watcher knows when
     /// to send.
     pub async fn version_of(&self, id: &str) -> Result<i64> {

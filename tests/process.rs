@@ -380,3 +380,73 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
         assert_eq!(n, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let seeded = seed(dir.path(), &db, "acme", 2, 2);
+    let canary_token = "canary-token-7f3e9b1c2d4a6f80";
+    let wrong_token = "canary-wrong-token-55aa66bb77cc";
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(canary_token.as_bytes()));
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[auth.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\nscopes = [\"dsr.delete\", \"dsr.read\"]\n"),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--database-url")
+        .arg(&db)
+        .env("DSR_TOKENS_FILE", &tokens)
+        .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v["fields"]["addr"].as_str().map(str::to_owned))
+        {
+            break addr.parse::<SocketAddr>().unwrap().port();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "server exited:\n{text}");
+        assert!(Instant::now() < deadline, "no listening line:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("DSR_SERVER", &url);
+        if let Some(t) = token {
+            cmd.env("DSR_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let phone = seeded[0]["phone"].as_str().unwrap();
+    let (ok, out) = run(&["delete", "--tenant", "acme", "--phone", phone, "--watch"], Some(canary_token));
+    assert!(ok && out.contains("COMPLETED"), "{out}");
+    let (ok, out) = run(&["list"], Some(wrong_token));
+    assert!(!ok && out.contains("Unauthenticated") && !out.contains(wrong_token), "{out}");
+    let (ok, out) = run(&["list"], None);
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("1 bearer token"), "{text}");
+    for secret in [canary_token, wrong_token, &hash] {
+        assert!(!text.contains(secret), "the log contains a credential");
+    }
+    assert_no_canaries(&log, &canaries(&seeded));
+}

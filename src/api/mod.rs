@@ -7,6 +7,7 @@ mod convert;
 mod error;
 mod rights;
 pub mod status_codes;
+pub mod validate;
 mod watch;
 
 pub use audit::AuditService;

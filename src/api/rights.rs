@@ -41,7 +41,7 @@ pub struct RightsService {
 }
 
 /// The parsed, common part of every submit.
-struct Submission {
+pub(super) struct Submission {
     kind: RequestKind,
     subject: Subject,
     regime: Regime,
@@ -121,7 +121,7 @@ impl RightsService {
     }
 }
 
-fn parse_submission(
+pub(super) fn parse_submission(
     kind: RequestKind,
     subject: Option<pb::Subject>,
     regime: i32,
@@ -135,6 +135,11 @@ fn parse_submission(
         idempotency_key: IdempotencyKey::parse("idempotency_key", idempotency_key)?,
         requested_by: parse_text("requested_by", requested_by)?,
     })
+}
+
+/// A request id as the RPCs take it.
+pub(super) fn parse_id(id: &str) -> Result<(), FieldError> {
+    RequestId::parse("id", id).map(drop)
 }
 
 fn request_id(id: &str) -> Result<String, ApiError> {

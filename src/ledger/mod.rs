@@ -18,7 +18,7 @@ pub use tasks::{ClaimedTask, Fenced, TaskResult};
 use crate::{
     clock::from_millis,
     db::{Backend, Db},
-    domain::{OutcomeState, Regime, RequestKind, RequestStatus},
+    domain::{Corrections, OutcomeState, Regime, RequestKind, RequestStatus, Subject},
 };
 use chrono::{DateTime, Utc};
 
@@ -42,6 +42,19 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Ledger {
     db: Db,
+}
+
+/// What the ledger keeps of the subject while a request runs, as JSON in
+/// `dsr_requests.subject_json`: the identifiers, and for a rectification the corrections. Old
+/// and new values are both personal data, so they live only there and are dropped with it when
+/// the request ends (a FAILED request keeps them for RetryRequest). The subject's fields are
+/// flattened, so records written before rectification existed still parse.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectRecord {
+    #[serde(flatten)]
+    pub subject: Subject,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections: Option<Corrections>,
 }
 
 /// A request as stored, with one outcome per store in store order.

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
-    domain::Subject,
+    domain::{Corrections, Subject},
     startup::Overrides,
-    stores::{Erasure, Holdings, StoreAdapter, StoreError, StoreResult},
+    stores::{CorrectionConflict, Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 use tonic::Code;
 
@@ -51,6 +51,22 @@ impl StoreAdapter for FlakyStore {
     }
     async fn verify_erased(&self, s: &Subject) -> StoreResult<bool> {
         self.inner.verify_erased(s).await
+    }
+    fn holds_any_of(&self, c: &Corrections) -> bool {
+        self.inner.holds_any_of(c)
+    }
+    async fn correction_conflict(
+        &self,
+        s: &Subject,
+        c: &Corrections,
+    ) -> StoreResult<Option<CorrectionConflict>> {
+        self.inner.correction_conflict(s, c).await
+    }
+    async fn rectify(&self, s: &Subject, c: &Corrections, now: DateTime<Utc>) -> StoreResult<Rectification> {
+        self.inner.rectify(s, c, now).await
+    }
+    async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(s, c).await
     }
 }
 

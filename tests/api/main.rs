@@ -11,4 +11,5 @@ mod faults;
 mod idempotency;
 mod lifecycle;
 mod protocol;
+mod rectification;
 mod validation;

@@ -135,3 +135,21 @@ impl TaskRecord {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_record_written_before_rectification_existed_still_parses() {
+        let subject = Subject::parse("acme", "acct-1", "", "+14155550100").unwrap();
+        let old = serde_json::to_string(&subject).unwrap();
+        let record: SubjectRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(record, SubjectRecord { subject: subject.clone(), corrections: None });
+        assert_eq!(serde_json::to_string(&record).unwrap(), old, "a deletion's record is unchanged");
+        let corrections = Corrections::parse(None, Some("a@example.com"), None).unwrap();
+        let with = SubjectRecord { subject, corrections: Some(corrections) };
+        let back: SubjectRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+    }
+}

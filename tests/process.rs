@@ -360,6 +360,65 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     server.child.wait().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rectify_command_corrects_a_subject_and_the_log_holds_neither_old_nor_new_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let url = format!("http://{}", server.addr);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).env("DSR_SERVER", &url).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let old_email = seeded[1]["email"].as_str().unwrap();
+    let (new_name, new_email, new_phone) = ("Corrected Caller", "corrected@example.net", "+447700900555");
+    let (ok, out, err) = run(&[
+        "rectify",
+        "--tenant",
+        "acme",
+        "--email",
+        old_email,
+        "--set-name",
+        new_name,
+        "--set-email",
+        new_email,
+        "--set-phone",
+        new_phone,
+        "--watch",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("RECTIFICATION") && out.contains("COMPLETED"), "{out}");
+    let (ok, out, err) = run(&["preview", "--tenant", "acme", "--phone", new_phone]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("recordings") && l.split_whitespace().nth(1) == Some("3")),
+        "{out}"
+    );
+    // Another subject's email: refused, naming the field, not the value.
+    let taken = seeded[0]["email"].as_str().unwrap();
+    let (ok, _, err) = run(&["rectify", "--tenant", "acme", "--email", new_email, "--set-email", taken]);
+    assert!(!ok);
+    assert!(err.contains("AlreadyExists") && err.contains("corrections.email"), "{err}");
+    assert!(!err.contains(taken), "{err}");
+    let (ok, _, err) = run(&["rectify", "--tenant", "acme", "--email", new_email]);
+    assert!(!ok);
+    assert!(err.contains("InvalidArgument") && err.contains("corrections"), "{err}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut canaries = canaries(&seeded);
+    canaries.extend(
+        [new_name, new_email, new_phone, new_phone.trim_start_matches('+')].iter().map(|s| s.to_string()),
+    );
+    assert_no_canaries(&log, &canaries);
+}
+
 #[tokio::test]
 async fn migrate_applies_the_ledger_schema_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {

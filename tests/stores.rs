@@ -1,7 +1,9 @@
 //! One conformance suite for every store adapter, run against SQLite and Postgres and against
 //! a local directory and a real S3 API for the recordings: erasing twice is harmless, a preview
 //! after an erase is zero, another tenant with the same phone and the neighbours are untouched,
-//! retained data reports its basis and date.
+//! retained data reports its basis and date. And a rectify round: correcting twice is harmless,
+//! the read-back verifies, the subject is found under the new values only, and another tenant
+//! with the same phone and the neighbours are untouched.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -10,10 +12,10 @@ use std::sync::Arc;
 
 use chrono::{Months, Utc};
 use dsr::{
-    domain::Subject,
+    domain::{Corrections, Subject},
     seed::{recording_key, SeedSpec, SeededSubject},
     startup::open_ledger,
-    stores::{open_object_store, reference::Tables, Erasure, StoreRegistry},
+    stores::{open_object_store, reference::Tables, CorrectionConflict, Erasure, StoreRegistry},
 };
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 use support::Backend;
@@ -182,6 +184,126 @@ async fn rows_linked_by_call_id_are_found_through_the_call_logs(backend: Backend
     assert_eq!(transcripts.preview(&by_phone_only).await.unwrap().records, 11);
 }
 
+async fn every_adapter_rectifies_twice_harmlessly_and_reads_the_new_values_back(backend: Backend) {
+    let f = fixture(backend, false).await;
+    let target = &f.acme[1];
+    let me = f.stores.resolve(subject("acme", target)).await.unwrap();
+    let same_phone_elsewhere = f.stores.resolve(subject("globex", target)).await.unwrap();
+    let neighbour = f.stores.resolve(subject("acme", &f.acme[0])).await.unwrap();
+    let c = Corrections::parse(Some("New Name"), Some("new1@example.org"), Some("+15559990001")).unwrap();
+    let corrected = c.apply_to(&me);
+    let old_phone_only = subject("acme", target);
+    assert_eq!(f.stores.correction_conflict(&me, &c).await.unwrap(), None);
+
+    for store in f.stores.all() {
+        let name = store.name();
+        let expected = target.counts[name];
+        assert!(store.holds_any_of(&c), "{name}");
+        let first = store.rectify(&me, &c, Utc::now()).await.unwrap();
+        assert_eq!((first.found, first.affected), (expected, expected), "{name}: first rectify");
+        assert!(store.verify_rectified(&me, &c).await.unwrap(), "{name}: verified");
+        let second = store.rectify(&me, &c, Utc::now()).await.unwrap();
+        assert!(store.verify_rectified(&me, &c).await.unwrap(), "{name}: verified after a second rectify");
+        // The account is still found by its id and rewritten with the same values; the
+        // phone-keyed stores find nothing left under the old phone.
+        let again = if name == "accounts" { 1 } else { 0 };
+        assert_eq!(second.affected, again, "{name}: rectifying twice is harmless");
+        match name {
+            "billing" => {
+                let hold = first.hold.expect("billing stays under the hold");
+                assert!(hold.basis.starts_with("legal_obligation"), "{}", hold.basis);
+                assert!(hold.until > Utc::now() + Months::new(83), "{}", hold.until);
+                assert_eq!(second.hold, Some(hold), "a retry still reports the hold");
+            }
+            _ => assert_eq!(first.hold, None, "{name}"),
+        }
+        assert_eq!(
+            store.preview(&corrected).await.unwrap().records,
+            expected,
+            "{name}: under the new values"
+        );
+        assert_eq!(store.preview(&old_phone_only).await.unwrap().records, 0, "{name}: under the old phone");
+        for (who, other) in
+            [("same phone in another tenant", &same_phone_elsewhere), ("neighbour", &neighbour)]
+        {
+            assert_eq!(store.preview(other).await.unwrap().records, expected, "{name}: {who} untouched");
+        }
+    }
+    let (email, phone, name): (Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT email, phone, name FROM accounts WHERE id = $1")
+            .bind(&target.account_id)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (email.as_deref(), phone.as_deref(), name.as_deref()),
+        (Some("new1@example.org"), Some("+15559990001"), Some("New Name"))
+    );
+    // Recording objects are keyed by call id: all still there.
+    for j in 0..12 {
+        let key = Path::from(recording_key("acme", &format!("acme-call-000001-{j:04}")));
+        f.objects.head(&key).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+    // A name is held by the account only.
+    let name_only = Corrections::parse(Some("Another Name"), None, None).unwrap();
+    for store in f.stores.all() {
+        assert_eq!(store.holds_any_of(&name_only), store.name() == "accounts", "{}", store.name());
+    }
+}
+
+async fn correction_conflicts_are_found_before_anything_is_written(backend: Backend) {
+    let f = fixture(backend, false).await;
+    let [zero, one, two] = [&f.acme[0], &f.acme[1], &f.acme[2]];
+    let me = f.stores.resolve(subject("acme", one)).await.unwrap();
+    let taken = |email: Option<&str>, phone: Option<&str>| Corrections::parse(None, email, phone).unwrap();
+    let conflict = |c| {
+        let (stores, me) = (&f.stores, &me);
+        async move { stores.correction_conflict(me, &c).await.unwrap() }
+    };
+    assert_eq!(
+        conflict(taken(Some(&zero.email), None)).await,
+        Some(CorrectionConflict::Taken("corrections.email"))
+    );
+    assert_eq!(
+        conflict(taken(None, Some(&zero.phone))).await,
+        Some(CorrectionConflict::Taken("corrections.phone"))
+    );
+    // The subject's own values, and values only another tenant has, are no conflict.
+    assert_eq!(conflict(taken(Some(&one.email), Some(&one.phone))).await, None);
+    assert_eq!(conflict(taken(None, Some("+15550009999"))).await, None);
+    // An account with a NULL column is still seen (the predicate is NULL there, not false).
+    sqlx::query("UPDATE accounts SET phone = NULL WHERE id = $1")
+        .bind(&zero.account_id)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        conflict(taken(Some(&zero.email), None)).await,
+        Some(CorrectionConflict::Taken("corrections.email"))
+    );
+    // Two accounts under one phone: correcting "them" would merge two people.
+    sqlx::query("UPDATE accounts SET phone = $1 WHERE id = $2")
+        .bind(&one.phone)
+        .bind(&two.account_id)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let shared = Subject::parse("acme", "", "", &one.phone).unwrap();
+    let shared = f.stores.resolve(shared).await.unwrap();
+    let c = taken(Some("fresh@example.com"), None);
+    assert_eq!(f.stores.correction_conflict(&shared, &c).await.unwrap(), Some(CorrectionConflict::Ambiguous));
+    // And the adapter refuses on its own, should a request get past the submit check.
+    let accounts = f.stores.get("accounts").unwrap();
+    let refused = accounts.rectify(&shared, &c, Utc::now()).await.unwrap_err();
+    assert!(refused.to_string().starts_with("subject:"), "{refused}");
+    let unchanged: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE email = 'fresh@example.com'")
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(unchanged, 0);
+}
+
 macro_rules! on_every_backend {
     ($name:ident) => {
         mod $name {
@@ -221,3 +343,5 @@ mod every_adapter_passes_the_conformance_suite {
 on_every_backend!(an_account_no_billing_references_is_deleted_outright);
 on_every_backend!(a_subject_known_by_email_alone_is_resolved_through_the_account);
 on_every_backend!(rows_linked_by_call_id_are_found_through_the_call_logs);
+on_every_backend!(every_adapter_rectifies_twice_harmlessly_and_reads_the_new_values_back);
+on_every_backend!(correction_conflicts_are_found_before_anything_is_written);

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use crate::{
-    domain::{FieldError, OutcomeState, Regime, RequestKind, RequestStatus, Subject},
+    domain::{Corrections, FieldError, OutcomeState, Regime, RequestKind, RequestStatus, Subject},
     ledger::{RequestRecord, TaskRecord},
     stores::Holdings,
 };
@@ -17,6 +17,13 @@ pub fn subject(field: &'static str, s: Option<pb::Subject>) -> Result<Subject, F
     let pb::Subject { tenant_id, account_id, email, phone } =
         s.ok_or_else(|| FieldError::new(field, "is required"))?;
     Subject::parse(&tenant_id, &account_id, &email, &phone)
+}
+
+/// A rectification's corrections: the message and at least one field are required.
+pub fn corrections(c: Option<pb::Corrections>) -> Result<Corrections, FieldError> {
+    let pb::Corrections { name, email, phone } =
+        c.ok_or_else(|| FieldError::new("corrections", "is required: at least one of name, email, phone"))?;
+    Corrections::parse(name.as_deref(), email.as_deref(), phone.as_deref())
 }
 
 pub fn regime(value: i32) -> Result<Regime, FieldError> {

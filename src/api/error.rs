@@ -43,7 +43,7 @@ impl From<LedgerError> for ApiError {
         match e {
             LedgerError::NotFound => ApiError::NotFound("no request with that id".into()),
             LedgerError::IdempotencyConflict => ApiError::AlreadyExists(
-                "idempotency_key: already used for a different request (kind, subject, regime or requested_by differ)".into(),
+                "idempotency_key: already used for a different request (kind, subject, regime, requested_by or corrections differ)".into(),
             ),
             LedgerError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             LedgerError::Db(e) => ApiError::Unexpected(anyhow::Error::new(e).context("ledger")),

@@ -15,11 +15,13 @@ use super::{
 use crate::{
     clock::SharedClock,
     config::FileConfig,
-    domain::{due_at, parse_text, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject},
+    domain::{
+        due_at, parse_text, Corrections, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject,
+    },
     engine::Signals,
-    ledger::{Ledger, ListFilter, NewDsrRequest, Page, Submitted},
+    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted},
     privacy::KeyedHasher,
-    stores::StoreRegistry,
+    stores::{CorrectionConflict, StoreRegistry},
 };
 
 type ApiResult<T> = Result<Response<T>, Status>;
@@ -47,6 +49,8 @@ pub(super) struct Submission {
     regime: Regime,
     idempotency_key: Option<IdempotencyKey>,
     requested_by: String,
+    /// A rectification's corrections; `None` for the other kinds.
+    corrections: Option<Corrections>,
 }
 
 impl RightsService {
@@ -55,18 +59,59 @@ impl RightsService {
     }
 
     /// Validates nothing (that happened in the caller's `parse`); resolves the subject's other
-    /// identifiers, then commits the request and its tasks before answering.
+    /// identifiers, checks a rectification's corrections against the tenant's other accounts,
+    /// then commits the request and its tasks before answering.
     async fn submit(&self, s: Submission, actor: String) -> Result<pb::DsrRequest, ApiError> {
         let ctx = &self.ctx;
         let now = ctx.clock.now();
         // The payload hash covers what the caller sent (not what resolution added), so a retry
-        // of the same call always matches.
-        let payload =
+        // of the same call always matches. Corrections are appended only when present, so the
+        // hashes of other kinds stay what they were.
+        let mut payload =
             format!("{}|{}|{}|{}", s.kind, s.regime, s.subject.canonical_identifiers(), s.requested_by);
+        if let Some(c) = &s.corrections {
+            payload.push_str(&format!("|c:{}", c.canonical()));
+        }
+        let payload_hash = ctx.hasher.tag(&payload);
+        let idempotency_hash =
+            s.idempotency_key.map(|k| ctx.hasher.tag(&format!("idem|{}|{}", s.subject.tenant, k.expose())));
+        // A resubmission returns the original request before any other check: once a
+        // rectification has run, its subject is no longer found under the old identifiers and
+        // the new values are "taken" (by the subject itself).
+        if let Some(key) = &idempotency_hash {
+            if let Some(existing) = ctx.ledger.find_idempotent(key, &payload_hash).await? {
+                info!(request_id = %existing, "idempotent resubmission");
+                return Ok((&ctx.ledger.get(&existing).await?).into());
+            }
+        }
         let subject_tag = ctx.hasher.tag(&s.subject.canonical_identifiers());
         let resolved = ctx.stores.resolve(s.subject.clone()).await.map_err(|e| {
             ApiError::Unavailable(format!("could not look the subject up in the accounts store: {e}"))
         })?;
+        if let Some(c) = &s.corrections {
+            let conflict = ctx.stores.correction_conflict(&resolved, c).await.map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "could not check the corrections against the accounts store: {e}"
+                ))
+            })?;
+            match conflict {
+                None => {}
+                Some(CorrectionConflict::Taken(field)) => {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "{field}: another subject of this tenant already has this value; nothing was changed"
+                    )))
+                }
+                Some(CorrectionConflict::Ambiguous) => {
+                    return Err(FieldError::new(
+                        "subject",
+                        "matches more than one account of the tenant; name the account by account_id",
+                    )
+                    .into())
+                }
+            }
+        }
+        let detail = s.corrections.as_ref().map(|c| format!("fields={}", c.field_names().join(",")));
+        let record = SubjectRecord { subject: resolved, corrections: s.corrections };
         let id = RequestId::new().to_string();
         let new = NewDsrRequest {
             id: id.clone(),
@@ -75,18 +120,16 @@ impl RightsService {
             regime: s.regime,
             requested_by: s.requested_by,
             actor,
-            idempotency_hash: s
-                .idempotency_key
-                .map(|k| ctx.hasher.tag(&format!("idem|{}|{}", s.subject.tenant, k.expose()))),
-            payload_hash: ctx.hasher.tag(&payload),
+            idempotency_hash,
+            payload_hash,
             subject_tag,
-            subject_json: serde_json::to_string(&resolved).map_err(anyhow::Error::from)?,
+            subject_json: serde_json::to_string(&record).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),
             trace_context: None,
             stores: ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
             attempt_limit: ctx.config.engine.max_attempts,
-            detail: None,
+            detail,
         };
         let submitted = ctx.ledger.submit(&new).await?;
         match &submitted {
@@ -134,6 +177,7 @@ pub(super) fn parse_submission(
         regime: convert::regime(regime)?,
         idempotency_key: IdempotencyKey::parse("idempotency_key", idempotency_key)?,
         requested_by: parse_text("requested_by", requested_by)?,
+        corrections: None,
     })
 }
 
@@ -174,11 +218,14 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     ) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         caller.require(Scope::Rectify)?;
-        let pb::SubmitRectificationRequest { subject, .. } = req.into_inner();
-        caller.require_tenant(
-            &convert::subject("subject", subject).map_err(ApiError::from)?.tenant.to_string(),
-        )?;
-        Err(ApiError::Unimplemented("SubmitRectification").into())
+        let pb::SubmitRectificationRequest { subject, regime, idempotency_key, requested_by, corrections } =
+            req.into_inner();
+        let mut s =
+            parse_submission(RequestKind::Rectification, subject, regime, &idempotency_key, &requested_by)
+                .map_err(ApiError::from)?;
+        s.corrections = Some(convert::corrections(corrections).map_err(ApiError::from)?);
+        caller.require_tenant(s.subject.tenant.as_str())?;
+        Ok(Response::new(self.submit(s, caller.name).await?))
     }
 
     async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> ApiResult<pb::DsrRequest> {

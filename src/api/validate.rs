@@ -74,7 +74,7 @@ pub fn decode_and_validate(method: &str, bytes: &[u8]) -> Verdict {
                 &m.idempotency_key,
                 &m.requested_by,
             )
-            .map(drop)
+            .and_then(|_| convert::corrections(m.corrections).map(drop))
         }
         "GetRequest" => rights::parse_id(&decode!(pb::GetRequestRequest).id),
         "WatchRequest" => rights::parse_id(&decode!(pb::WatchRequestRequest).id),

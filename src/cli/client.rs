@@ -30,6 +30,21 @@ pub struct SubjectArgs {
     pub phone: Option<String>,
 }
 
+/// The new values of a rectification; at least one is required (the server says which field is
+/// wrong).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CorrectionArgs {
+    /// The corrected name.
+    #[arg(long)]
+    pub set_name: Option<String>,
+    /// The corrected email address.
+    #[arg(long)]
+    pub set_email: Option<String>,
+    /// The corrected phone, E.164.
+    #[arg(long)]
+    pub set_phone: Option<String>,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
     /// gdpr, ccpa or unspecified (deadline 30 days; CCPA 45).
@@ -105,6 +120,31 @@ pub async fn delete(conn: &Connection, s: &SubjectArgs, submit: &SubmitArgs) -> 
         requested_by: submit.requested_by.clone(),
     };
     let r = client.submit_deletion(req).await.map_err(status_error)?.into_inner();
+    print!("{}", render(&r));
+    if submit.watch {
+        follow(&mut client, &r.id).await?;
+    }
+    Ok(())
+}
+
+pub async fn rectify(
+    conn: &Connection,
+    s: &SubjectArgs,
+    c: &CorrectionArgs,
+    submit: &SubmitArgs,
+) -> anyhow::Result<()> {
+    let mut client = connect(conn).await?;
+    let corrections = (c.set_name.is_some() || c.set_email.is_some() || c.set_phone.is_some()).then(|| {
+        pb::Corrections { name: c.set_name.clone(), email: c.set_email.clone(), phone: c.set_phone.clone() }
+    });
+    let req = pb::SubmitRectificationRequest {
+        subject: Some(subject(s)),
+        regime: regime(&submit.regime)?,
+        idempotency_key: submit.idempotency_key.clone(),
+        requested_by: submit.requested_by.clone(),
+        corrections,
+    };
+    let r = client.submit_rectification(req).await.map_err(status_error)?.into_inner();
     print!("{}", render(&r));
     if submit.watch {
         follow(&mut client, &r.id).await?;

@@ -1,5 +1,6 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
-//! client for people (`delete`, `status`, `watch`, `preview`, `list`, `cancel`, `retry`).
+//! client for people (`delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
+//! `retry`).
 
 mod client;
 mod server;
@@ -78,6 +79,18 @@ pub enum Command {
         conn: client::Connection,
         #[command(flatten)]
         subject: client::SubjectArgs,
+        #[command(flatten)]
+        submit: client::SubmitArgs,
+    },
+    /// Submit a correction of a subject's name, email and/or phone in every store that holds it.
+    /// The subject is named by its current identifiers; `--set-*` give the new values.
+    Rectify {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        #[command(flatten)]
+        corrections: client::CorrectionArgs,
         #[command(flatten)]
         submit: client::SubmitArgs,
     },
@@ -164,6 +177,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
         }
         Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
+        Command::Rectify { conn, subject, corrections, submit } => {
+            client::rectify(&conn, &subject, &corrections, &submit).await
+        }
         Command::Status { conn, id, json } => client::status(&conn, &id, json).await,
         Command::Watch { conn, id } => client::watch(&conn, &id).await,
         Command::Preview { conn, subject } => client::preview(&conn, &subject).await,

@@ -231,6 +231,27 @@ impl Corrections {
         Ok(c)
     }
 
+    /// The subject as it is known once the corrections are applied: the same account, the new
+    /// email and phone where they were corrected (the name is not an identifier).
+    pub fn apply_to(&self, subject: &Subject) -> Subject {
+        Subject {
+            tenant: subject.tenant.clone(),
+            account_id: subject.account_id.clone(),
+            email: self.email.clone().or_else(|| subject.email.clone()),
+            phone: self.phone.clone().or_else(|| subject.phone.clone()),
+        }
+    }
+
+    /// The values in a fixed order, for the idempotency payload hash (never logged).
+    pub fn canonical(&self) -> String {
+        format!(
+            "n:{}|e:{}|p:{}",
+            self.name.as_ref().map_or("", |n| n.as_str()),
+            self.email.as_ref().map_or("", |e| e.as_str()),
+            self.phone.as_ref().map_or("", |p| p.as_str()),
+        )
+    }
+
     /// Names of the corrected fields (never their values), for events.
     pub fn field_names(&self) -> Vec<&'static str> {
         let mut v = Vec::new();

@@ -1,9 +1,10 @@
 //! What a task does, by request kind: the steps of an erasure (count, checkpoint, erase,
-//! verify) and the result they add up to.
+//! verify), of a rectification (count, checkpoint, rectify, read back), and the result they add
+//! up to.
 use crate::{
-    domain::{OutcomeState, RequestKind, Subject},
-    ledger::{ClaimedTask, Fenced, TaskResult},
-    stores::{Erasure, StoreAdapter, StoreError, StoreResult},
+    domain::{Corrections, OutcomeState, RequestKind, Subject},
+    ledger::{ClaimedTask, Fenced, SubjectRecord, TaskResult},
+    stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 
 use super::Engine;
@@ -13,7 +14,8 @@ impl Engine {
         let adapter = self.stores.get(&task.store).ok_or_else(|| {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
-        let subject: Subject = task
+        // serde_json's messages name positions and types, never the values.
+        let SubjectRecord { subject, corrections } = task
             .subject_json
             .as_deref()
             .map(serde_json::from_str)
@@ -25,10 +27,78 @@ impl Engine {
         }
         match task.kind {
             RequestKind::Deletion => self.erase(adapter.as_ref(), task, &subject).await,
-            RequestKind::Export | RequestKind::Rectification => {
+            RequestKind::Rectification => {
+                let corrections = corrections
+                    .ok_or_else(|| StoreError::Fatal("the rectification holds no corrections".into()))?;
+                if !adapter.holds_any_of(&corrections) {
+                    return Ok(skipped("the store holds none of the corrected fields"));
+                }
+                self.rectify(adapter.as_ref(), task, &subject, &corrections).await
+            }
+            RequestKind::Export => {
                 Err(StoreError::Fatal(format!("{} is not supported by this version", task.kind)))
             }
         }
+    }
+
+    /// Records of the subject the store held before this attempt (or the first one) changed
+    /// anything, remembered in the ledger so that an attempt after a crash reports them too.
+    async fn first_count(
+        &self,
+        adapter: &dyn StoreAdapter,
+        task: &ClaimedTask,
+        subject: &Subject,
+    ) -> StoreResult<u64> {
+        let before = adapter.preview(subject).await?.records;
+        Ok(match task.found_checkpoint {
+            Some(n) => n,
+            None => {
+                match self.ledger.checkpoint_found(task, before).await {
+                    Ok(Fenced::Applied(_)) => {}
+                    Ok(Fenced::Stale) => {
+                        return Err(StoreError::Transient("lease lost before changing the store".into()))
+                    }
+                    Err(e) => return Err(StoreError::Transient(format!("ledger unavailable: {e}"))),
+                }
+                before
+            }
+        })
+    }
+
+    /// Count, remember the count, rectify, read back. `found` means what it means for an
+    /// erasure (the records the store held on the subject); `affected` the records rewritten.
+    /// A retry after a crash reports only what it rewrote itself (the first attempt's rewrites
+    /// are no longer under the old identifier), while `found` still comes from the checkpoint.
+    /// The read-back failing is transient, like an erase that left data: the next attempt
+    /// finishes the move.
+    async fn rectify(
+        &self,
+        adapter: &dyn StoreAdapter,
+        task: &ClaimedTask,
+        subject: &Subject,
+        corrections: &Corrections,
+    ) -> StoreResult<TaskResult> {
+        let first_count = self.first_count(adapter, task, subject).await?;
+        let Rectification { found, affected, hold } =
+            adapter.rectify(subject, corrections, self.clock.now()).await?;
+        if !adapter.verify_rectified(subject, corrections).await? {
+            return Err(StoreError::Transient(
+                "the store does not hold the corrected values, or still holds the old ones, after the correction"
+                    .into(),
+            ));
+        }
+        // The outcome event says so when the records stay under a hold (never which values).
+        let detail =
+            hold.as_ref().map(|_| "done: corrected under legal hold; the records stay retained".to_owned());
+        Ok(TaskResult {
+            state: OutcomeState::Done,
+            found: found.max(first_count),
+            affected,
+            retention_basis: hold.as_ref().map(|h| h.basis.clone()),
+            retained_until: hold.map(|h| h.until),
+            verified: true,
+            detail,
+        })
     }
 
     /// Count, remember the count, erase, re-query. A crash between any two steps is harmless:
@@ -39,20 +109,7 @@ impl Engine {
         task: &ClaimedTask,
         subject: &Subject,
     ) -> StoreResult<TaskResult> {
-        let before = adapter.preview(subject).await?.records;
-        let first_count = match task.found_checkpoint {
-            Some(n) => n,
-            None => {
-                match self.ledger.checkpoint_found(task, before).await {
-                    Ok(Fenced::Applied(_)) => {}
-                    Ok(Fenced::Stale) => {
-                        return Err(StoreError::Transient("lease lost before erasing".into()))
-                    }
-                    Err(e) => return Err(StoreError::Transient(format!("ledger unavailable: {e}"))),
-                }
-                before
-            }
-        };
+        let first_count = self.first_count(adapter, task, subject).await?;
         let erasure = adapter.erase(subject, self.clock.now()).await?;
         let verified = adapter.verify_erased(subject).await?;
         Ok(match erasure {

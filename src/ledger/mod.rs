@@ -18,7 +18,7 @@ pub use tasks::{ClaimedTask, Fenced, TaskResult};
 use crate::{
     clock::from_millis,
     db::{Backend, Db},
-    domain::{OutcomeState, Regime, RequestKind, RequestStatus},
+    domain::{Corrections, OutcomeState, Regime, RequestKind, RequestStatus, Subject},
 };
 use chrono::{DateTime, Utc};
 
@@ -42,6 +42,19 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Ledger {
     db: Db,
+}
+
+/// What the ledger keeps of the subject while a request runs, as JSON in
+/// `dsr_requests.subject_json`: the identifiers, and for a rectification the corrections. Old
+/// and new values are both personal data, so they live only there and are dropped with it when
+/// the request ends (a FAILED request keeps them for RetryRequest). The subject's fields are
+/// flattened, so records written before rectification existed still parse.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectRecord {
+    #[serde(flatten)]
+    pub subject: Subject,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections: Option<Corrections>,
 }
 
 /// A request as stored, with one outcome per store in store order.
@@ -120,5 +133,23 @@ impl TaskRecord {
             started_at: opt_time(row, "started_at")?,
             finished_at: opt_time(row, "finished_at")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_record_written_before_rectification_existed_still_parses() {
+        let subject = Subject::parse("acme", "acct-1", "", "+14155550100").unwrap();
+        let old = serde_json::to_string(&subject).unwrap();
+        let record: SubjectRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(record, SubjectRecord { subject: subject.clone(), corrections: None });
+        assert_eq!(serde_json::to_string(&record).unwrap(), old, "a deletion's record is unchanged");
+        let corrections = Corrections::parse(None, Some("a@example.com"), None).unwrap();
+        let with = SubjectRecord { subject, corrections: Some(corrections) };
+        let back: SubjectRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 }

@@ -98,6 +98,28 @@ impl Ledger {
         Err(LedgerError::IdempotencyConflict)
     }
 
+    /// The request an idempotency key already names, if any: its id when the payload matches,
+    /// a conflict when it does not. A read before `submit`, for checks that must not run on a
+    /// resubmission (a finished rectification's identifiers are no longer where they were).
+    /// `submit` decides again inside its transaction, so a race between the two is harmless.
+    pub async fn find_idempotent(
+        &self,
+        idempotency_hash: &str,
+        payload_hash: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT id, payload_hash FROM dsr_requests WHERE idempotency_hash = $1")
+            .bind(idempotency_hash)
+            .fetch_optional(self.db.pool())
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) if row.try_get::<String, _>("payload_hash")? == payload_hash => {
+                Ok(Some(row.try_get("id")?))
+            }
+            Some(_) => Err(LedgerError::IdempotencyConflict),
+        }
+    }
+
     pub async fn get(&self, id: &str) -> Result<RequestRecord> {
         let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
             .bind(id)

@@ -23,7 +23,8 @@ pub struct ClaimedTask {
     /// This worker's attempt; every write about the task is fenced on it.
     pub attempt: u32,
     pub attempt_limit: u32,
-    /// The identifiers to act on (JSON of `domain::Subject`); `None` if the request has ended.
+    /// The identifiers to act on, and the corrections of a rectification (JSON of
+    /// `SubjectRecord`); `None` if the request has ended.
     pub subject_json: Option<String>,
     /// Records an earlier attempt found before it erased (it may have died before reporting).
     pub found_checkpoint: Option<u64>,

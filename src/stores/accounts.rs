@@ -1,6 +1,12 @@
 //! The `accounts` store: the account row of the subject. On deletion its personal columns are
 //! erased; the row itself is deleted unless billing records still reference it (they are kept
 //! 7 years and must keep pointing at an account id).
+//!
+//! A rectification rewrites the corrected columns (`name`, `email`, `phone`) of the subject's one
+//! live account row. Emails and phones identify an account holder, so a correction to a value
+//! another account of the tenant already has is refused (at submit, and again inside the
+//! writing transaction, which closes most of the race between two such requests; the reference
+//! schema has no unique index to close it fully).
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -8,11 +14,11 @@ use sqlx::Row;
 use super::{
     reference::Tables,
     sql::{Ident, Key, Predicate},
-    Erasure, Holdings, StoreAdapter, StoreResult,
+    CorrectionConflict, Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
-    db::Db,
-    domain::{AccountId, Email, Phone, Subject},
+    db::{Db, Tx},
+    domain::{AccountId, Corrections, Email, Phone, Subject},
 };
 
 /// Rows that still hold personal data (an erased row keeps only its id and tenant).
@@ -37,6 +43,56 @@ impl AccountsStore {
                 Key::Column("phone", Ident::Phone),
             ],
         }
+    }
+}
+
+/// The account columns a correction sets: (column, field name in errors, new value).
+fn corrected_columns(c: &Corrections) -> Vec<(&'static str, &'static str, &str)> {
+    let mut v = Vec::new();
+    if let Some(n) = &c.name {
+        v.push(("name", "corrections.name", n.as_str()));
+    }
+    if let Some(e) = &c.email {
+        v.push(("email", "corrections.email", e.as_str()));
+    }
+    if let Some(p) = &c.phone {
+        v.push(("phone", "corrections.phone", p.as_str()));
+    }
+    v
+}
+
+impl AccountsStore {
+    /// Live account rows the subject's identifiers match.
+    async fn matches<'c, E>(&self, executor: E, p: &Predicate) -> sqlx::Result<u64>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {}{NOT_ERASED}", self.table, p.sql);
+        let n: i64 = p.query_as::<(i64,)>(&sql).fetch_one(executor).await?.0;
+        Ok(n as u64)
+    }
+
+    /// The first corrected identifier (email, phone) that a live account other than the
+    /// subject's own already has.
+    async fn taken(&self, tx: &mut Tx, p: &Predicate, c: &Corrections) -> sqlx::Result<Option<&'static str>> {
+        for (column, field, value) in corrected_columns(c) {
+            if column == "name" {
+                continue; // names are not identifiers: two people may share one
+            }
+            // COALESCE: a row with a NULL key column makes the predicate NULL, not false, and
+            // `NOT NULL` would hide that row from the check.
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {column} = ${} AND NOT COALESCE({}, FALSE)",
+                self.table,
+                p.next_param(),
+                p.sql
+            );
+            let n: i64 = p.query_as::<(i64,)>(&sql).bind(value).fetch_one(&mut **tx).await?.0;
+            if n > 0 {
+                return Ok(Some(field));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -103,5 +159,114 @@ impl StoreAdapter for AccountsStore {
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
         Ok(self.preview(subject).await?.records == 0)
+    }
+
+    /// Every correctable field is an account column.
+    fn holds_any_of(&self, _corrections: &Corrections) -> bool {
+        true
+    }
+
+    async fn correction_conflict(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+    ) -> StoreResult<Option<CorrectionConflict>> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(None);
+        };
+        // A read-only look; a transaction only so both checks see one snapshot.
+        let mut tx = self.db.pool().begin().await?;
+        if self.matches(&mut *tx, &p).await? > 1 {
+            return Ok(Some(CorrectionConflict::Ambiguous));
+        }
+        let taken = self.taken(&mut tx, &p, corrections).await?;
+        tx.rollback().await?;
+        Ok(taken.map(CorrectionConflict::Taken))
+    }
+
+    async fn rectify(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(Rectification { found: 0, affected: 0, hold: None });
+        };
+        let columns = corrected_columns(corrections);
+        let mut tx = self.db.begin_write().await?;
+        let found = self.matches(&mut *tx, &p).await?;
+        // Nothing matches: no account, or a retry after the identifiers it was found by changed.
+        if found == 0 || columns.is_empty() {
+            return Ok(Rectification { found, affected: 0, hold: None });
+        }
+        if found > 1 {
+            return Err(StoreError::Fatal(
+                "subject: the identifiers match more than one account; name the account by account_id".into(),
+            ));
+        }
+        if let Some(field) = self.taken(&mut tx, &p, corrections).await? {
+            return Err(StoreError::Fatal(format!(
+                "{field}: another account of the tenant has had this value since the request was submitted"
+            )));
+        }
+        let set = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (column, _, _))| format!("{column} = ${}", p.next_param() + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("UPDATE {} SET {set} WHERE {}{NOT_ERASED}", self.table, p.sql);
+        let q = columns.iter().fold(p.query(&sql), |q, (_, _, value)| q.bind(*value));
+        let affected = q.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(Rectification { found, affected, hold: None })
+    }
+
+    /// The account found under the corrected identifiers holds every new value, and no live
+    /// account of the tenant is left under an old email or phone that was corrected.
+    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
+        let tenant = subject.tenant.as_str();
+        for (column, old, new) in [
+            (
+                "email",
+                subject.email.as_ref().map(|e| e.as_str()),
+                corrections.email.as_ref().map(|e| e.as_str()),
+            ),
+            (
+                "phone",
+                subject.phone.as_ref().map(|p| p.as_str()),
+                corrections.phone.as_ref().map(|p| p.as_str()),
+            ),
+        ] {
+            let (Some(old), Some(new)) = (old, new) else { continue };
+            if old == new {
+                continue;
+            }
+            let sql = format!("SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {column} = $2", self.table);
+            let left: i64 = sqlx::query_scalar(&sql).bind(tenant).bind(old).fetch_one(self.db.pool()).await?;
+            if left > 0 {
+                return Ok(false);
+            }
+        }
+        let columns = corrected_columns(corrections);
+        let Some(p) = Predicate::for_subject(&corrections.apply_to(subject), &self.keys) else {
+            return Ok(true);
+        };
+        if columns.is_empty() {
+            return Ok(true);
+        }
+        let all_new = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (column, _, _))| format!("{column} = ${}", p.next_param() + i))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {}{NOT_ERASED} AND NOT COALESCE({all_new}, FALSE)",
+            self.table, p.sql
+        );
+        let q = columns.iter().fold(p.query_as::<(i64,)>(&sql), |q, (_, _, value)| q.bind(*value));
+        Ok(q.fetch_one(self.db.pool()).await?.0 == 0)
     }
 }

@@ -1,23 +1,32 @@
 //! The `billing` store: billing records are kept 7 years from their creation (tax and accounting
 //! law), so a deletion erases nothing here. It marks the subject's rows restricted (no use but the
 //! legal one) and reports RETAINED with the basis and the date the newest record may go.
+//!
+//! A rectification corrects `caller_phone` in place: the hold forbids erasure, not accuracy
+//! (GDPR Art. 16 applies to retained data too). The outcome is DONE, and says the rows stay
+//! under the hold: `retention_basis` is `BILLING_RECTIFIED_BASIS` and `retained_until` the date
+//! the newest of the subject's records may go.
 use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 
 use super::{
     reference::Tables,
-    sql::{Ident, Key, Predicate},
-    Erasure, Holdings, StoreAdapter, StoreResult,
+    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
+    Erasure, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},
     db::Db,
-    domain::{Subject, RETENTION_MONTHS_BILLING},
+    domain::{Corrections, Subject, RETENTION_MONTHS_BILLING},
 };
 
 /// Stated on every billing outcome that keeps data.
 pub const BILLING_RETENTION_BASIS: &str =
     "legal_obligation: billing records are kept 7 years from creation (tax and accounting law); restricted until then";
+
+/// Stated on a billing outcome of a rectification that corrected rows under the hold.
+pub const BILLING_RECTIFIED_BASIS: &str =
+    "legal_obligation: billing records are kept 7 years from creation (tax and accounting law); corrected in place, they stay under the hold";
 
 pub struct BillingStore {
     db: Db,
@@ -89,5 +98,45 @@ impl StoreAdapter for BillingStore {
         };
         let (unrestricted, _) = p.count(&self.db, &self.table, None, " AND restricted_at IS NULL").await?;
         Ok(unrestricted == 0)
+    }
+
+    /// Billing rows hold the caller's phone; names and emails live on the account.
+    fn holds_any_of(&self, corrections: &Corrections) -> bool {
+        corrections.phone.is_some()
+    }
+
+    async fn rectify(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        let Some((old, new)) = phone_move(subject, corrections) else {
+            return Ok(Rectification { found: 0, affected: 0, hold: None });
+        };
+        let mut tx = self.db.begin_write().await?;
+        let moved = move_phone(&mut *tx, &self.table, subject.tenant.as_str(), old, new).await?;
+        // The hold runs from the newest of the subject's records, as found after the correction
+        // (a retry that moves nothing still reports it).
+        let newest = match Predicate::for_subject(&corrections.apply_to(subject), &self.keys) {
+            Some(p) => {
+                let sql = format!("SELECT MAX(created_at) FROM {} WHERE {}", self.table, p.sql);
+                p.query_as::<(Option<i64>,)>(&sql).fetch_one(&mut *tx).await?.0
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(Rectification {
+            found: moved,
+            affected: moved,
+            hold: newest.map(|newest| LegalHold {
+                basis: BILLING_RECTIFIED_BASIS.to_owned(),
+                until: from_millis(newest) + Months::new(RETENTION_MONTHS_BILLING),
+            }),
+        })
+    }
+
+    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
+        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
     }
 }

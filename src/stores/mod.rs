@@ -7,8 +7,15 @@
 //! | `recordings`  | `recordings`  | audio objects deleted, then index rows; re-checked absent |
 //! | `billing`     | `billing`     | retained under a 7-year legal hold; rows restricted       |
 //!
+//! On rectification (issue 4) `accounts` rewrites the corrected columns of the account row; the
+//! four stores keyed on `caller_phone` move the subject's rows from the old phone to the new one
+//! (recording objects are keyed by call id, so only index rows change); billing is corrected
+//! in place although it is under a legal hold (a hold forbids erasure, not accuracy). A store
+//! that holds none of the corrected fields is SKIPPED.
+//!
 //! `reference` creates the reference schema; `objects` opens the object store; `sql` builds the
-//! tenant-scoped subject predicates every SQL adapter uses.
+//! tenant-scoped subject predicates every SQL adapter uses and the phone move the four
+//! phone-keyed stores share.
 
 mod accounts;
 mod billing;
@@ -25,7 +32,11 @@ use chrono::{DateTime, Utc};
 
 pub use objects::open_object_store;
 
-use crate::{config::Settings, db::Db, domain::Subject};
+use crate::{
+    config::Settings,
+    db::Db,
+    domain::{Corrections, Subject},
+};
 
 /// Every store, in the order outcomes are reported.
 pub const STORE_NAMES: &[&str] = &["accounts", "call_logs", "transcripts", "recordings", "billing"];
@@ -45,6 +56,36 @@ pub enum Erasure {
     Erased { found: u64, affected: u64 },
     /// Kept under a legal obligation, and restricted from any other use until `until`.
     Retained { found: u64, affected: u64, basis: String, until: DateTime<Utc> },
+}
+
+/// Records that stay under a legal obligation (billing), stated on an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegalHold {
+    pub basis: String,
+    pub until: DateTime<Utc>,
+}
+
+/// What a rectify did. Counts are of this call only: a second call (a retry) finds nothing left
+/// under the old identifier and reports zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rectification {
+    /// Records that held a value being corrected (under the old identifier).
+    pub found: u64,
+    /// Records rewritten with the new values.
+    pub affected: u64,
+    /// Set when the corrected records stay under a legal hold: they are corrected, not erased.
+    pub hold: Option<LegalHold>,
+}
+
+/// Why a rectification cannot be accepted as asked. Found at submit, before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorrectionConflict {
+    /// Another subject of the tenant already has this value (`corrections.email`,
+    /// `corrections.phone`): emails and phones identify one account holder.
+    Taken(&'static str),
+    /// The identifiers match more than one account: correcting them all to one value would merge
+    /// two people.
+    Ambiguous,
 }
 
 /// A store failure. Messages never carry identifiers (they end up in outcomes and logs).
@@ -118,6 +159,36 @@ pub trait StoreAdapter: Send + Sync + 'static {
     /// Queries again after an erase: `true` only if nothing of the subject is left (for a store
     /// under a hold: everything left is restricted).
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool>;
+
+    /// Whether the store holds any of the corrected fields at all; when not, its rectification
+    /// outcome is SKIPPED (call logs hold no name or email).
+    fn holds_any_of(&self, corrections: &Corrections) -> bool;
+
+    /// Checked at submit, before anything is written: would the corrections collide with another
+    /// subject of the tenant in this store? Only stores where a value identifies one person
+    /// (accounts) have anything to say; a phone that appears as another call's `caller_phone`
+    /// is no conflict, because callers are not unique people.
+    async fn correction_conflict(
+        &self,
+        _subject: &Subject,
+        _corrections: &Corrections,
+    ) -> StoreResult<Option<CorrectionConflict>> {
+        Ok(None)
+    }
+
+    /// Rewrites the subject's records with the corrected values, so that the subject is found
+    /// under the new identifiers and nothing is left under the old ones. Idempotent: a second
+    /// call finds nothing under the old identifier and changes nothing.
+    async fn rectify(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Rectification>;
+
+    /// Reads back after a rectify: `true` only if the subject's records hold the new values and
+    /// nothing of the subject is left under a corrected identifier's old value.
+    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool>;
 }
 
 /// The adapters in store order.
@@ -188,6 +259,21 @@ impl StoreRegistry {
     /// Replaces each adapter with `wrap(adapter)` (tests inject faults this way).
     pub fn map(self, wrap: impl Fn(Arc<dyn StoreAdapter>) -> Arc<dyn StoreAdapter>) -> Self {
         Self::new(self.adapters.into_iter().map(wrap).collect())
+    }
+
+    /// The first store's objection to the corrections, if any (see
+    /// `StoreAdapter::correction_conflict`).
+    pub async fn correction_conflict(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+    ) -> StoreResult<Option<CorrectionConflict>> {
+        for a in &self.adapters {
+            if let Some(c) = a.correction_conflict(subject, corrections).await? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
     }
 
     /// Lets every store add the identifiers it knows.

@@ -1,6 +1,9 @@
 //! The `recordings` store: an index table in SQL plus the audio objects in an object store.
 //! Erase deletes each object first, checks it is gone, then deletes its index row — so a retry
 //! after a crash finds either both or only the row, never an orphaned object.
+//!
+//! A phone correction rewrites `caller_phone` of the index rows only: objects are keyed by call
+//! id, which a correction does not change, so no audio moves.
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,10 +13,13 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
 use super::{
     reference::Tables,
-    sql::{Ident, Key, Predicate},
-    Erasure, Holdings, StoreAdapter, StoreError, StoreResult,
+    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
+    Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
 };
-use crate::{db::Db, domain::Subject};
+use crate::{
+    db::Db,
+    domain::{Corrections, Subject},
+};
 
 /// Index rows handled per round: bounds memory and the size of each DELETE.
 const BATCH: usize = 256;
@@ -104,5 +110,26 @@ impl StoreAdapter for RecordingsStore {
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
         Ok(self.preview(subject).await?.records == 0)
+    }
+
+    fn holds_any_of(&self, corrections: &Corrections) -> bool {
+        corrections.phone.is_some()
+    }
+
+    async fn rectify(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        let Some((old, new)) = phone_move(subject, corrections) else {
+            return Ok(Rectification { found: 0, affected: 0, hold: None });
+        };
+        let moved = move_phone(self.db.pool(), &self.table, subject.tenant.as_str(), old, new).await?;
+        Ok(Rectification { found: moved, affected: moved, hold: None })
+    }
+
+    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
+        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
     }
 }

@@ -4,10 +4,13 @@ use chrono::{DateTime, Utc};
 
 use super::{
     reference::Tables,
-    sql::{Ident, Key, Predicate},
-    Erasure, Holdings, StoreAdapter, StoreResult,
+    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
+    Erasure, Holdings, Rectification, StoreAdapter, StoreResult,
 };
-use crate::{db::Db, domain::Subject};
+use crate::{
+    db::Db,
+    domain::{Corrections, Subject},
+};
 
 pub struct RowStore {
     name: &'static str,
@@ -84,5 +87,27 @@ impl StoreAdapter for RowStore {
 
     async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
         Ok(self.preview(subject).await?.records == 0)
+    }
+
+    /// Call logs and transcripts hold the caller's phone, nothing else a correction touches.
+    fn holds_any_of(&self, corrections: &Corrections) -> bool {
+        corrections.phone.is_some()
+    }
+
+    async fn rectify(
+        &self,
+        subject: &Subject,
+        corrections: &Corrections,
+        _now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        let Some((old, new)) = phone_move(subject, corrections) else {
+            return Ok(Rectification { found: 0, affected: 0, hold: None });
+        };
+        let moved = move_phone(self.db.pool(), &self.table, subject.tenant.as_str(), old, new).await?;
+        Ok(Rectification { found: moved, affected: moved, hold: None })
+    }
+
+    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
+        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
     }
 }

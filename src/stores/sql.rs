@@ -6,7 +6,10 @@ use sqlx::{
     Any,
 };
 
-use crate::{db::Db, domain::Subject};
+use crate::{
+    db::Db,
+    domain::{Corrections, Subject},
+};
 
 /// Which identifier of the subject a column holds.
 #[derive(Debug, Clone, Copy)]
@@ -111,4 +114,48 @@ impl Predicate {
         let (n, b): (i64, i64) = self.query_as(&sql).fetch_one(db.pool()).await?;
         Ok((n as u64, b as u64))
     }
+}
+
+/// A phone correction as the phone-keyed stores see it: `(old, new)`, or `None` when there is
+/// nothing to move (no phone corrected, or the subject has no known phone to move rows from).
+pub fn phone_move<'a>(subject: &'a Subject, corrections: &'a Corrections) -> Option<(&'a str, &'a str)> {
+    Some((subject.phone.as_ref()?.as_str(), corrections.phone.as_ref()?.as_str()))
+}
+
+/// Moves the tenant's rows from the old phone to the new one in `table.caller_phone`; returns
+/// the rows moved. Only rows under the old phone move: a call of the subject's account made
+/// from another number keeps that number (it is not the identifier being corrected).
+pub async fn move_phone<'c, E>(
+    executor: E,
+    table: &str,
+    tenant: &str,
+    old: &str,
+    new: &str,
+) -> sqlx::Result<u64>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let sql = format!("UPDATE {table} SET caller_phone = $3 WHERE tenant_id = $1 AND caller_phone = $2");
+    Ok(sqlx::query(&sql).bind(tenant).bind(old).bind(new).execute(executor).await?.rows_affected())
+}
+
+/// The read-back of a phone move: nothing of the tenant is left under the old phone. (The move
+/// is one UPDATE that only rewrites `caller_phone`, so no row left the old phone any other way
+/// than to the new one.) Correcting a phone to itself leaves everything where it was.
+pub async fn phone_moved(
+    db: &Db,
+    table: &str,
+    subject: &Subject,
+    corrections: &Corrections,
+) -> sqlx::Result<bool> {
+    let Some((old, new)) = phone_move(subject, corrections) else {
+        return Ok(true);
+    };
+    if old == new {
+        return Ok(true);
+    }
+    let sql = format!("SELECT COUNT(*) FROM {table} WHERE tenant_id = $1 AND caller_phone = $2");
+    let left: i64 =
+        sqlx::query_scalar(&sql).bind(subject.tenant.as_str()).bind(old).fetch_one(db.pool()).await?;
+    Ok(left == 0)
 }

@@ -73,23 +73,6 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
 }
 both!(a_deletion_erases_every_store_and_reports_one_outcome_per_store);
 
-async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let s = app.seed("acme", 1, 2).await;
-    let r = app.delete(by_phone("acme", &s[0].phone)).await;
-    let seen = app.watch_to_end(&r.id).await;
-    assert!(seen.len() >= 2, "{} messages", seen.len());
-    let last = seen.last().unwrap();
-    assert_eq!(last.status, RequestStatus::Completed as i32);
-    assert!(seen[..seen.len() - 1].iter().all(|m| m.status != RequestStatus::Completed as i32));
-    // Already terminal: one message, then the stream ends.
-    let again = app.watch_to_end(&r.id).await;
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].status, RequestStatus::Completed as i32);
-    app.shutdown().await;
-}
-both!(watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one);
-
 async fn a_subject_unknown_to_every_store_completes_with_nothing_found(backend: Backend) {
     let app = spawn_app(backend).await;
     app.seed("acme", 1, 1).await;

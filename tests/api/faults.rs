@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
-    domain::Subject,
+    domain::{Corrections, Subject},
     startup::Overrides,
-    stores::{Erasure, Holdings, StoreAdapter, StoreError, StoreResult},
+    stores::{CorrectionConflict, Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 use tonic::Code;
 
@@ -23,6 +23,8 @@ struct FlakyStore {
     failures_left: Arc<AtomicU32>,
     down: Arc<AtomicBool>,
     erase_calls: Arc<AtomicU32>,
+    /// Each erase takes a permit first: a closed gate holds the store's work back.
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 #[async_trait]
@@ -40,6 +42,7 @@ impl StoreAdapter for FlakyStore {
         self.inner.preview(s).await
     }
     async fn erase(&self, s: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.gate.acquire().await.expect("gate").forget();
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Transient("connection refused (injected)".into()));
@@ -52,6 +55,22 @@ impl StoreAdapter for FlakyStore {
     async fn verify_erased(&self, s: &Subject) -> StoreResult<bool> {
         self.inner.verify_erased(s).await
     }
+    fn holds_any_of(&self, c: &Corrections) -> bool {
+        self.inner.holds_any_of(c)
+    }
+    async fn correction_conflict(
+        &self,
+        s: &Subject,
+        c: &Corrections,
+    ) -> StoreResult<Option<CorrectionConflict>> {
+        self.inner.correction_conflict(s, c).await
+    }
+    async fn rectify(&self, s: &Subject, c: &Corrections, now: DateTime<Utc>) -> StoreResult<Rectification> {
+        self.inner.rectify(s, c, now).await
+    }
+    async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(s, c).await
+    }
 }
 
 struct Fault {
@@ -61,6 +80,20 @@ struct Fault {
 }
 
 fn flaky(store: &'static str, failures: u32, down: bool) -> (Fault, Overrides) {
+    flaky_gated(
+        store,
+        failures,
+        down,
+        Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)),
+    )
+}
+
+fn flaky_gated(
+    store: &'static str,
+    failures: u32,
+    down: bool,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> (Fault, Overrides) {
     let fault = Fault {
         failures_left: Arc::new(AtomicU32::new(failures)),
         down: Arc::new(AtomicBool::new(down)),
@@ -75,6 +108,7 @@ fn flaky(store: &'static str, failures: u32, down: bool) -> (Fault, Overrides) {
                     failures_left: f.clone(),
                     down: d.clone(),
                     erase_calls: c.clone(),
+                    gate: gate.clone(),
                 })
             } else {
                 inner
@@ -144,3 +178,38 @@ async fn a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it(back
     app.shutdown().await;
 }
 both!(a_store_that_keeps_failing_fails_the_request_and_retry_finishes_it);
+
+async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one(backend: Backend) {
+    // The recordings store waits at a closed gate, so the request is surely open when the
+    // watch starts.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (_fault, overrides) = flaky_gated("recordings", 0, false, gate.clone());
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 2).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let mut stream = app
+        .client
+        .clone()
+        .watch_request(pb::WatchRequestRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("the current state first");
+    assert!(
+        first.status == RequestStatus::Pending as i32 || first.status == RequestStatus::InProgress as i32
+    );
+    gate.add_permits(1);
+    let mut seen = vec![first];
+    while let Some(m) = stream.message().await.unwrap() {
+        seen.push(m);
+    }
+    assert!(seen.len() >= 2, "{} messages", seen.len());
+    assert_eq!(seen.last().unwrap().status, RequestStatus::Completed as i32);
+    assert!(seen[..seen.len() - 1].iter().all(|m| m.status != RequestStatus::Completed as i32));
+    // Already terminal: one message, then the stream ends.
+    let again = app.watch_to_end(&r.id).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].status, RequestStatus::Completed as i32);
+    app.shutdown().await;
+}
+both!(watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one);

@@ -11,5 +11,6 @@ mod faults;
 mod idempotency;
 mod lifecycle;
 mod protocol;
+mod rectification;
 mod security;
 mod validation;

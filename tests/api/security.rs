@@ -107,7 +107,6 @@ impl Rpc {
     fn permitted(self) -> Code {
         match self {
             Rpc::SubmitExport
-            | Rpc::SubmitRectification
             | Rpc::DownloadExport
             | Rpc::ExtendDeadline
             | Rpc::ListAuditEvents

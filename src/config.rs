@@ -48,6 +48,15 @@ pub struct FileConfig {
     pub privacy: PrivacyConfig,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint. Accepted so the helm chart's config file loads, but not served
+/// by this version: the observability issue adds it. `serve` warns when it is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// Who may call: bearer tokens and client-certificate identities. With neither, the server runs

@@ -64,6 +64,9 @@ impl Application {
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let listen = overrides.listen.unwrap_or(settings.file.server.listen);
         install_crypto_provider();
+        if let Some(addr) = settings.file.metrics.listen {
+            warn!(%addr, "[metrics] is set, but this version serves no metrics endpoint yet; ignoring it");
+        }
         let auth = Arc::new(Authenticator::new(&settings.file.auth, &settings.file.server)?);
         // Development mode: no credentials are configured, so the server must not be reachable
         // from other machines.

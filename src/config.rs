@@ -151,12 +151,22 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// Secret key for keyed hashes of identifiers (also `DSR_HMAC_KEY`). Default: generated
-    /// once into `<data-dir>/hmac.key`.
+    /// Secret key for keyed hashes of identifiers, including the audit log's subject tags (also
+    /// `DSR_AUDIT_KEY`, or its alias `DSR_HMAC_KEY`). Default: generated once into
+    /// `<data-dir>/hmac.key`. Never logged.
     pub hmac_key: Option<String>,
+}
+
+/// The key never reaches a log, even through `{:?}` of the whole configuration.
+impl std::fmt::Debug for PrivacyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivacyConfig")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Settings {
@@ -166,7 +176,12 @@ impl Settings {
             Some(path) => FileConfig::from_path(path)?,
             None => FileConfig::default(),
         };
-        if let Ok(key) = std::env::var("DSR_HMAC_KEY") {
+        // DSR_AUDIT_KEY is the official name (the Helm chart sets it); DSR_HMAC_KEY is kept as an
+        // alias for deployments made before issue 7. Both win over the file.
+        if let Some(key) = ["DSR_AUDIT_KEY", "DSR_HMAC_KEY"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|k| !k.is_empty()))
+        {
             file.privacy.hmac_key = Some(key);
         }
         file.validate()?;

@@ -133,7 +133,7 @@ impl Application {
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-        let audit = pb::audit_server::AuditServer::new(AuditService)
+        let audit = pb::audit_server::AuditServer::new(AuditService::new(self.ctx.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
 

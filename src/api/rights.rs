@@ -36,7 +36,7 @@ pub struct Caller {
     pub name: String,
 }
 
-fn caller_name<T>(req: &Request<T>) -> String {
+pub(super) fn caller_name<T>(req: &Request<T>) -> String {
     req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
 }
 
@@ -85,6 +85,7 @@ impl RightsService {
                 .map(|k| ctx.hasher.tag(&format!("idem|{}|{}", s.subject.tenant, k.expose()))),
             payload_hash: ctx.hasher.tag(&payload),
             subject_tag,
+            subject_tags: ctx.hasher.subject_tags(&resolved),
             subject_json: serde_json::to_string(&resolved).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),

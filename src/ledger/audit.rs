@@ -259,7 +259,8 @@ impl Ledger {
     /// order. Runs at every start; a no-op once done.
     pub(super) async fn seal_unchained_events(&self) -> Result<u64> {
         let mut tx = self.begin_chained().await?;
-        let head = sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let head =
+            sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let (mut seq, mut prev): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM dsr_events WHERE seq > $1 AND hash IS NULL ORDER BY seq"
@@ -361,7 +362,8 @@ impl Ledger {
             Backend::Sqlite => "BEGIN",
         };
         let mut tx = self.db.pool().begin_with(begin).await?;
-        let head = sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let head =
+            sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let (head_seq, head_hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
         let (checkpoint_seq, checkpoint_hash) = latest_checkpoint(&mut *tx).await?;
         let vouching = checkpoint_detail(checkpoint_seq, &checkpoint_hash);
@@ -389,10 +391,18 @@ impl Ledger {
             for e in events {
                 checked += 1;
                 if e.seq > head_seq {
-                    return Ok(bad(checked, e.seq, format!("event {} is beyond the end of the chain", e.seq)));
+                    return Ok(bad(
+                        checked,
+                        e.seq,
+                        format!("event {} is beyond the end of the chain", e.seq),
+                    ));
                 }
                 if e.hash.as_deref() != Some(chain_hash(&e).as_str()) {
-                    return Ok(bad(checked, e.seq, format!("event {}: its hash does not match its contents", e.seq)));
+                    return Ok(bad(
+                        checked,
+                        e.seq,
+                        format!("event {}: its hash does not match its contents", e.seq),
+                    ));
                 }
                 if e.prev_hash.as_deref() != Some(expected_prev.as_str()) {
                     return Ok(bad(
@@ -416,7 +426,11 @@ impl Ledger {
             ));
         }
         if expected_prev != head_hash {
-            return Ok(bad(checked, head_seq, format!("event {head_seq}: does not match the head of the chain")));
+            return Ok(bad(
+                checked,
+                head_seq,
+                format!("event {head_seq}: does not match the head of the chain"),
+            ));
         }
         if !vouched {
             return Ok(bad(
@@ -435,7 +449,12 @@ impl Ledger {
     ///
     /// Only a prefix can go: the cut stops before the first event that is recent or belongs to a
     /// request that is kept. A request whose events straddle the cut waits for a later prune.
-    pub async fn prune_audit(&self, before: DateTime<Utc>, actor: &str, now: DateTime<Utc>) -> Result<PruneReport> {
+    pub async fn prune_audit(
+        &self,
+        before: DateTime<Utc>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<PruneReport> {
         let before_ms = to_millis(before);
         let mut tx = self.begin_chained().await?;
         let head_seq: i64 =
@@ -462,9 +481,11 @@ impl Ledger {
                     "event {cut} is missing or unhashed; run `dsr audit verify` before pruning"
                 ))
             })?;
-        let events = sqlx::query("DELETE FROM dsr_events WHERE seq <= $1").bind(cut).execute(&mut *tx).await?;
+        let events =
+            sqlx::query("DELETE FROM dsr_events WHERE seq <= $1").bind(cut).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM dsr_event_subjects WHERE seq <= $1").bind(cut).execute(&mut *tx).await?;
-        const ENDED_WITHOUT_EVENTS: &str = "SELECT r.id FROM dsr_requests r WHERE r.completed_at IS NOT NULL \
+        const ENDED_WITHOUT_EVENTS: &str =
+            "SELECT r.id FROM dsr_requests r WHERE r.completed_at IS NOT NULL \
              AND r.completed_at < $1 AND NOT EXISTS (SELECT 1 FROM dsr_events e WHERE e.request_id = r.id)";
         sqlx::query(&format!("DELETE FROM dsr_tasks WHERE request_id IN ({ENDED_WITHOUT_EVENTS})"))
             .bind(before_ms)

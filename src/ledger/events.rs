@@ -92,7 +92,8 @@ pub struct EventRecord {
     pub hash: Option<String>,
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, at, request_id, tenant_id, store, action, attempt, records_found, \
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, at, request_id, tenant_id, store, action, attempt, records_found, \
      records_affected, actor, subject_tag, detail, prev_hash, hash";
 
 impl EventRecord {
@@ -121,11 +122,12 @@ impl EventRecord {
 impl Ledger {
     /// A request's events, oldest first.
     pub async fn events_of(&self, request_id: &str) -> Result<Vec<EventRecord>> {
-        let rows =
-            sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM dsr_events WHERE request_id = $1 ORDER BY seq"))
-                .bind(request_id)
-                .fetch_all(self.db.pool())
-                .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM dsr_events WHERE request_id = $1 ORDER BY seq"
+        ))
+        .bind(request_id)
+        .fetch_all(self.db.pool())
+        .await?;
         let mut events = rows.iter().map(EventRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
         audit::attach_tags(self.db.pool(), &mut events).await?;
         Ok(events)

@@ -525,23 +525,25 @@ fn the_canonical_encoding_covers_every_field() {
         hash: None,
     };
     let h = chain_hash(&base);
-    let variants: Vec<Box<dyn Fn(&mut EventRecord)>> = vec![
-        Box::new(|e| e.seq = 2),
-        Box::new(|e| e.at += Duration::milliseconds(1)),
-        Box::new(|e| e.request_id = None),
-        Box::new(|e| e.tenant_id = Some("u".into())),
-        Box::new(|e| e.store = Some(String::new())),
-        Box::new(|e| e.action = "completed".into()),
-        Box::new(|e| e.attempt = Some(0)),
-        Box::new(|e| e.records_found = Some(0)),
-        Box::new(|e| e.records_affected = Some(0)),
-        Box::new(|e| e.actor = Some("b".into())),
-        Box::new(|e| e.subject_tag = None),
-        Box::new(|e| e.detail = Some(String::new())),
-        Box::new(|e| e.subject_tags.pop().map(drop).unwrap_or(())),
-        Box::new(|e| e.prev_hash = Some("1".repeat(64))),
+    let variants: Vec<fn(&mut EventRecord)> = vec![
+        |e| e.seq = 2,
+        |e| e.at += Duration::milliseconds(1),
+        |e| e.request_id = None,
+        |e| e.tenant_id = Some("u".into()),
+        |e| e.store = Some(String::new()),
+        |e| e.action = "completed".into(),
+        |e| e.attempt = Some(0),
+        |e| e.records_found = Some(0),
+        |e| e.records_affected = Some(0),
+        |e| e.actor = Some("b".into()),
+        |e| e.subject_tag = None,
+        |e| e.detail = Some(String::new()),
+        |e| {
+            e.subject_tags.pop();
+        },
+        |e| e.prev_hash = Some("1".repeat(64)),
         // Moving bytes between adjacent fields changes the hash (length prefixes).
-        Box::new(|e| (e.request_id, e.tenant_id) = (Some("rt".into()), Some(String::new()))),
+        |e| (e.request_id, e.tenant_id) = (Some("rt".into()), Some(String::new())),
     ];
     for (i, change) in variants.iter().enumerate() {
         let mut e = base.clone();

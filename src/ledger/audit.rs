@@ -269,8 +269,9 @@ impl Ledger {
         .fetch_all(&mut *tx)
         .await?;
         let sealed = rows.len() as u64;
-        for row in rows {
-            let mut e = EventRecord::from_row(&row)?;
+        let mut events = rows.iter().map(EventRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        attach_tags(&mut *tx, &mut events).await?;
+        for mut e in events {
             e.prev_hash = Some(prev);
             let hash = chain_hash(&e);
             sqlx::query("UPDATE dsr_events SET prev_hash = $1, hash = $2 WHERE seq = $3")

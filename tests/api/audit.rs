@@ -554,3 +554,21 @@ fn the_canonical_encoding_covers_every_field() {
     reordered.subject_tags.reverse();
     assert_eq!(chain_hash(&reordered), h, "tags are hashed as a set");
 }
+
+async fn events_written_before_the_chain_existed_are_linked_into_it_at_start(backend: Backend) {
+    let (app, _) = one_deletion(backend).await;
+    // What a ledger migrated before issue 7 looks like: events without hashes, an empty head.
+    exec(&app, "UPDATE dsr_events SET prev_hash = NULL, hash = NULL").await;
+    sqlx::query("UPDATE dsr_audit_head SET seq = 0, hash = $1")
+        .bind(GENESIS_HASH)
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    let (settings, dir) = app.shutdown().await;
+    let app = spawn_on(settings, dir, Overrides::default()).await;
+    let v = verify(&app).await;
+    assert_eq!((v.ok, v.events_checked), (true, 12), "{v:?}");
+    assert_linked_from_the_start(&all_events(&app, everything()).await);
+    app.shutdown().await;
+}
+both!(events_written_before_the_chain_existed_are_linked_into_it_at_start);

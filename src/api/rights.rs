@@ -36,7 +36,7 @@ pub struct Caller {
     pub name: String,
 }
 
-pub(super) fn caller_name<T>(req: &Request<T>) -> String {
+fn caller_name<T>(req: &Request<T>) -> String {
     req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
 }
 

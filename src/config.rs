@@ -217,12 +217,22 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// Secret key for keyed hashes of identifiers (also `DSR_HMAC_KEY`). Default: generated
-    /// once into `<data-dir>/hmac.key`.
+    /// Secret key for keyed hashes of identifiers, including the audit log's subject tags (also
+    /// `DSR_AUDIT_KEY`, or its alias `DSR_HMAC_KEY`). Default: generated once into
+    /// `<data-dir>/hmac.key`. Never logged.
     pub hmac_key: Option<String>,
+}
+
+/// The key never reaches a log, even through `{:?}` of the whole configuration.
+impl std::fmt::Debug for PrivacyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivacyConfig")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Settings {
@@ -232,12 +242,13 @@ impl Settings {
             Some(path) => FileConfig::from_path(path)?,
             None => FileConfig::default(),
         };
-        // DSR_AUDIT_KEY is the name deployments use (the helm chart sets it from a Secret);
-        // DSR_HMAC_KEY is kept as an alias.
-        for var in ["DSR_HMAC_KEY", "DSR_AUDIT_KEY"] {
-            if let Ok(key) = std::env::var(var) {
-                file.privacy.hmac_key = Some(key);
-            }
+        // DSR_AUDIT_KEY is the official name (the Helm chart sets it); DSR_HMAC_KEY is kept as an
+        // alias for deployments made before issue 7. Both win over the file.
+        if let Some(key) = ["DSR_AUDIT_KEY", "DSR_HMAC_KEY"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|k| !k.is_empty()))
+        {
+            file.privacy.hmac_key = Some(key);
         }
         // Tokens may live in a separate file (a Kubernetes Secret) holding only [[auth.tokens]].
         if let Ok(path) = std::env::var("DSR_TOKENS_FILE") {

@@ -5,7 +5,7 @@
 //! |-------------|------------------------------------------------------------------------|
 //! | `domain`    | subjects, identifiers, request kinds and states, deadlines (pure)      |
 //! | `api`       | the tonic services, wire ↔ domain conversion, errors → status codes    |
-//! | `ledger`    | the service's own durable state: requests, tasks, events               |
+//! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
 //! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
 //! | `startup`   | building and running the server; graceful shutdown                     |

@@ -7,6 +7,26 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
+use crate::domain::{AccountId, Email, Phone, Subject, TenantId};
+
+/// The kinds of identifier a subject tag can be made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifierKind {
+    Account,
+    Email,
+    Phone,
+}
+
+impl IdentifierKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            IdentifierKind::Account => "account",
+            IdentifierKind::Email => "email",
+            IdentifierKind::Phone => "phone",
+        }
+    }
+}
+
 /// HMAC-SHA256 under the server's secret key. Without the key a tag cannot be reversed by
 /// hashing every phone number in a country, which a plain SHA-256 could.
 #[derive(Clone)]
@@ -35,6 +55,48 @@ impl KeyedHasher {
     /// A short tag for log lines: 16 hex characters are plenty to correlate, useless to reverse.
     pub fn short_tag(&self, value: &str) -> String {
         self.tag(value)[..16].to_owned()
+    }
+
+    /// The audit log's tag of one identifier of a person in one tenant (issue 7):
+    /// `HMAC-SHA256(key, "subject|<tenant>|<kind>:<value>")`, kind `account`, `email` or
+    /// `phone`, the value normalised as the domain parses it (email trimmed and lower-cased, phone
+    /// E.164 as given, account id as given). The tenant is part of it: the same phone in another
+    /// tenant is another person.
+    pub fn identifier_tag(&self, tenant: &TenantId, kind: IdentifierKind, value: &str) -> String {
+        self.tag(&format!("subject|{tenant}|{}:{value}", kind.as_str()))
+    }
+
+    /// One identifier tag per identifier the subject has, sorted.
+    pub fn subject_tags(&self, s: &Subject) -> Vec<String> {
+        let mut tags = Vec::new();
+        if let Some(a) = &s.account_id {
+            tags.push(self.identifier_tag(&s.tenant, IdentifierKind::Account, a.as_str()));
+        }
+        if let Some(e) = &s.email {
+            tags.push(self.identifier_tag(&s.tenant, IdentifierKind::Email, e.as_str()));
+        }
+        if let Some(p) = &s.phone {
+            tags.push(self.identifier_tag(&s.tenant, IdentifierKind::Phone, p.as_str()));
+        }
+        tags.sort_unstable();
+        tags
+    }
+
+    /// The tags one identifier of unknown kind may have: as a phone if it parses as E.164, as an
+    /// email if it parses as one, and always as an account id (account ids are free-form, so
+    /// `+14155550100` could be one). Empty when it is none of them.
+    pub fn lookup_tags(&self, tenant: &TenantId, identifier: &str) -> Vec<String> {
+        let mut tags = Vec::new();
+        if let Ok(p) = Phone::parse("subject", identifier) {
+            tags.push(self.identifier_tag(tenant, IdentifierKind::Phone, p.as_str()));
+        }
+        if let Ok(e) = Email::parse("subject", identifier) {
+            tags.push(self.identifier_tag(tenant, IdentifierKind::Email, e.as_str()));
+        }
+        if let Ok(a) = AccountId::parse("subject", identifier) {
+            tags.push(self.identifier_tag(tenant, IdentifierKind::Account, a.as_str()));
+        }
+        tags
     }
 
     /// Loads the key: the configured one if any, else `<data_dir>/hmac.key`, generated once with
@@ -80,6 +142,20 @@ mod tests {
         assert_eq!(a.tag("+14155550100"), a.tag("+14155550100"));
         assert_ne!(a.tag("+14155550100"), b.tag("+14155550100"));
         assert_eq!(a.short_tag("x").len(), 16);
+    }
+
+    #[test]
+    fn one_identifier_finds_the_tag_a_whole_subject_was_given() {
+        let h = KeyedHasher::new(b"0123456789abcdef".to_vec());
+        let s = Subject::parse("acme", "acct-1", " Ann@Example.com", "+14155550100").unwrap();
+        let tags = h.subject_tags(&s);
+        let acme = TenantId::parse("t", "acme").unwrap();
+        for one in ["ann@example.com", "ANN@example.com ", "+14155550100", "acct-1"] {
+            assert!(h.lookup_tags(&acme, one).iter().any(|t| tags.contains(t)), "{one}");
+        }
+        let globex = TenantId::parse("t", "globex").unwrap();
+        assert!(!h.lookup_tags(&globex, "+14155550100").iter().any(|t| tags.contains(t)));
+        assert!(!h.lookup_tags(&acme, "+14155550199").iter().any(|t| tags.contains(t)));
     }
 
     #[test]

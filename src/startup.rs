@@ -150,7 +150,7 @@ impl Application {
             interceptor.clone(),
         );
         let audit = tonic::service::interceptor::InterceptedService::new(
-            pb::audit_server::AuditServer::new(AuditService)
+            pb::audit_server::AuditServer::new(AuditService::new(self.ctx.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             interceptor,

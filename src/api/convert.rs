@@ -161,3 +161,18 @@ pub fn parse_page_token(token: &str) -> Result<Option<(i64, String)>, FieldError
     let (ms, id) = text.split_once('.').ok_or_else(bad)?;
     Ok(Some((ms.parse().map_err(|_| bad())?, id.to_owned())))
 }
+
+/// Audit page tokens, in the same style: hex of `seq.<last seq of the page>`.
+pub fn seq_token(seq: i64) -> String {
+    hex::encode(format!("seq.{seq}"))
+}
+
+pub fn parse_seq_token(token: &str) -> Result<Option<i64>, FieldError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || FieldError::new("page_token", "is not a token this server issued");
+    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let seq = text.strip_prefix("seq.").ok_or_else(bad)?;
+    Ok(Some(seq.parse().map_err(|_| bad())?))
+}

@@ -123,6 +123,7 @@ impl RightsService {
             idempotency_hash,
             payload_hash,
             subject_tag,
+            subject_tags: ctx.hasher.subject_tags(&record.subject),
             subject_json: serde_json::to_string(&record).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),

@@ -5,7 +5,7 @@ use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request, Status,
 };
 
-use crate::api::pb::{self, data_subject_rights_client::DataSubjectRightsClient};
+use crate::api::pb::{self, audit_client::AuditClient, data_subject_rights_client::DataSubjectRightsClient};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
@@ -74,6 +74,16 @@ impl tonic::service::Interceptor for Auth {
 }
 
 async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+    let (channel, auth) = channel(conn).await?;
+    Ok(DataSubjectRightsClient::with_interceptor(channel, auth))
+}
+
+async fn connect_audit(conn: &Connection) -> anyhow::Result<AuditClient<InterceptedService<Channel, Auth>>> {
+    let (channel, auth) = channel(conn).await?;
+    Ok(AuditClient::with_interceptor(channel, auth))
+}
+
+async fn channel(conn: &Connection) -> anyhow::Result<(Channel, Auth)> {
     crate::startup::install_crypto_provider();
     let channel = Channel::from_shared(conn.server.clone())
         .context("--server is not a URL")?
@@ -86,7 +96,7 @@ async fn connect(conn: &Connection) -> anyhow::Result<Client> {
         }
         None => None,
     };
-    Ok(DataSubjectRightsClient::with_interceptor(channel, Auth(auth)))
+    Ok((channel, Auth(auth)))
 }
 
 fn subject(s: &SubjectArgs) -> pb::Subject {
@@ -269,6 +279,64 @@ pub async fn retry(conn: &Connection, id: &str) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     print!("{}", render(&r));
+    Ok(())
+}
+
+pub async fn audit_verify(conn: &Connection) -> anyhow::Result<()> {
+    let mut client = connect_audit(conn).await?;
+    let v = client.verify_audit_log(pb::VerifyAuditLogRequest {}).await.map_err(status_error)?.into_inner();
+    if v.ok {
+        println!("audit chain OK: {} events checked", v.events_checked);
+        Ok(())
+    } else {
+        println!(
+            "audit chain BROKEN at event {} ({} events checked): {}",
+            v.first_bad_event, v.events_checked, v.reason
+        );
+        anyhow::bail!("the audit chain is broken at event {}", v.first_bad_event)
+    }
+}
+
+pub async fn audit_list(
+    conn: &Connection,
+    tenant: Option<String>,
+    request: Option<String>,
+    subject: Option<String>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut client = connect_audit(conn).await?;
+    let r = client
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant_id: tenant.unwrap_or_default(),
+            request_id: request.unwrap_or_default(),
+            subject: subject.unwrap_or_default(),
+            page_size: limit,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{:>8}  {:<20}  {:<36}  {:<12} {:<12} {:<16} {:>6} {:>8}  HASH",
+        "SEQ", "AT", "REQUEST", "TENANT", "STORE", "ACTION", "FOUND", "AFFECTED"
+    );
+    for e in &r.events {
+        println!(
+            "{:>8}  {:<20}  {:<36}  {:<12} {:<12} {:<16} {:>6} {:>8}  {}",
+            e.seq,
+            time(e.at.as_ref()),
+            e.request_id,
+            e.tenant_id,
+            e.store,
+            e.action,
+            e.records_found,
+            e.records_affected,
+            &e.hash[..e.hash.len().min(16)]
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("(more: raise --limit)");
+    }
     Ok(())
 }
 

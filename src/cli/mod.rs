@@ -1,6 +1,6 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
 //! client for people (`delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
-//! `retry`).
+//! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
 
 mod client;
 mod server;
@@ -140,6 +140,43 @@ pub enum Command {
         conn: client::Connection,
         id: String,
     },
+    /// The audit trail: verify its hash chain, list it, prune old requests.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain on the server; exits non-zero when it is broken.
+    Verify {
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// List audit events, oldest first.
+    List {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        request: Option<String>,
+        /// One identifier (email, phone or account id) of a person; needs --tenant. Sent to the
+        /// server, which hashes it; never stored.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Delete requests that ended more than --before-days ago (default 730: CCPA's 24 months),
+    /// with their tasks and audit events, leaving a checkpoint so the rest still verifies.
+    Prune {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 730)]
+        before_days: u32,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -186,5 +223,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::List { conn, tenant, overdue, limit } => client::list(&conn, tenant, overdue, limit).await,
         Command::Cancel { conn, id } => client::cancel(&conn, &id).await,
         Command::Retry { conn, id } => client::retry(&conn, &id).await,
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { conn } => client::audit_verify(&conn).await,
+            AuditCommand::List { conn, tenant, request, subject, limit } => {
+                client::audit_list(&conn, tenant, request, subject, limit).await
+            }
+            AuditCommand::Prune { loc, before_days } => server::audit_prune(&loc, before_days).await,
+        },
     }
 }

@@ -1,4 +1,4 @@
-//! The server-side commands: serve, migrate, seed.
+//! The server-side commands: serve, migrate, seed, audit prune.
 use std::net::SocketAddr;
 
 use crate::{
@@ -45,4 +45,23 @@ pub async fn seed(
         println!("{}", serde_json::to_string(&s).expect("seeded subject serialises"));
     })
     .await
+}
+
+/// Prunes requests that ended more than `before_days` ago (see `Ledger::prune_audit`).
+pub async fn audit_prune(loc: &Locations, before_days: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(before_days >= 1, "--before-days: at least 1");
+    let settings = Settings::load(loc)?;
+    let ledger = open_ledger(&settings).await?;
+    let now = SystemClock.now();
+    let before = now - chrono::Duration::days(before_days.into());
+    let r = ledger.prune_audit(before, "dsr audit prune", now).await?;
+    if r.events_pruned == 0 {
+        println!("nothing to prune: no request ended before {}", before.format("%Y-%m-%d"));
+    } else {
+        println!(
+            "pruned {} requests and {} audit events (through event {}); the checkpoint keeps the chain verifiable",
+            r.requests_pruned, r.events_pruned, r.through_seq
+        );
+    }
+    Ok(())
 }

@@ -1,31 +1,36 @@
 //! The append-only event log: one row per state change, written in the same transaction as the
-//! change. Holds request ids, tenants, stores, counts and keyed hashes — never an identifier.
+//! change and linked into the hash chain (`audit`). Holds request ids, tenants, stores, counts
+//! and keyed hashes — never an identifier.
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::{any::AnyRow, Row};
 
-use super::{Ledger, Result};
-use crate::{
-    clock::{from_millis, to_millis},
-    db::Tx,
-};
+use super::{audit, Ledger, Result};
+use crate::{clock::from_millis, db::Tx};
 
 /// An event about to be appended.
 #[derive(Debug, Clone, Default)]
 pub struct NewEvent<'a> {
-    request_id: Option<&'a str>,
-    tenant_id: Option<&'a str>,
-    store: Option<&'a str>,
-    action: &'a str,
-    attempt: Option<i64>,
-    counts: Option<(u64, u64)>,
-    actor: Option<&'a str>,
-    subject_tag: Option<&'a str>,
-    detail: Option<&'a str>,
+    pub(super) request_id: Option<&'a str>,
+    pub(super) tenant_id: Option<&'a str>,
+    pub(super) store: Option<&'a str>,
+    pub(super) action: &'a str,
+    pub(super) attempt: Option<i64>,
+    pub(super) counts: Option<(u64, u64)>,
+    pub(super) actor: Option<&'a str>,
+    pub(super) subject_tag: Option<&'a str>,
+    pub(super) detail: Option<&'a str>,
+    /// One keyed hash per identifier of the subject (see `KeyedHasher::identifier_tag`).
+    pub(super) subject_tags: &'a [String],
 }
 
 impl<'a> NewEvent<'a> {
     pub fn request(request_id: &'a str, tenant_id: &'a str, action: &'a str) -> Self {
         Self { request_id: Some(request_id), tenant_id: Some(tenant_id), action, ..Default::default() }
+    }
+
+    /// An event about the log itself (pruning), not about one request.
+    pub fn global(action: &'a str) -> Self {
+        Self { action, ..Default::default() }
     }
 
     pub fn store(mut self, store: &'a str, attempt: u32) -> Self {
@@ -49,35 +54,25 @@ impl<'a> NewEvent<'a> {
         self
     }
 
+    pub fn subject_tags(mut self, tags: &'a [String]) -> Self {
+        self.subject_tags = tags;
+        self
+    }
+
     pub fn detail(mut self, detail: &'a str) -> Self {
         self.detail = Some(detail);
         self
     }
 
-    pub async fn append(self, tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO dsr_events (at, request_id, tenant_id, store, action, attempt, records_found, \
-             records_affected, actor, subject_tag, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(to_millis(at))
-        .bind(self.request_id)
-        .bind(self.tenant_id)
-        .bind(self.store)
-        .bind(self.action)
-        .bind(self.attempt)
-        .bind(self.counts.map(|c| c.0 as i64))
-        .bind(self.counts.map(|c| c.1 as i64))
-        .bind(self.actor)
-        .bind(self.subject_tag)
-        .bind(self.detail)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+    /// Appends the event at the end of the chain. Takes the chain lock if the transaction does
+    /// not hold it yet (see `audit::lock_chain`), so the chain is linear whoever calls this.
+    pub async fn append(self, tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<i64> {
+        audit::append(tx, &self, at).await
     }
 }
 
 /// An event as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -91,37 +86,50 @@ pub struct EventRecord {
     pub actor: Option<String>,
     pub subject_tag: Option<String>,
     pub detail: Option<String>,
+    /// Sorted; part of the event's hash.
+    pub subject_tags: Vec<String>,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, at, request_id, tenant_id, store, action, attempt, records_found, \
+     records_affected, actor, subject_tag, detail, prev_hash, hash";
+
+impl EventRecord {
+    /// Without its subject tags (they live in `dsr_event_subjects`; see `audit::attach_tags`).
+    pub(super) fn from_row(r: &AnyRow) -> sqlx::Result<Self> {
+        Ok(EventRecord {
+            seq: r.try_get("seq")?,
+            at: from_millis(r.try_get("at")?),
+            request_id: r.try_get("request_id")?,
+            tenant_id: r.try_get("tenant_id")?,
+            store: r.try_get("store")?,
+            action: r.try_get("action")?,
+            attempt: r.try_get("attempt")?,
+            records_found: r.try_get("records_found")?,
+            records_affected: r.try_get("records_affected")?,
+            actor: r.try_get("actor")?,
+            subject_tag: r.try_get("subject_tag")?,
+            detail: r.try_get("detail")?,
+            subject_tags: Vec::new(),
+            prev_hash: r.try_get("prev_hash")?,
+            hash: r.try_get("hash")?,
+        })
+    }
 }
 
 impl Ledger {
     /// A request's events, oldest first.
     pub async fn events_of(&self, request_id: &str) -> Result<Vec<EventRecord>> {
-        let rows = sqlx::query(
-            "SELECT seq, at, request_id, tenant_id, store, action, attempt, records_found, records_affected, \
-             actor, subject_tag, detail FROM dsr_events WHERE request_id = $1 ORDER BY seq",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM dsr_events WHERE request_id = $1 ORDER BY seq"
+        ))
         .bind(request_id)
         .fetch_all(self.db.pool())
         .await?;
-        let events = rows
-            .iter()
-            .map(|r| {
-                Ok(EventRecord {
-                    seq: r.try_get("seq")?,
-                    at: from_millis(r.try_get("at")?),
-                    request_id: r.try_get("request_id")?,
-                    tenant_id: r.try_get("tenant_id")?,
-                    store: r.try_get("store")?,
-                    action: r.try_get("action")?,
-                    attempt: r.try_get("attempt")?,
-                    records_found: r.try_get("records_found")?,
-                    records_affected: r.try_get("records_affected")?,
-                    actor: r.try_get("actor")?,
-                    subject_tag: r.try_get("subject_tag")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect::<sqlx::Result<_>>()?;
+        let mut events = rows.iter().map(EventRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        audit::attach_tags(self.db.pool(), &mut events).await?;
         Ok(events)
     }
 }

@@ -2,15 +2,17 @@
 //! append-only event log — on SQLite or Postgres with the same behaviour.
 //!
 //! Every state change is one transaction that also appends its event, so the log never
-//! disagrees with the state. Task completion is fenced on the attempt number: a worker whose
+//! disagrees with the state, and every event is a link of one hash chain (`audit`). Task completion is fenced on the attempt number: a worker whose
 //! lease expired (and whose task another worker took over) cannot overwrite the newer result.
 
+mod audit;
 mod events;
 mod requests;
 mod tasks;
 
 use sqlx::{any::AnyRow, Row};
 
+pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
 pub use events::{EventRecord, NewEvent};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use tasks::{ClaimedTask, Fenced, TaskResult};
@@ -99,13 +101,15 @@ impl Ledger {
         &self.db
     }
 
-    /// Applies the service's migrations (idempotent; safe to run from several processes).
+    /// Applies the service's migrations (idempotent; safe to run from several processes), then
+    /// links any events written before the audit chain existed into it.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.db.backend() {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(self.db.pool()).await?;
+        self.seal_unchained_events().await?;
         Ok(())
     }
 }

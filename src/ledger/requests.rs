@@ -24,6 +24,9 @@ pub struct NewDsrRequest {
     pub idempotency_hash: Option<String>,
     pub payload_hash: String,
     pub subject_tag: String,
+    /// One keyed hash per identifier of the (resolved) subject, so the audit log can be searched
+    /// by any one of them (`KeyedHasher::subject_tags`).
+    pub subject_tags: Vec<String>,
     pub subject_json: String,
     pub created_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
@@ -81,7 +84,7 @@ impl Ledger {
     /// conflict.
     pub async fn submit(&self, new: &NewDsrRequest) -> Result<Submitted> {
         for attempt in 0..2 {
-            let mut tx = self.db.begin_write().await?;
+            let mut tx = self.begin_chained().await?;
             if let Some(found) = find_by_idempotency(&mut tx, new).await? {
                 return found;
             }
@@ -229,7 +232,7 @@ impl Ledger {
     /// Cancels the stores that have not started. Running stores finish; the request ends
     /// CANCELLED once they have.
     pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_chained().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status.is_terminal() {
             return Err(LedgerError::FailedPrecondition(format!("the request has already ended ({status})")));
@@ -255,7 +258,7 @@ impl Ledger {
 
     /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.
     pub async fn retry(&self, id: &str, actor: &str, attempt_budget: u32, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_chained().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status != RequestStatus::Failed {
             return Err(LedgerError::FailedPrecondition(format!(
@@ -369,7 +372,8 @@ async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
     }
     let mut event = NewEvent::request(&new.id, &new.tenant_id, "submitted")
         .actor(&new.actor)
-        .subject_tag(&new.subject_tag);
+        .subject_tag(&new.subject_tag)
+        .subject_tags(&new.subject_tags);
     if let Some(d) = &new.detail {
         event = event.detail(d);
     }

@@ -79,7 +79,7 @@ impl Ledger {
              RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint"
         );
         let now_ms = to_millis(now);
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_chained().await?;
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(now_ms + lease.as_millis() as i64)
@@ -165,7 +165,7 @@ impl Ledger {
         result: &TaskResult,
         now: DateTime<Utc>,
     ) -> Result<Fenced> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_chained().await?;
         let n = sqlx::query(
             "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
              retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL \
@@ -207,7 +207,7 @@ impl Ledger {
         next_run_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Fenced> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_chained().await?;
         let (state, action) = match next_run_at {
             Some(_) => ("pending", "retry_scheduled"),
             None => ("failed", "outcome"),

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use dsr::{
-    api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
+    api::pb::{self, audit_client::AuditClient, data_subject_rights_client::DataSubjectRightsClient},
     config::Settings,
     db::Db,
     seed::{SeedSpec, SeededSubject},
@@ -88,6 +88,11 @@ impl TestApp {
             .await
             .expect("submit deletion")
             .into_inner()
+    }
+
+    /// A client of the `dsr.v1.Audit` service on this server.
+    pub async fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(channel(self.addr).await)
     }
 
     /// Follows the request with WatchRequest until it ends; returns every message seen.

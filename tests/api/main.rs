@@ -6,6 +6,7 @@ mod support;
 
 mod helpers;
 
+mod audit;
 mod deletion;
 mod faults;
 mod idempotency;

@@ -98,19 +98,15 @@ impl Rpc {
         }
     }
 
-    /// Audit events are not per tenant: VerifyAuditLog checks the whole chain.
+    /// VerifyAuditLog checks the whole chain, which belongs to no tenant.
     fn tenant_scoped(self) -> bool {
-        !matches!(self, Rpc::VerifyAuditLog | Rpc::ListAuditEvents)
+        !matches!(self, Rpc::VerifyAuditLog)
     }
 
     /// What a permitted caller gets in this version (the request is a fresh, pending deletion).
     fn permitted(self) -> Code {
         match self {
-            Rpc::SubmitExport
-            | Rpc::DownloadExport
-            | Rpc::ExtendDeadline
-            | Rpc::ListAuditEvents
-            | Rpc::VerifyAuditLog => Code::Unimplemented,
+            Rpc::SubmitExport | Rpc::DownloadExport | Rpc::ExtendDeadline => Code::Unimplemented,
             Rpc::RetryRequest => Code::FailedPrecondition,
             _ => Code::Ok,
         }

@@ -21,7 +21,13 @@ async fn a_deletion_erases_every_store_and_reports_one_outcome_per_store(backend
 
     // Named by email alone: the account row links the phone, so calls are found too.
     let submitted = app.delete(by_email("acme", &target.email)).await;
-    assert_eq!(submitted.status, RequestStatus::Pending as i32);
+    // Acknowledged once committed; the engine may already have started by the time it answers.
+    assert!(
+        submitted.status == RequestStatus::Pending as i32
+            || submitted.status == RequestStatus::InProgress as i32,
+        "{}",
+        submitted.status
+    );
     assert_eq!(submitted.outcomes.len(), 5);
     let due = submitted.due_at.as_ref().unwrap().seconds - submitted.created_at.as_ref().unwrap().seconds;
     assert_eq!(due, Duration::days(30).num_seconds());

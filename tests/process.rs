@@ -25,23 +25,28 @@ struct Server {
     addr: SocketAddr,
 }
 
-/// Starts `dsr serve` on a random port, logging JSON to `log` (one file per server); returns
-/// once it listens.
+/// Starts `dsr serve` on a random loopback port, logging JSON to `log` (one file per server);
+/// returns once it listens.
 fn start_server(dir: &Path, db: &str, config: &Path, log: &Path) -> Server {
+    launch_server(dir, db, log, "127.0.0.1:0", |cmd| {
+        cmd.arg("--config").arg(config);
+    })
+}
+
+/// `dsr serve` on `listen`, with `setup` adding flags or environment; returns once it listens.
+fn launch_server(dir: &Path, db: &str, log: &Path, listen: &str, setup: impl FnOnce(&mut Command)) -> Server {
     let log_file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-format", "json", "serve", "--listen", listen])
         .arg("--data-dir")
         .arg(dir)
         .arg("--database-url")
         .arg(db)
-        .arg("--config")
-        .arg(config)
         .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
         .stderr(log_file)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start dsr serve");
+        .stdout(Stdio::null());
+    setup(&mut cmd);
+    let mut child = cmd.spawn().expect("start dsr serve");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -58,6 +63,21 @@ fn start_server(dir: &Path, db: &str, config: &Path, log: &Path) -> Server {
         assert!(Instant::now() < deadline, "dsr serve did not start:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs a `dsr` client command against `server`: (success, stdout, stderr).
+fn cli(server: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("DSR_SERVER", format!("http://127.0.0.1:{}", server.port()));
+    if let Some(t) = token {
+        cmd.env("DSR_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn client(addr: SocketAddr) -> DataSubjectRightsClient<Channel> {
@@ -322,15 +342,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
     let mut server = start_server(dir.path(), &db, &cfg, &log);
-    let url = format!("http://{}", server.addr);
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).env("DSR_SERVER", &url).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| cli(server.addr, None, args);
     let phone = seeded[1]["phone"].as_str().unwrap();
     let (ok, out, err) = run(&["preview", "--tenant", "acme", "--phone", phone]);
     assert!(ok, "{err}");
@@ -368,15 +380,7 @@ async fn the_rectify_command_corrects_a_subject_and_the_log_holds_neither_old_no
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
     let mut server = start_server(dir.path(), &db, &cfg, &log);
-    let url = format!("http://{}", server.addr);
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).env("DSR_SERVER", &url).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| cli(server.addr, None, args);
     let old_email = seeded[1]["email"].as_str().unwrap();
     let (new_name, new_email, new_phone) = ("Corrected Caller", "corrected@example.net", "+447700900555");
     let (ok, out, err) = run(&[
@@ -455,43 +459,12 @@ async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log
     )
     .unwrap();
     let log = dir.path().join("server.log");
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--listen", "0.0.0.0:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--database-url")
-        .arg(&db)
-        .env("DSR_TOKENS_FILE", &tokens)
-        .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let port = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|v| v["fields"]["addr"].as_str().map(str::to_owned))
-        {
-            break addr.parse::<SocketAddr>().unwrap().port();
-        }
-        assert!(child.try_wait().unwrap().is_none(), "server exited:\n{text}");
-        assert!(Instant::now() < deadline, "no listening line:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let url = format!("http://127.0.0.1:{port}");
+    let mut server = launch_server(dir.path(), &db, &log, "0.0.0.0:0", |cmd| {
+        cmd.env("DSR_TOKENS_FILE", &tokens);
+    });
     let run = |args: &[&str], token: Option<&str>| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).env("DSR_SERVER", &url);
-        if let Some(t) = token {
-            cmd.env("DSR_TOKEN", t);
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (ok, out, err) = cli(server.addr, token, args);
+        (ok, out + &err)
     };
     let phone = seeded[0]["phone"].as_str().unwrap();
     let (ok, out) = run(&["delete", "--tenant", "acme", "--phone", phone, "--watch"], Some(canary_token));
@@ -500,8 +473,8 @@ async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log
     assert!(!ok && out.contains("Unauthenticated") && !out.contains(wrong_token), "{out}");
     let (ok, out) = run(&["list"], None);
     assert!(!ok && out.contains("Unauthenticated"), "{out}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("1 bearer token"), "{text}");
     for secret in [canary_token, wrong_token, &hash] {

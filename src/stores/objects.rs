@@ -19,6 +19,8 @@ pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
             Ok(Arc::new(LocalFileSystem::new_with_prefix(&dir)?))
         }
         "s3" => {
+            // The S3 client's TLS uses the process-wide rustls provider (ring).
+            crate::startup::install_crypto_provider();
             let bucket = parsed.host_str().context("the recordings URL names no bucket")?;
             let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let prefix = parsed.path().trim_matches('/');

@@ -45,6 +45,7 @@ pub async fn fresh_s3_bucket() -> String {
     let endpoint = std::env::var("DSR_TEST_S3_ENDPOINT").expect(
         "DSR_TEST_S3_ENDPOINT is not set: run the suite with `scripts/test.sh`, which starts an S3-compatible server",
     );
+    dsr::startup::install_crypto_provider();
     let bucket = format!("dsr-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let res = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("create bucket");
     assert!(res.status().is_success(), "creating bucket: {}", res.status());

@@ -1,6 +1,7 @@
 //! Building and running the service: `Application::build` connects and migrates the ledger,
 //! opens the stores, binds the listener (port 0 in tests) and wires the gRPC stack;
-//! `run_until_stopped` serves until the shutdown future resolves, then drains in order.
+//! `run_until_stopped` serves until the shutdown future resolves, then drains in order. The
+//! retention sweeper runs beside the engine.
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -11,13 +12,14 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    api::{pb, AuditService, AuthInterceptor, Authenticator, RightsService, ServiceContext},
+    api::{pb, AuditService, AuthInterceptor, Authenticator, HoldsService, RightsService, ServiceContext},
     clock::{SharedClock, SystemClock},
     config::{Settings, TlsConfig},
     db::Db,
     engine::{Engine, Signals},
     ledger::Ledger,
     privacy::KeyedHasher,
+    retention::Sweeper,
     stores::{StoreAdapter, StoreRegistry},
 };
 
@@ -41,6 +43,7 @@ pub struct Application {
     listener: TcpListener,
     ctx: Arc<ServiceContext>,
     engine: Arc<Engine>,
+    sweeper: Arc<Sweeper>,
     auth: Arc<Authenticator>,
     tls: Option<ServerTlsConfig>,
     paused_engine: bool,
@@ -97,6 +100,15 @@ impl Application {
             clock.clone(),
             &settings.file,
             signals.clone(),
+            hasher.clone(),
+        ));
+        let sweeper = Arc::new(Sweeper::new(
+            ledger.clone(),
+            stores.clone(),
+            clock.clone(),
+            hasher.clone(),
+            signals.clone(),
+            &settings.file.retention,
         ));
         let ctx = Arc::new(ServiceContext {
             ledger,
@@ -108,7 +120,16 @@ impl Application {
             watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
         });
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Self { listener, ctx, engine, auth, tls, paused_engine: overrides.paused_engine, settings })
+        Ok(Self {
+            listener,
+            ctx,
+            engine,
+            sweeper,
+            auth,
+            tls,
+            paused_engine: overrides.paused_engine,
+            settings,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -117,6 +138,12 @@ impl Application {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ctx.ledger
+    }
+
+    /// The retention sweeper of this server (its stores, clock and lease identity), so tests and
+    /// embedders can run a sweep now.
+    pub fn sweeper(&self) -> Arc<Sweeper> {
+        self.sweeper.clone()
     }
 
     /// Serves until `shutdown` resolves. Then: health says NOT_SERVING (so Kubernetes stops
@@ -131,6 +158,7 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
         health.set_serving::<pb::audit_server::AuditServer<AuditService>>().await;
+        health.set_serving::<pb::holds_server::HoldsServer<HoldsService>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -153,6 +181,12 @@ impl Application {
             pb::audit_server::AuditServer::new(AuditService::new(self.ctx.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            interceptor.clone(),
+        );
+        let holds = tonic::service::interceptor::InterceptedService::new(
+            pb::holds_server::HoldsServer::new(HoldsService::new(self.ctx.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             interceptor,
         );
 
@@ -161,6 +195,7 @@ impl Application {
             true => tokio::spawn(async {}),
             false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
         };
+        let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
         let addr = self.local_addr();
         info!(
             %addr,
@@ -178,6 +213,7 @@ impl Application {
                 info!("shutdown requested: health NOT_SERVING, draining");
                 health.set_not_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
                 health.set_not_serving::<pb::audit_server::AuditServer<AuditService>>().await;
+                health.set_not_serving::<pb::holds_server::HoldsServer<HoldsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 stop.cancel();
                 server_stop.cancel();
@@ -198,6 +234,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(rights)
             .add_service(audit)
+            .add_service(holds)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 server_stop.cancelled_owned(),
@@ -206,6 +243,9 @@ impl Application {
         stop.cancel();
         if let Err(e) = engine_task.await {
             warn!(error = %e, "engine task ended abnormally");
+        }
+        if let Err(e) = sweep_task.await {
+            warn!(error = %e, "retention sweep task ended abnormally");
         }
         self.ctx.ledger.db().close().await;
         info!("dsr stopped");

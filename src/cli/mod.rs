@@ -57,21 +57,30 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         first: usize,
     },
-    /// Run one retention sweep now (arrives with the retention issue).
+    /// Run one retention sweep now over every store and tenant, under the sweep lease (exits
+    /// non-zero if another replica is sweeping or a store failed).
     Sweep {
         #[command(flatten)]
         loc: Locations,
+        /// Print what the sweep would erase, per store and tenant; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure: seed two identical tenants, erase one through gRPC and one by hand-written SQL.
+    /// Measure, next to a hand-written floor in the same run: `deletions` (default) seeds two
+    /// identical tenants and erases one through gRPC, one by hand-written SQL; `sweep` seeds
+    /// expired call logs and times the retention sweep against a batched DELETE.
     Bench {
         #[command(flatten)]
         loc: Locations,
+        #[arg(value_enum, default_value_t = BenchKind::Deletions)]
+        what: BenchKind,
         #[arg(long, default_value_t = 1000)]
         subjects: usize,
         #[arg(long, default_value_t = 20)]
         calls: usize,
+        /// `sweep`: expired call-log rows to seed.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
     },
     /// Submit a deletion of everything held on a subject.
     Delete {
@@ -147,6 +156,12 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    Deletions,
+    Sweep,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain on the server; exits non-zero when it is broken.
@@ -205,14 +220,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { loc, subjects, calls } => {
-            crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
+        Command::Bench { loc, what, subjects, calls, rows } => {
+            let settings = crate::config::Settings::load(&loc)?;
+            match what {
+                BenchKind::Deletions => crate::bench::deletions(settings, subjects, calls).await,
+                BenchKind::Sweep => crate::bench::sweep(settings, rows).await,
+            }
         }
-        Command::Sweep { .. } => {
-            anyhow::bail!(
-                "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"
-            )
-        }
+        Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
         Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
         Command::Rectify { conn, subject, corrections, submit } => {
             client::rectify(&conn, &subject, &corrections, &submit).await

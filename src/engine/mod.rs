@@ -23,6 +23,7 @@ use crate::{
     clock::SharedClock,
     config::{EngineConfig, FileConfig},
     ledger::{ClaimedTask, Fenced, Ledger},
+    privacy::KeyedHasher,
     stores::{StoreError, StoreRegistry},
 };
 
@@ -32,6 +33,8 @@ pub struct Engine {
     clock: SharedClock,
     config: EngineConfig,
     signals: Signals,
+    /// Tags the subject's identifiers, to find litigation holds and to record legal ones.
+    hasher: KeyedHasher,
     /// Who holds a lease: host, process and a random part, so a restarted process on the same
     /// host is a different owner.
     owner: String,
@@ -48,6 +51,7 @@ impl Engine {
         clock: SharedClock,
         file: &FileConfig,
         signals: Signals,
+        hasher: KeyedHasher,
     ) -> Self {
         let per_store = stores
             .all()
@@ -61,6 +65,7 @@ impl Engine {
             clock,
             config: file.engine.clone(),
             signals,
+            hasher,
             owner: format!(
                 "{host}/{}/{}",
                 std::process::id(),

@@ -13,5 +13,6 @@ mod idempotency;
 mod lifecycle;
 mod protocol;
 mod rectification;
+mod retention;
 mod security;
 mod validation;

@@ -222,7 +222,7 @@ impl Expired {
             self.sql,
             self.next_param()
         );
-        let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> =
+        let rows: Vec<ExpiredRow> =
             self.query_as(&sql).bind(after.unwrap_or("")).fetch_all(db.pool()).await?;
         Ok(rows
             .into_iter()
@@ -230,6 +230,9 @@ impl Expired {
             .collect())
     }
 }
+
+/// (key, account id, email, phone) of an expired row.
+type ExpiredRow = (String, Option<String>, Option<String>, Option<String>);
 
 /// `$first, $first+1, …` for `n` values.
 pub fn params(first: usize, n: usize) -> String {

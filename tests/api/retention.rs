@@ -172,13 +172,16 @@ async fn verify_chain(app: &TestApp) {
 type Hook =
     Arc<dyn Fn(&'static str, u32) -> futures::future::BoxFuture<'static, StoreResult<()>> + Send + Sync>;
 
+/// (store, limit, erased) of one `erase_expired`.
+type EraseCall = (&'static str, usize, u64);
+
 /// Wraps every store: records each `erase_expired` (store, limit, erased) and runs `hook` before
 /// it with the store's call number (1-based), which may fail or wait. Probes of several servers
 /// share a call counter: `spans` holds, per probe id, the first and last sweep call it saw.
 #[derive(Clone)]
 struct Probe {
     id: u32,
-    calls: Arc<Mutex<Vec<(&'static str, usize, u64)>>>,
+    calls: Arc<Mutex<Vec<EraseCall>>>,
     hook: Hook,
     seq: Arc<std::sync::atomic::AtomicU64>,
     spans: Arc<Mutex<std::collections::HashMap<u32, (u64, u64)>>>,

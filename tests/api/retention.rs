@@ -902,6 +902,51 @@ async fn a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_t
 }
 both!(a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_through);
 
+async fn a_hold_placed_during_a_sweep_protects_its_subject_from_the_next_batch(backend: Backend) {
+    let (probe, gate, parked) = gate_after_first_batch();
+    let (app, _clock) = manual_app(backend, &config("batch_size = 10"), Some(probe)).await;
+    // Twenty strangers' calls, older, go in the first two batches; the hold is placed while the
+    // second is under way (the sweep parks just before it); the subject's five come after.
+    for i in 0..20 {
+        call_log(&app.db, "acme", &format!("a-{i:02}"), "acct-x", "+15559990000", t0() - Duration::days(500))
+            .await;
+    }
+    for i in 0..5 {
+        call_log(
+            &app.db,
+            "acme",
+            &format!("b-{i:02}"),
+            "acct-held",
+            "+15550000042",
+            t0() - Duration::days(400),
+        )
+        .await;
+    }
+    let sweep = {
+        let s = app.sweeper.clone();
+        tokio::spawn(async move { s.sweep(SweepMode::Now, &CancellationToken::new()).await })
+    };
+    parked.notified().await;
+    let hold = holds(&app)
+        .await
+        .place_hold(pb::PlaceHoldRequest {
+            subject: Some(by_phone("acme", "+15550000042")),
+            reason: "case".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gate.add_permits(1);
+    let SweepOutcome::Swept(report) = sweep.await.unwrap().unwrap() else { panic!("the sweep ran") };
+    let unit = report.unit("call_logs", "acme").unwrap();
+    assert_eq!((unit.erased, unit.held), (20, 5), "{unit:?}");
+    let left: i64 =
+        count_where(&app.db, "SELECT COUNT(*) FROM call_logs WHERE caller_phone = '+15550000042'").await;
+    assert_eq!(left, 5, "hold {} keeps the subject's calls", hold.id);
+    app.shutdown().await;
+}
+both!(a_hold_placed_during_a_sweep_protects_its_subject_from_the_next_batch);
+
 async fn extend(app: &TestApp, id: &str, reason: &str) -> Result<pb::DsrRequest, tonic::Status> {
     app.client
         .clone()

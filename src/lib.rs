@@ -26,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod export;
 pub mod ledger;
 pub mod privacy;
 pub mod seed;

@@ -16,6 +16,7 @@ use crate::{
     config::{Settings, TlsConfig},
     db::Db,
     engine::{Engine, Signals},
+    export::ExportStorage,
     ledger::Ledger,
     privacy::KeyedHasher,
     stores::{StoreAdapter, StoreRegistry},
@@ -91,9 +92,11 @@ impl Application {
         let hasher =
             KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
         let signals = Signals::default();
+        let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
         let engine = Arc::new(Engine::new(
             ledger.clone(),
             stores.clone(),
+            exports.clone(),
             clock.clone(),
             &settings.file,
             signals.clone(),
@@ -101,6 +104,7 @@ impl Application {
         let ctx = Arc::new(ServiceContext {
             ledger,
             stores,
+            exports,
             clock,
             hasher,
             signals,
@@ -161,6 +165,13 @@ impl Application {
             true => tokio::spawn(async {}),
             false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
         };
+        let janitor = tokio::spawn(crate::export::run_janitor(
+            self.ctx.exports.clone(),
+            self.ctx.ledger.clone(),
+            self.ctx.clock.clone(),
+            Duration::from_secs(self.settings.file.export.janitor_interval_secs),
+            stop.clone(),
+        ));
         let addr = self.local_addr();
         info!(
             %addr,
@@ -207,14 +218,15 @@ impl Application {
         if let Err(e) = engine_task.await {
             warn!(error = %e, "engine task ended abnormally");
         }
+        let _ = janitor.await;
         self.ctx.ledger.db().close().await;
         info!("dsr stopped");
         served.context("gRPC server")
     }
 }
 
-/// Picks rustls' crypto: both `ring` (tonic) and `aws-lc-rs` (the S3 client) are linked, so
-/// rustls cannot choose by itself. Idempotent.
+/// Picks rustls' crypto provider (ring) for tonic's TLS and the S3 client, which is built
+/// without a provider of its own. Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -373,6 +373,62 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_and_download_commands_fetch_a_verified_archive_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let run = |args: &[&str]| cli(server.addr, None, args);
+    let phone = seeded[1]["phone"].as_str().unwrap();
+    let out_zip = dir.path().join("subject.zip");
+    let (ok, out, err) = run(&[
+        "export",
+        "--tenant",
+        "acme",
+        "--phone",
+        phone,
+        "--regime",
+        "gdpr",
+        "-o",
+        out_zip.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("COMPLETED") && out.contains("(verified)"), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    // Any ZIP reader opens it: Python's zipfile checks every entry's CRC.
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print('\\n'.join(sorted(z.namelist())))"])
+        .arg(&out_zip)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let names = String::from_utf8_lossy(&check.stdout);
+    assert!(names.contains("manifest.json") && names.contains("call_logs.json"), "{names}");
+    assert_eq!(names.lines().filter(|n| n.starts_with("recordings/")).count(), 3, "{names}");
+
+    // A download cut short resumes from its partial file.
+    let whole = std::fs::read(&out_zip).unwrap();
+    let again = dir.path().join("again.zip");
+    std::fs::write(dir.path().join("again.zip.part"), &whole[..whole.len() / 3]).unwrap();
+    let (ok, out, err) = run(&["download", &id, "-o", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("resuming at byte"), "{err}");
+    assert!(out.contains("(verified)"), "{out}");
+    assert!(std::fs::read(&again).unwrap() == whole);
+    // A corrupt partial file is caught by the sha256 and removed.
+    let bad = dir.path().join("bad.zip");
+    std::fs::write(dir.path().join("bad.zip.part"), vec![0u8; 10]).unwrap();
+    let (ok, _, err) = run(&["download", &id, "-o", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("sha256 mismatch"), "{err}");
+    assert!(!dir.path().join("bad.zip.part").exists());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_no_canaries(&log, &canaries(&seeded));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rectify_command_corrects_a_subject_and_the_log_holds_neither_old_nor_new_values() {
     let dir = tempfile::tempdir().unwrap();
     let db = support::fresh_database(Backend::Sqlite, dir.path()).await;

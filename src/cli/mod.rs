@@ -1,8 +1,9 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
-//! client for people (`delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
+//! client for people (`export`, `download`, `delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
 //! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
 
 mod client;
+mod export;
 mod server;
 
 use std::process::ExitCode;
@@ -72,6 +73,27 @@ pub enum Command {
         subjects: usize,
         #[arg(long, default_value_t = 20)]
         calls: usize,
+    },
+    /// Submit an export of everything held on a subject; with -o, wait for it and download the
+    /// archive.
+    Export {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        #[command(flatten)]
+        submit: client::SubmitArgs,
+        /// Wait for the export, then download its archive here (the sha256 is checked).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Download a finished export's archive (resumes a partial download; checks the sha256).
+    Download {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
     },
     /// Submit a deletion of everything held on a subject.
     Delete {
@@ -213,6 +235,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"
             )
         }
+        Command::Export { conn, subject, submit, output } => {
+            export::export(&conn, &subject, &submit, output.as_deref()).await
+        }
+        Command::Download { conn, id, output } => export::download(&conn, &id, &output).await,
         Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
         Command::Rectify { conn, subject, corrections, submit } => {
             client::rectify(&conn, &subject, &corrections, &submit).await

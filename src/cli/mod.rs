@@ -65,14 +65,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure: seed two identical tenants, erase one through gRPC and one by hand-written SQL.
+    /// Measure against a floor taken in the same run: `deletions` (hand-written SQL) or
+    /// `export` (`cat` of the same recordings). Build with --release for real numbers.
     Bench {
-        #[command(flatten)]
-        loc: Locations,
-        #[arg(long, default_value_t = 1000)]
-        subjects: usize,
-        #[arg(long, default_value_t = 20)]
-        calls: usize,
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Submit an export of everything held on a subject; with -o, wait for it and download the
     /// archive.
@@ -170,6 +167,30 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
+    Deletions {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+    },
+    /// Export one subject with --total-mib of recordings through a `dsr serve` child process;
+    /// compare with `cat` of the same files and report the server's peak memory.
+    Export {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1024)]
+        total_mib: usize,
+        /// Recordings the total is split into.
+        #[arg(long, default_value_t = 64)]
+        calls: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain on the server; exits non-zero when it is broken.
     Verify {
@@ -227,9 +248,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { loc, subjects, calls } => {
-            crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
-        }
+        Command::Bench { what } => match what {
+            BenchCommand::Deletions { loc, subjects, calls } => {
+                crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
+            }
+            BenchCommand::Export { loc, total_mib, calls } => {
+                let settings = crate::config::Settings::load(&loc)?;
+                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls).await
+            }
+        },
         Command::Sweep { .. } => {
             anyhow::bail!(
                 "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"

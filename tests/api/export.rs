@@ -315,3 +315,45 @@ async fn the_janitor_deletes_expired_archives_nobody_asked_for() {
     }
     assert!(!archive.exists(), "the janitor deleted the expired archive");
 }
+
+/// The production layout: recordings and archives on S3 (the archive big enough to go up as a
+/// multipart upload), the ledger on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_reads_recordings_from_s3_and_writes_its_archive_to_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::fresh_database(Backend::Postgres, dir.path()).await;
+    let recordings = crate::support::fresh_s3_bucket().await;
+    let mut settings = crate::support::settings(dir.path(), url, Some(recordings.clone()), TEST_CONFIG);
+    settings.exports_url = recordings.replace("/recordings", "/exports");
+    let app = spawn_on(settings, dir, Overrides::default()).await;
+    let objects = dsr::stores::open_object_store(&app.settings.recordings_url).unwrap();
+    let spec = dsr::seed::SeedSpec {
+        tenant: dsr::domain::TenantId::parse("tenant", "acme").unwrap(),
+        subjects: 1,
+        calls: 3,
+        recording_bytes: 3 * 1024 * 1024,
+        first: 0,
+    };
+    let mut seeded = Vec::new();
+    dsr::seed::seed(&app.db, &dsr::stores::reference::Tables::default(), objects, &spec, Utc::now(), |s| {
+        seeded.push(s)
+    })
+    .await
+    .unwrap();
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &seeded[0].phone), pb::Regime::Gdpr).await.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let info = done.export.clone().unwrap();
+    assert!(info.size_bytes > 9 * 1024 * 1024, "{}", info.size_bytes);
+    let archive = app.download(&done.id, 0).await.unwrap();
+    assert_eq!(sha256_hex(&archive), info.sha256);
+    let files = unzip(&archive);
+    let audio: Vec<_> = files.iter().filter(|(p, _)| p.starts_with("recordings/")).collect();
+    assert_eq!(audio.len(), 3);
+    for (path, bytes) in audio {
+        let call_id = path.trim_start_matches("recordings/").trim_end_matches(".wav");
+        assert!(**bytes == dsr::seed::recording_bytes(call_id, 3 * 1024 * 1024), "{path}");
+    }
+    let resumed = app.download(&done.id, 5 * 1024 * 1024 + 7).await.unwrap();
+    assert!(resumed == archive[5 * 1024 * 1024 + 7..]);
+}

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{error::ApiError, pb, ServiceContext};
 use crate::{
     domain::{FieldError, RequestKind, RequestStatus},
-    export::expire,
+    export::{erase, expire},
     ledger::{ExportRecord, RequestRecord},
 };
 
@@ -46,6 +46,11 @@ pub async fn open(
         ApiError::Unexpected(anyhow::anyhow!("export {} is COMPLETED but has no archive record", request.id))
     })?;
     let now = ctx.clock.now();
+    if export.expired_at.is_some_and(|at| at < export.expires_at) && now < export.expires_at {
+        return Err(ApiError::NotFound(
+            "the subject's data was erased after this export was made, so its archive was deleted".into(),
+        ));
+    }
     if export.is_expired(now) {
         if export.expired_at.is_none() {
             if let Err(e) = expire(&ctx.exports, &ctx.ledger, &export, now).await {
@@ -56,6 +61,14 @@ pub async fn open(
             "the export expired at {} and its archive was deleted; submit a new export",
             export.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         )));
+    }
+    if export.expired_at.is_none() && ctx.ledger.is_export_superseded(&export.request_id).await? {
+        if let Err(e) = erase(&ctx.exports, &ctx.ledger, &export, now).await {
+            warn!(request_id = %export.request_id, error = %e, "deleting a superseded archive failed; the janitor will");
+        }
+        return Err(ApiError::NotFound(
+            "the subject's data was erased after this export was made, so its archive was deleted".into(),
+        ));
     }
     if offset > export.size_bytes {
         return Err(FieldError::new(

@@ -22,7 +22,7 @@ use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
 pub use archive::{assemble, ArchiveJob};
-pub use janitor::{expire, expire_due, run_janitor};
+pub use janitor::{erase, expire, expire_due, run_janitor};
 pub use manifest::{Manifest, ManifestFile, ManifestStore, MANIFEST_FORMAT};
 pub use part::{PartSummary, PartWriter};
 

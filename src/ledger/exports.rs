@@ -100,8 +100,59 @@ impl Ledger {
         Ok(rows.iter().map(ExportRecord::from_row).collect::<sqlx::Result<_>>()?)
     }
 
+    /// Archives not yet deleted whose subject has asked for erasure since the export was
+    /// requested: a deletion sharing one of its identifier tags, submitted after it. The archive
+    /// is a copy of what the deletion erases, so it goes too.
+    pub async fn superseded_exports(&self, limit: usize) -> Result<Vec<ExportRecord>> {
+        let cols = EXPORT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {cols} FROM dsr_exports e JOIN dsr_requests x ON x.id = e.request_id \
+             WHERE e.expired_at IS NULL AND EXISTS ( \
+               SELECT 1 FROM dsr_event_subjects xs \
+               JOIN dsr_event_subjects ds ON ds.tag = xs.tag \
+               JOIN dsr_requests d ON d.id = ds.request_id \
+               WHERE xs.request_id = e.request_id AND d.kind = 'deletion' AND d.tenant_id = x.tenant_id \
+                 AND d.created_at >= x.created_at) \
+             ORDER BY e.created_at LIMIT $1"
+        ))
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows.iter().map(ExportRecord::from_row).collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Whether the subject of this export has asked for erasure since (see
+    /// `superseded_exports`).
+    pub async fn is_export_superseded(&self, request_id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dsr_requests x \
+             JOIN dsr_event_subjects xs ON xs.request_id = x.id \
+             JOIN dsr_event_subjects ds ON ds.tag = xs.tag \
+             JOIN dsr_requests d ON d.id = ds.request_id \
+             WHERE x.id = $1 AND d.kind = 'deletion' AND d.tenant_id = x.tenant_id AND d.created_at >= x.created_at",
+        )
+        .bind(request_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(n > 0)
+    }
+
     /// Records that an expired archive was deleted (once: `false` if it already was).
     pub async fn mark_export_expired(&self, export: &ExportRecord, now: DateTime<Utc>) -> Result<bool> {
+        self.mark_export_deleted(export, "export_expired", now).await
+    }
+
+    /// Records that an archive was deleted because its subject's data was erased since.
+    pub async fn mark_export_erased(&self, export: &ExportRecord, now: DateTime<Utc>) -> Result<bool> {
+        self.mark_export_deleted(export, "export_erased", now).await
+    }
+
+    async fn mark_export_deleted(
+        &self,
+        export: &ExportRecord,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let mut tx = self.begin_chained().await?;
         let n = sqlx::query(
             "UPDATE dsr_exports SET expired_at = $1 WHERE request_id = $2 AND expired_at IS NULL",
@@ -112,7 +163,7 @@ impl Ledger {
         .await?
         .rows_affected();
         if n == 1 {
-            NewEvent::request(&export.request_id, &export.tenant_id, "export_expired")
+            NewEvent::request(&export.request_id, &export.tenant_id, action)
                 .counts(1, export.size_bytes)
                 .append(&mut tx, now)
                 .await?;

@@ -357,3 +357,53 @@ async fn an_export_reads_recordings_from_s3_and_writes_its_archive_to_s3() {
     let resumed = app.download(&done.id, 5 * 1024 * 1024 + 7).await.unwrap();
     assert!(resumed == archive[5 * 1024 * 1024 + 7..]);
 }
+
+/// An archive is a copy of the subject's data: when the subject asks for erasure afterwards, it
+/// goes too, and the download says why.
+async fn a_later_deletion_of_the_subject_deletes_the_archive(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 2, 2).await;
+    let mine =
+        app.wait_terminal(&app.export(by_email("acme", &acme[0].email), pb::Regime::Gdpr).await.id).await;
+    let other =
+        app.wait_terminal(&app.export(by_email("acme", &acme[1].email), pb::Regime::Gdpr).await.id).await;
+    app.download(&mine.id, 0).await.expect("downloadable before the deletion");
+    // Named by another identifier than the export was: the tags of the resolved subject meet.
+    let deletion = app.delete(by_phone("acme", &acme[0].phone)).await;
+    app.wait_terminal(&deletion.id).await;
+    let gone = app.download(&mine.id, 0).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("erased"), "{}", gone.message());
+    assert!(!app.dir.path().join("exports").join(&mine.id).join("export.zip").exists());
+    app.download(&other.id, 0).await.expect("another subject's archive stays");
+    let events = app
+        .audit()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest { request_id: mine.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.iter().filter(|e| e.action == "export_erased").count(), 1, "{events:#?}");
+}
+both!(a_later_deletion_of_the_subject_deletes_the_archive);
+
+/// The janitor deletes a superseded archive without anyone asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_deletes_archives_of_subjects_erased_since() {
+    let toml = format!("{TEST_CONFIG}\n[export]\njanitor_interval_secs = 1\n");
+    let app = spawn_app_with(Backend::Postgres, &toml, Overrides::default()).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id).await;
+    let archive = app.dir.path().join("exports").join(&done.id).join("export.zip");
+    assert!(archive.exists());
+    app.wait_terminal(&app.delete(by_email("acme", &acme[0].email)).await.id).await;
+    for _ in 0..200 {
+        if !archive.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!archive.exists(), "the janitor deleted the superseded archive");
+}

@@ -102,6 +102,7 @@ pub async fn open(
         offset,
         chunk,
         source,
+        piece: Bytes::new(),
         buf: BytesMut::new(),
         ended: false,
     };
@@ -117,9 +118,16 @@ struct Download {
     offset: u64,
     chunk: usize,
     source: BoxStream<'static, object_store::Result<Bytes>>,
+    /// A piece read whole from storage, sent as it is (cut at `chunk`): no copy.
+    piece: Bytes,
+    /// Small pieces gathered into one message.
     buf: BytesMut,
     ended: bool,
 }
+
+/// Pieces smaller than this are gathered before they are sent (a local file reads in 512 KiB,
+/// but a network stream may deliver a few KiB at a time).
+const GATHER_BELOW: usize = 64 * 1024;
 
 impl Download {
     async fn next(mut self) -> Option<(Result<pb::ExportChunk, Status>, Self)> {
@@ -127,11 +135,16 @@ impl Download {
             return None;
         }
         loop {
+            if !self.piece.is_empty() {
+                let data = self.piece.split_to(self.chunk.min(self.piece.len()));
+                return Some((Ok(self.emit(data)), self));
+            }
             if self.buf.len() >= self.chunk {
                 let data = self.buf.split_to(self.chunk).freeze();
                 return Some((Ok(self.emit(data)), self));
             }
             match self.source.next().await {
+                Some(Ok(bytes)) if self.buf.is_empty() && bytes.len() >= GATHER_BELOW => self.piece = bytes,
                 Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
                 Some(Err(e)) => {
                     self.ended = true;

@@ -31,8 +31,9 @@ pub async fn export(
     config_file: Option<PathBuf>,
     total_mib: usize,
     calls: usize,
+    runs: usize,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(calls >= 1 && total_mib >= 1, "--calls and --total-mib must be at least 1");
+    anyhow::ensure!(calls >= 1 && total_mib >= 1 && runs >= 1, "--calls, --total-mib and --runs must be at least 1");
     let recordings_dir = local_dir(&settings.recordings_url).context(
         "the export benchmark compares with `cat`, so recordings must be a local directory (file://)",
     )?;
@@ -69,29 +70,81 @@ pub async fn export(
     );
     drop(ledger);
 
-    // The floor: the same bytes read and written once, by `cat`.
-    let floor_out = settings.data_dir.join("bench-cat.out");
-    let started = Instant::now();
-    let status = Command::new("cat")
-        .args(&files)
-        .stdout(std::fs::File::create(&floor_out)?)
-        .status()
-        .context("running cat")?;
-    let cat_secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(status.success(), "cat failed");
-    std::fs::remove_file(&floor_out).ok();
-
     // The service, as it runs in production: its own process.
     let mut server = Server::start(&settings, config_file.as_deref())?;
     let mut client = server.connect().await?;
+    let wanted =
+        pb::Subject { tenant_id: tenant.clone(), phone: subject.phone.clone(), ..Default::default() };
+    let (mut cat, mut export, mut download) = (Vec::new(), Vec::new(), Vec::new());
+    let mut archive_info = None;
+    for run in 1..=runs {
+        cat.push(cat_floor(&files, &settings.data_dir.join("bench-cat.out"))?);
+        let (secs, info) = export_once(&mut client, &wanted).await?;
+        export.push(secs);
+        download.push(download_once(&mut client, &info, &settings.data_dir.join("bench-export.zip")).await?);
+        println!(
+            "run {run}: cat {:.2} s, export {:.2} s, download {:.2} s",
+            cat[run - 1],
+            export[run - 1],
+            download[run - 1]
+        );
+        archive_info = Some(info);
+    }
+    let peak_kib = server.peak_rss_kib()?;
+    server.stop();
+    let info = archive_info.context("no run")?;
+
+    let (cat_secs, export_secs, download_secs) =
+        (median(&mut cat), median(&mut export), median(&mut download));
+    let mibs = |secs: f64| bytes as f64 / MIB / secs;
+    println!("median of {runs} runs:");
+    println!("cat (floor)     {cat_secs:>7.2} s   {:>7.0} MiB/s   (cat of the recordings into one file, then fsync)", mibs(cat_secs));
+    println!(
+        "export          {export_secs:>7.2} s   {:>7.0} MiB/s   {:>5.0}% of cat   (submit to COMPLETED: parts, archive written, hashed, fsynced)",
+        mibs(export_secs),
+        100.0 * cat_secs / export_secs
+    );
+    println!(
+        "download        {download_secs:>7.2} s   {:>7.0} MiB/s   {:>5.0}% of cat   (gRPC stream to a file, sha256 checked, fsynced)",
+        mibs(download_secs),
+        100.0 * cat_secs / download_secs
+    );
+    println!("archive         {:.0} MiB, sha256 {}", info.size_bytes as f64 / MIB, info.sha256);
+    println!(
+        "server peak RSS {:>7.1} MiB (VmHWM of the dsr serve process over all runs)",
+        peak_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The floor: the same bytes read and written once, by `cat`, and synced to disk.
+fn cat_floor(files: &[PathBuf], out: &Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("cat")
+        .args(files)
+        .stdout(std::fs::File::create(out)?)
+        .status()
+        .context("running cat")?;
+    anyhow::ensure!(status.success(), "cat failed");
+    std::fs::File::open(out)?.sync_all()?;
+    let secs = started.elapsed().as_secs_f64();
+    std::fs::remove_file(out).ok();
+    Ok(secs)
+}
+
+type Client = DataSubjectRightsClient<tonic::transport::Channel>;
+
+/// Submit to COMPLETED.
+async fn export_once(client: &mut Client, subject: &pb::Subject) -> anyhow::Result<(f64, pb::ExportInfo)> {
     let started = Instant::now();
     let submitted = client
         .submit_export(pb::SubmitExportRequest {
-            subject: Some(pb::Subject {
-                tenant_id: tenant.clone(),
-                phone: subject.phone.clone(),
-                ..Default::default()
-            }),
+            subject: Some(subject.clone()),
             regime: pb::Regime::Gdpr as i32,
             requested_by: "dsr bench".into(),
             ..Default::default()
@@ -104,21 +157,26 @@ pub async fn export(
     while let Some(r) = watch.message().await? {
         last = Some(r);
     }
-    let export_secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
     let done = last.context("the watch ended without a message")?;
     anyhow::ensure!(
         done.status == pb::RequestStatus::Completed as i32,
         "the export did not complete: {done:?}"
     );
-    let info = done.export.context("a completed export without ExportInfo")?;
+    let mut info = done.export.context("a completed export without ExportInfo")?;
+    // Carry the id along for the download.
+    info.format = submitted.id;
+    Ok((secs, info))
+}
 
-    let out = settings.data_dir.join("bench-export.zip");
+/// The whole archive over gRPC into a file, checked against ExportInfo and synced.
+async fn download_once(client: &mut Client, info: &pb::ExportInfo, out: &Path) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut stream = client
-        .download_export(pb::DownloadExportRequest { id: submitted.id.clone(), offset: 0 })
+        .download_export(pb::DownloadExportRequest { id: info.format.clone(), offset: 0 })
         .await?
         .into_inner();
-    let mut file = tokio::fs::File::create(&out).await?;
+    let mut file = tokio::fs::File::create(out).await?;
     let mut sha = Sha256::new();
     let mut got = 0u64;
     while let Some(chunk) = stream.message().await? {
@@ -127,30 +185,14 @@ pub async fn export(
         file.write_all(&chunk.data).await?;
     }
     file.flush().await?;
-    let download_secs = started.elapsed().as_secs_f64();
+    file.sync_all().await?;
+    let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         got == info.size_bytes && hex::encode(sha.finalize()) == info.sha256,
         "the download does not match ExportInfo"
     );
-    let peak_kib = server.peak_rss_kib()?;
-    server.stop();
-    tokio::fs::remove_file(&out).await.ok();
-
-    let mibs = |secs: f64| bytes as f64 / MIB / secs;
-    println!("cat (floor)     {cat_secs:>7.2} s   {:>7.0} MiB/s", mibs(cat_secs));
-    println!(
-        "export          {export_secs:>7.2} s   {:>7.0} MiB/s   {:>5.0}% of cat   (submit to COMPLETED: parts, archive written and hashed)",
-        mibs(export_secs),
-        100.0 * cat_secs / export_secs
-    );
-    println!(
-        "download        {download_secs:>7.2} s   {:>7.0} MiB/s   {:>5.0}% of cat   (gRPC stream to a file, sha256 checked)",
-        mibs(download_secs),
-        100.0 * cat_secs / download_secs
-    );
-    println!("archive         {:.0} MiB, sha256 {}", info.size_bytes as f64 / MIB, info.sha256);
-    println!("server peak RSS {:>7.1} MiB (VmHWM of the dsr serve process)", peak_kib as f64 / 1024.0);
-    Ok(())
+    tokio::fs::remove_file(out).await.ok();
+    Ok(secs)
 }
 
 fn local_dir(url: &str) -> Option<PathBuf> {
@@ -186,8 +228,11 @@ impl Server {
 
     async fn connect(&mut self) -> anyhow::Result<DataSubjectRightsClient<tonic::transport::Channel>> {
         for _ in 0..200 {
-            if let Ok(c) = DataSubjectRightsClient::connect(format!("http://{}", self.addr)).await {
-                return Ok(c);
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+                .initial_stream_window_size(crate::cli::DOWNLOAD_WINDOW)
+                .initial_connection_window_size(crate::cli::DOWNLOAD_WINDOW);
+            if let Ok(channel) = endpoint.connect().await {
+                return Ok(DataSubjectRightsClient::new(channel));
             }
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("dsr serve exited ({status}); see bench-server.log in the data directory");

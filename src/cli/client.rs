@@ -59,6 +59,9 @@ pub struct SubmitArgs {
     pub watch: bool,
 }
 
+/// HTTP/2 flow-control window of the client's connections.
+pub const DOWNLOAD_WINDOW: u32 = 8 * 1024 * 1024;
+
 pub(super) type Client = DataSubjectRightsClient<InterceptedService<Channel, Auth>>;
 
 #[derive(Clone)]
@@ -87,6 +90,10 @@ async fn channel(conn: &Connection) -> anyhow::Result<(Channel, Auth)> {
     crate::startup::install_crypto_provider();
     let channel = Channel::from_shared(conn.server.clone())
         .context("--server is not a URL")?
+        // Export downloads: HTTP/2's default 64 KiB window would cap a stream at one window per
+        // round trip.
+        .initial_stream_window_size(DOWNLOAD_WINDOW)
+        .initial_connection_window_size(DOWNLOAD_WINDOW)
         .connect()
         .await
         .with_context(|| format!("cannot reach the dsr server at {}", conn.server))?;

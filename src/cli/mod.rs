@@ -3,6 +3,7 @@
 //! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
 
 mod client;
+pub use client::DOWNLOAD_WINDOW;
 mod export;
 mod server;
 
@@ -187,6 +188,9 @@ pub enum BenchCommand {
         /// Recordings the total is split into.
         #[arg(long, default_value_t = 64)]
         calls: usize,
+        /// Runs of (cat, export, download); the median of each is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -252,9 +256,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             BenchCommand::Deletions { loc, subjects, calls } => {
                 crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
             }
-            BenchCommand::Export { loc, total_mib, calls } => {
+            BenchCommand::Export { loc, total_mib, calls, runs } => {
                 let settings = crate::config::Settings::load(&loc)?;
-                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls).await
+                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
             }
         },
         Command::Sweep { .. } => {

@@ -28,7 +28,7 @@ pub use part::{PartSummary, PartWriter};
 
 use crate::{
     config::{ExportNotice, Settings},
-    stores::{open_object_store, StoreError, StoreResult},
+    stores::{open_durable_object_store, StoreError, StoreResult},
 };
 
 /// The archive format `ExportInfo.format` names.
@@ -45,7 +45,7 @@ impl ExportStorage {
     pub fn open(settings: &Settings) -> anyhow::Result<Self> {
         let x = &settings.file.export;
         Ok(Self {
-            objects: open_object_store(&settings.exports_url)?,
+            objects: open_durable_object_store(&settings.exports_url)?,
             expiry: Duration::days(x.expiry_days.into()),
             notice: x.notice.clone(),
         })

@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use export::{export_rows, row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
-pub use objects::open_object_store;
+pub use objects::{open_durable_object_store, open_object_store};
 
 use crate::{
     config::Settings,

@@ -13,6 +13,17 @@ use url::Url;
 const LOCAL_READ_CHUNK: usize = 512 * 1024;
 
 pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    open(url, false)
+}
+
+/// Like `open_object_store`, but a local directory syncs every file it writes to disk before the
+/// write returns (S3 acknowledges only durable writes anyway): for what the ledger records as
+/// done, such as export archives.
+pub fn open_durable_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    open(url, true)
+}
+
+fn open(url: &str, fsync: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let parsed = Url::parse(url)
         .with_context(|| format!("{url:?} is not an object store URL (file:///dir or s3://bucket/prefix)"))?;
     match parsed.scheme() {
@@ -23,7 +34,7 @@ pub fn open_object_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Reads stream in large chunks (the default is 8 KiB): fewer, bigger copies.
             Ok(Arc::new(ChunkedStore::new(
-                Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
+                Arc::new(LocalFileSystem::new_with_prefix(&dir)?.with_fsync(fsync)),
                 LOCAL_READ_CHUNK,
             )))
         }

@@ -8,6 +8,7 @@
 mod audit;
 mod events;
 mod requests;
+mod stats;
 mod tasks;
 
 use sqlx::{any::AnyRow, Row};
@@ -15,6 +16,7 @@ use sqlx::{any::AnyRow, Row};
 pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
 pub use events::{EventRecord, NewEvent};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
+pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
 pub use tasks::{ClaimedTask, Fenced, TaskResult};
 
 use crate::{

@@ -11,6 +11,7 @@ mod deletion;
 mod faults;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod protocol;
 mod rectification;
 mod security;

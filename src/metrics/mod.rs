@@ -205,6 +205,61 @@ mod tests {
         }
     }
 
+    /// Every series name a scrape can show (samples, not just families).
+    fn exposed_names() -> std::collections::BTreeSet<String> {
+        let m = Metrics::new();
+        m.request_submitted(RequestKind::Deletion);
+        m.request_ended(RequestKind::Deletion, RequestStatus::Completed);
+        m.task_attempt("accounts", TaskEnd::Retry, Duration::from_millis(1));
+        m.rpc_finished("dsr.v1.DataSubjectRights/GetRequest", "OK", Duration::from_millis(1));
+        let gauges = LedgerGauges {
+            queues: vec![("accounts".into(), crate::ledger::QueueCounts::default())],
+            ..Default::default()
+        };
+        let mut out = String::new();
+        m.encode(&mut out).unwrap();
+        LedgerGauges::encode(Some(&gauges), &mut out).unwrap();
+        out.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_names_only_metrics_the_service_exposes() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../helm/dsr/dashboards/dsr.json")).unwrap();
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        assert!(exprs.len() > 10);
+        let exposed = exposed_names();
+        let mut used = std::collections::BTreeSet::new();
+        for expr in exprs {
+            for (at, _) in expr.match_indices("dsr_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                assert!(
+                    exposed.contains(&name),
+                    "the dashboard queries {name}, which dsr does not expose: {exposed:?}"
+                );
+                used.insert(name);
+            }
+        }
+        for needed in
+            ["dsr_requests_past_deadline", "dsr_requests_due_soon", "dsr_task_duration_seconds_bucket"]
+        {
+            assert!(used.contains(needed), "the dashboard shows {needed}");
+        }
+    }
+
     #[test]
     fn every_task_end_has_its_own_outcome_label() {
         let mut labels: Vec<_> = OutcomeState::ALL.iter().map(|s| TaskEnd::Outcome(*s).label()).collect();

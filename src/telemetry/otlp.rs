@@ -63,7 +63,22 @@ pub(super) fn trace_export(env: impl Fn(&str) -> Option<String>) -> (TraceExport
             "OTEL_EXPORTER_OTLP_PROTOCOL={p} is not supported: dsr exports OTLP over gRPC (port 4317 on a collector)"
         ));
     }
-    (TraceExport::Otlp { endpoint: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()) }, warnings)
+    let endpoint = without_credentials(endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT));
+    (TraceExport::Otlp { endpoint }, warnings)
+}
+
+/// The endpoint as it may be logged: any `user:password@` removed.
+fn without_credentials(endpoint: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => endpoint.to_owned(),
+            }
+        }
+        None => endpoint.to_owned(),
+    }
 }
 
 /// `service.name` is `dsr` unless `OTEL_SERVICE_NAME` or `service.name` in
@@ -184,6 +199,14 @@ mod tests {
         let (e, w) = trace_export(env(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")]));
         assert_eq!(e, TraceExport::Off);
         assert!(w[0].contains("zipkin"), "{w:?}");
+    }
+
+    #[test]
+    fn credentials_in_the_endpoint_are_not_logged() {
+        let (e, _) =
+            trace_export(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:s3cret@collector:4317/x@y")]));
+        assert_eq!(e, TraceExport::Otlp { endpoint: "http://collector:4317/x@y".into() });
+        assert_eq!(without_credentials("collector:4317"), "collector:4317");
     }
 
     #[test]

@@ -635,7 +635,7 @@ async fn a_deletion_is_one_trace_from_the_call_through_every_store_and_names_no_
         assert_eq!(l["trace_id"], CALLER_TRACE, "{l}");
         assert!(tasks.iter().any(|t| l["span_id"] == t.span_id.as_str()), "{l}");
     }
-    assert!(text.contains("traces flushed"), "{text}");
+    assert!(text.contains("span exporter shut down"), "{text}");
 }
 
 /// Reads `/metrics` over plain HTTP/1.0.

@@ -118,7 +118,7 @@ impl Telemetry {
         // runs on the runtime: do not block a runtime thread on it.
         let flushed = std::thread::spawn(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT)).join();
         match flushed {
-            Ok(Ok(())) => tracing::info!("traces flushed"),
+            Ok(Ok(())) => tracing::info!("span exporter shut down: queued spans sent"),
             Ok(Err(e)) => tracing::warn!(error = %e, "flushing traces at shutdown failed"),
             Err(_) => tracing::warn!("flushing traces at shutdown panicked"),
         }

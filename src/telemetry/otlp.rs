@@ -1,7 +1,14 @@
 //! The OpenTelemetry tracer provider: whether to export (the standard `OTEL_*` variables
 //! decide), the resource (`service.name` defaults to `dsr`), and an OTLP/gRPC exporter whose
 //! calls run on the service's tokio runtime.
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{
@@ -118,16 +125,20 @@ pub(super) fn provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider
                 .map_err(|e| anyhow::anyhow!("OpenTelemetry exporter to {endpoint}: {e}"))?;
             // The sampler (OTEL_TRACES_SAMPLER, default parent-based always-on) and the batch
             // settings (OTEL_BSP_*) come from the environment.
-            builder.with_batch_exporter(OnRuntime { inner: Arc::new(exporter), runtime }).build()
+            let exporter = OnRuntime { inner: Arc::new(exporter), runtime, failing: AtomicBool::new(false) };
+            builder.with_batch_exporter(exporter).build()
         }
     })
 }
 
 /// Runs each export on the service's tokio runtime. The SDK's batch processor exports from a
 /// thread of its own with a plain executor, where tonic's channel (timers, I/O) has no reactor.
+/// Also says when exports start failing and when they work again (the SDK itself is built
+/// without its internal logs), once per change rather than once per batch.
 struct OnRuntime<E> {
     inner: Arc<E>,
     runtime: tokio::runtime::Handle,
+    failing: AtomicBool,
 }
 
 impl<E> fmt::Debug for OnRuntime<E> {
@@ -139,10 +150,21 @@ impl<E> fmt::Debug for OnRuntime<E> {
 impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let inner = self.inner.clone();
-        match self.runtime.spawn(async move { inner.export(batch).await }).await {
+        let spans = batch.len();
+        let result = match self.runtime.spawn(async move { inner.export(batch).await }).await {
             Ok(result) => result,
             Err(e) => Err(OTelSdkError::InternalFailure(format!("export task: {e}"))),
+        };
+        match &result {
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %e, spans, "exporting spans failed; batches are dropped until the collector answers")
+            }
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!("exporting spans works again")
+            }
+            _ => {}
         }
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

@@ -225,6 +225,7 @@ if tomllib:
         "server": {"listen", "request_timeout_secs", "max_concurrent_requests", "max_message_bytes", "shutdown_grace_secs"},
         "engine": {"workers", "lease_secs", "max_attempts", "backoff_base_ms", "backoff_max_ms"},
         "metrics": {"listen"},
+        "export": {"expiry_days"},
     }
     for table, keys in expected.items():
         need(set(conf.get(table, {})) == keys, f"dsr.toml [{table}] has keys {sorted(keys)}")
@@ -321,6 +322,7 @@ if mode == "external":
             need(ok, f"migration Job reads {e['name']} from a Secret that exists at pre-install")
     need("DATABASE_URL" in env, "server gets DATABASE_URL")
     need("DSR_RECORDINGS_URL" in env and env["DSR_RECORDINGS_URL"]["value"].startswith("s3://"), "DSR_RECORDINGS_URL s3://")
+    need("DSR_EXPORTS_URL" in env and env["DSR_EXPORTS_URL"]["value"].startswith("s3://"), "DSR_EXPORTS_URL s3://")
     need("OTEL_EXPORTER_OTLP_ENDPOINT" in env, "OTEL_EXPORTER_OTLP_ENDPOINT")
     need(len(kinds("HorizontalPodAutoscaler")) == 1 and "replicas" not in dep["spec"], "HPA owns the replica count")
     need(dep["spec"]["strategy"]["type"] == "RollingUpdate", "RollingUpdate")
@@ -442,6 +444,8 @@ check "refuses: an https OTLP endpoint (the exporter speaks plain gRPC to an in-
   expect_fail "endpoint|pattern" helm_template --set otel.endpoint=https://collector:4317
 check "refuses: a token hash that is not sha256 hex" \
   expect_fail "tokenSha256|pattern" helm_template --set-json 'auth.tokens=[{"name":"x","tokenSha256":"abc","scopes":["dsr.read"]}]'
+check "refuses: several replicas with export archives on a pod's own disk" \
+  expect_fail "exports.url must be an s3:// location" helm_template --set database.url=postgres://x@db/dsr --set replicaCount=2
 check "refuses: terminationGracePeriodSeconds shorter than the drain" \
   expect_fail "must be greater than" helm_template --set terminationGracePeriodSeconds=10
 check "refuses: tokens smuggled into config.extraToml" \

@@ -27,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod export;
 pub mod ledger;
 pub mod metrics;
 pub mod privacy;

@@ -16,7 +16,8 @@ use crate::{
     config::{Settings, TlsConfig},
     db::Db,
     engine::{Engine, Signals},
-    ledger::Ledger,
+    export::ExportStorage,
+    ledger::{Ledger, ARCHIVE_TASK},
     metrics::{Metrics, MetricsEndpoint},
     privacy::KeyedHasher,
     stores::{StoreAdapter, StoreRegistry},
@@ -91,6 +92,7 @@ impl Application {
         let hasher =
             KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
         let signals = Signals::default();
+        let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
         let metrics = Arc::new(Metrics::new());
         let metrics_endpoint = match settings.file.metrics.listen {
             Some(addr) => Some(
@@ -99,7 +101,8 @@ impl Application {
                     metrics.clone(),
                     ledger.clone(),
                     clock.clone(),
-                    stores.all().iter().map(|a| a.name().to_owned()).collect(),
+                    // Each store's queue, and the exports' archive step.
+                    stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]).map(str::to_owned).collect(),
                 )
                 .await?,
             ),
@@ -108,6 +111,7 @@ impl Application {
         let engine = Arc::new(Engine::new(
             ledger.clone(),
             stores.clone(),
+            exports.clone(),
             clock.clone(),
             &settings.file,
             signals.clone(),
@@ -116,6 +120,7 @@ impl Application {
         let ctx = Arc::new(ServiceContext {
             ledger,
             stores,
+            exports,
             clock,
             hasher,
             signals,
@@ -191,6 +196,13 @@ impl Application {
             true => tokio::spawn(async {}),
             false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
         };
+        let janitor = tokio::spawn(crate::export::run_janitor(
+            self.ctx.exports.clone(),
+            self.ctx.ledger.clone(),
+            self.ctx.clock.clone(),
+            Duration::from_secs(self.settings.file.export.janitor_interval_secs),
+            stop.clone(),
+        ));
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         // Scrapes go on while the server drains; the endpoint stops last.
@@ -246,6 +258,7 @@ impl Application {
         if let Err(e) = engine_task.await {
             warn!(error = %e, "engine task ended abnormally");
         }
+        let _ = janitor.await;
         metrics_stop.cancel();
         if let Some(task) = metrics_task {
             let _ = task.await;
@@ -256,8 +269,8 @@ impl Application {
     }
 }
 
-/// Picks rustls' crypto: both `ring` (tonic) and `aws-lc-rs` (the S3 client) are linked, so
-/// rustls cannot choose by itself. Idempotent.
+/// Picks rustls' crypto provider (ring) for tonic's TLS and the S3 client, which is built
+/// without a provider of its own. Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

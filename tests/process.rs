@@ -270,6 +270,105 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice_on_
     a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(Backend::Postgres).await
 }
 
+/// Exports killed mid-archive: after the restart every export completes once, and every archive
+/// is whole (its sha256 matches ExportInfo and any ZIP reader accepts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let seeded = seed(dir.path(), &db, "acme", 24, 3);
+    let mut first = start_server(dir.path(), &db, &cfg, &log1);
+    let mut c = client(first.addr).await;
+    let mut ids = Vec::new();
+    for s in &seeded {
+        let subject = pb::Subject {
+            tenant_id: "acme".into(),
+            phone: s["phone"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        let r =
+            c.submit_export(pb::SubmitExportRequest { subject: Some(subject), ..Default::default() }).await;
+        ids.push(r.unwrap().into_inner().id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let done =
+            statuses(&mut c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
+        if done > 0 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "no export completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    assert!(done_at_kill < ids.len(), "everything finished before the kill; the test proved nothing");
+
+    let mut second = start_server(dir.path(), &db, &cfg, &log2);
+    let mut c = client(second.addr).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let all = loop {
+        let all = statuses(&mut c).await;
+        if all
+            .values()
+            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
+        {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "exports did not finish after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all.len(), ids.len());
+    for r in all.values() {
+        assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
+        let info = r.export.clone().expect("ExportInfo");
+        let mut stream = c
+            .download_export(pb::DownloadExportRequest { id: r.id.clone(), offset: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            archive.extend_from_slice(&chunk.data);
+        }
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&archive)), info.sha256, "{}", r.id);
+        let path = dir.path().join(format!("{}.zip", r.id));
+        std::fs::write(&path, &archive).unwrap();
+        let check = Command::new("python3")
+            .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(len(z.namelist()))"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}: {}", r.id, String::from_utf8_lossy(&check.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "8",
+            "4 JSON files, 3 recordings, the manifest"
+        );
+    }
+    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
+    )
+    .fetch_all(ledger.pool())
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
+    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap();
+    assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
+    eprintln!("{done_at_kill}/24 exports done at the kill");
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    assert_no_canaries(&log1, &canaries(&seeded));
+    assert_no_canaries(&log2, &canaries(&seeded));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,6 +475,62 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     assert!(ok && out.contains(&id), "{out}");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_and_download_commands_fetch_a_verified_archive_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let run = |args: &[&str]| cli(server.addr, None, args);
+    let phone = seeded[1]["phone"].as_str().unwrap();
+    let out_zip = dir.path().join("subject.zip");
+    let (ok, out, err) = run(&[
+        "export",
+        "--tenant",
+        "acme",
+        "--phone",
+        phone,
+        "--regime",
+        "gdpr",
+        "-o",
+        out_zip.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("COMPLETED") && out.contains("(verified)"), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    // Any ZIP reader opens it: Python's zipfile checks every entry's CRC.
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print('\\n'.join(sorted(z.namelist())))"])
+        .arg(&out_zip)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let names = String::from_utf8_lossy(&check.stdout);
+    assert!(names.contains("manifest.json") && names.contains("call_logs.json"), "{names}");
+    assert_eq!(names.lines().filter(|n| n.starts_with("recordings/")).count(), 3, "{names}");
+
+    // A download cut short resumes from its partial file.
+    let whole = std::fs::read(&out_zip).unwrap();
+    let again = dir.path().join("again.zip");
+    std::fs::write(dir.path().join("again.zip.part"), &whole[..whole.len() / 3]).unwrap();
+    let (ok, out, err) = run(&["download", &id, "-o", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("resuming at byte"), "{err}");
+    assert!(out.contains("(verified)"), "{out}");
+    assert!(std::fs::read(&again).unwrap() == whole);
+    // A corrupt partial file is caught by the sha256 and removed.
+    let bad = dir.path().join("bad.zip");
+    std::fs::write(dir.path().join("bad.zip.part"), vec![0u8; 10]).unwrap();
+    let (ok, _, err) = run(&["download", &id, "-o", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("sha256 mismatch"), "{err}");
+    assert!(!dir.path().join("bad.zip.part").exists());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_no_canaries(&log, &canaries(&seeded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

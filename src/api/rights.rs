@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::{
     auth::{Caller, Scope},
-    convert,
+    convert, download,
     error::ApiError,
     pb, watch,
 };
@@ -19,7 +19,8 @@ use crate::{
         due_at, parse_text, Corrections, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject,
     },
     engine::Signals,
-    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted},
+    export::ExportStorage,
+    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted, ARCHIVE_TASK},
     metrics::Metrics,
     privacy::KeyedHasher,
     stores::{CorrectionConflict, StoreRegistry},
@@ -32,6 +33,7 @@ type ApiResult<T> = Result<Response<T>, Status>;
 pub struct ServiceContext {
     pub ledger: Ledger,
     pub stores: StoreRegistry,
+    pub exports: Arc<ExportStorage>,
     pub clock: SharedClock,
     pub hasher: KeyedHasher,
     pub signals: Signals,
@@ -134,7 +136,17 @@ impl RightsService {
             // This call's server span: every store task's span is its child, in the caller's
             // trace when the call carried a `traceparent`.
             trace_context: current_traceparent(),
-            stores: ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
+            stores: match s.kind {
+                // Every store writes its part at once; the archive follows them all.
+                RequestKind::Export => ctx
+                    .stores
+                    .all()
+                    .iter()
+                    .map(|a| (a.name().to_owned(), 0))
+                    .chain([(ARCHIVE_TASK.to_owned(), 1)])
+                    .collect(),
+                _ => ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
+            },
             attempt_limit: ctx.config.engine.max_attempts,
             detail,
         };
@@ -205,11 +217,11 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     async fn submit_export(&self, req: Request<pb::SubmitExportRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         caller.require(Scope::Export)?;
-        let pb::SubmitExportRequest { subject, .. } = req.into_inner();
-        caller.require_tenant(
-            &convert::subject("subject", subject).map_err(ApiError::from)?.tenant.to_string(),
-        )?;
-        Err(ApiError::Unimplemented("SubmitExport").into())
+        let pb::SubmitExportRequest { subject, regime, idempotency_key, requested_by } = req.into_inner();
+        let s = parse_submission(RequestKind::Export, subject, regime, &idempotency_key, &requested_by)
+            .map_err(ApiError::from)?;
+        caller.require_tenant(s.subject.tenant.as_str())?;
+        Ok(Response::new(self.submit(s, caller.name).await?))
     }
 
     async fn submit_deletion(&self, req: Request<pb::SubmitDeletionRequest>) -> ApiResult<pb::DsrRequest> {
@@ -376,15 +388,19 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         Ok(Response::new(pb::PreviewSubjectResponse { stores }))
     }
 
-    type DownloadExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>>;
+    type DownloadExportStream = download::ChunkStream;
 
     async fn download_export(
         &self,
         req: Request<pb::DownloadExportRequest>,
     ) -> ApiResult<Self::DownloadExportStream> {
         let caller = Caller::of(&req)?;
-        self.authorize_id(&caller, &req.into_inner().id, Some(Scope::Read)).await?;
-        Err(ApiError::Unimplemented("DownloadExport").into())
+        let pb::DownloadExportRequest { id, offset } = req.into_inner();
+        // The archive is the subject's data itself: only callers who may export may fetch it.
+        let id = self.authorize_id(&caller, &id, Some(Scope::Export)).await?;
+        let request = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
+        let stream = download::open(&self.ctx, &request, offset, caller.name).await?;
+        Ok(Response::new(stream))
     }
 
     async fn extend_deadline(&self, req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {

@@ -1,8 +1,9 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
-//! client for people (`delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
+//! client for people (`export`, `download`, `delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
 //! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
 
 mod client;
+mod export;
 mod server;
 
 use std::process::ExitCode;
@@ -64,14 +65,32 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure: seed two identical tenants, erase one through gRPC and one by hand-written SQL.
+    /// Measure against a floor taken in the same run: `deletions` (hand-written SQL) or
+    /// `export` (`cat` of the same recordings). Build with --release for real numbers.
     Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Submit an export of everything held on a subject; with -o, wait for it and download the
+    /// archive.
+    Export {
         #[command(flatten)]
-        loc: Locations,
-        #[arg(long, default_value_t = 1000)]
-        subjects: usize,
-        #[arg(long, default_value_t = 20)]
-        calls: usize,
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        #[command(flatten)]
+        submit: client::SubmitArgs,
+        /// Wait for the export, then download its archive here (the sha256 is checked).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Download a finished export's archive (resumes a partial download; checks the sha256).
+    Download {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
     },
     /// Submit a deletion of everything held on a subject.
     Delete {
@@ -148,6 +167,30 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
+    Deletions {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+    },
+    /// Export one subject with --total-mib of recordings through a `dsr serve` child process;
+    /// compare with `cat` of the same files and report the server's peak memory.
+    Export {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1024)]
+        total_mib: usize,
+        /// Recordings the total is split into.
+        #[arg(long, default_value_t = 64)]
+        calls: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain on the server; exits non-zero when it is broken.
     Verify {
@@ -213,14 +256,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { loc, subjects, calls } => {
-            crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
-        }
+        Command::Bench { what } => match what {
+            BenchCommand::Deletions { loc, subjects, calls } => {
+                crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
+            }
+            BenchCommand::Export { loc, total_mib, calls } => {
+                let settings = crate::config::Settings::load(&loc)?;
+                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls).await
+            }
+        },
         Command::Sweep { .. } => {
             anyhow::bail!(
                 "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"
             )
         }
+        Command::Export { conn, subject, submit, output } => {
+            export::export(&conn, &subject, &submit, output.as_deref()).await
+        }
+        Command::Download { conn, id, output } => export::download(&conn, &id, &output).await,
         Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
         Command::Rectify { conn, subject, corrections, submit } => {
             client::rectify(&conn, &subject, &corrections, &submit).await

@@ -1,9 +1,10 @@
 //! What a task does, by request kind: the steps of an erasure (count, checkpoint, erase,
-//! verify), of a rectification (count, checkpoint, rectify, read back), and the result they add
-//! up to.
+//! verify), of a rectification (count, checkpoint, rectify, read back), of an export (the store's
+//! part, then the archive), and the result they add up to.
 use crate::{
     domain::{Corrections, OutcomeState, RequestKind, Subject},
-    ledger::{ClaimedTask, Fenced, SubjectRecord, TaskResult},
+    export::{assemble, ArchiveJob, PartWriter},
+    ledger::{ClaimedTask, Fenced, SubjectRecord, TaskResult, ARCHIVE_TASK},
     stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 
@@ -11,6 +12,9 @@ use super::Engine;
 
 impl Engine {
     pub(super) async fn execute(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
+        if task.store == ARCHIVE_TASK {
+            return self.archive(task).await;
+        }
         let adapter = self.stores.get(&task.store).ok_or_else(|| {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
@@ -35,10 +39,54 @@ impl Engine {
                 }
                 self.rectify(adapter.as_ref(), task, &subject, &corrections).await
             }
-            RequestKind::Export => {
-                Err(StoreError::Fatal(format!("{} is not supported by this version", task.kind)))
-            }
+            RequestKind::Export => self.export_part(adapter.as_ref(), task, &subject).await,
         }
+    }
+
+    /// Writes the store's part of an export. Changes nothing in the store, so a retry simply
+    /// writes the part again.
+    async fn export_part(
+        &self,
+        adapter: &dyn StoreAdapter,
+        task: &ClaimedTask,
+        subject: &Subject,
+    ) -> StoreResult<TaskResult> {
+        let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
+        if let Err(e) = adapter.export(subject, &mut part).await {
+            part.abort().await;
+            return Err(e);
+        }
+        let summary = part.finish().await?;
+        let exported = summary.records + summary.files.len() as u64;
+        Ok(TaskResult {
+            state: OutcomeState::Done,
+            found: exported,
+            affected: exported,
+            retention_basis: None,
+            retained_until: None,
+            verified: false,
+            detail: None,
+            export: None,
+        })
+    }
+
+    /// The last step of an export: the archive, from every store's part. Its result carries the
+    /// archive's record, written with the task's end; the parts go once that is committed
+    /// (`run_task`), or with the archive when it expires.
+    async fn archive(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
+        let job =
+            ArchiveJob { request_id: &task.request_id, tenant_id: &task.tenant_id, now: self.clock.now() };
+        let archive = assemble(&self.exports, &self.stores, &self.ledger, job).await?;
+        Ok(TaskResult {
+            state: OutcomeState::Done,
+            found: 1,
+            affected: 1,
+            retention_basis: None,
+            retained_until: None,
+            verified: false,
+            detail: Some(format!("archive: {} bytes", archive.size_bytes)),
+            export: Some(archive),
+        })
     }
 
     /// Records of the subject the store held before this attempt (or the first one) changed
@@ -98,6 +146,7 @@ impl Engine {
             retained_until: hold.map(|h| h.until),
             verified: true,
             detail,
+            export: None,
         })
     }
 
@@ -129,6 +178,7 @@ impl Engine {
                     retained_until: None,
                     verified,
                     detail: None,
+                    export: None,
                 }
             }
             Erasure::Retained { found, affected, basis, until } => TaskResult {
@@ -139,6 +189,7 @@ impl Engine {
                 retained_until: Some(until),
                 verified,
                 detail: None,
+                export: None,
             },
         })
     }
@@ -153,5 +204,6 @@ fn skipped(why: &str) -> TaskResult {
         retained_until: None,
         verified: false,
         detail: Some(why.to_owned()),
+        export: None,
     }
 }

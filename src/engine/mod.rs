@@ -23,15 +23,20 @@ pub use signals::Signals;
 use crate::{
     clock::SharedClock,
     config::{EngineConfig, FileConfig},
-    ledger::{ClaimedTask, Fenced, Ledger},
+    export::ExportStorage,
+    ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
     metrics::{Metrics, TaskEnd},
     stores::{StoreError, StoreRegistry},
     telemetry::propagation::context_from_traceparent,
 };
 
+/// Export archives assembled at once by one process (each streams every recording of a subject).
+const ARCHIVE_CONCURRENCY: usize = 2;
+
 pub struct Engine {
     ledger: Ledger,
     stores: StoreRegistry,
+    exports: Arc<ExportStorage>,
     clock: SharedClock,
     config: EngineConfig,
     signals: Signals,
@@ -39,6 +44,7 @@ pub struct Engine {
     /// host is a different owner.
     owner: String,
     workers: Arc<Semaphore>,
+    /// One queue per store, plus `archive` (exports' last step), each with its own limit.
     per_store: HashMap<&'static str, Arc<Semaphore>>,
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
@@ -49,20 +55,23 @@ impl Engine {
     pub fn new(
         ledger: Ledger,
         stores: StoreRegistry,
+        exports: Arc<ExportStorage>,
         clock: SharedClock,
         file: &FileConfig,
         signals: Signals,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let per_store = stores
+        let mut per_store: HashMap<&'static str, Arc<Semaphore>> = stores
             .all()
             .iter()
             .map(|a| (a.name(), Arc::new(Semaphore::new(file.store(a.name()).concurrency))))
             .collect();
+        per_store.insert(ARCHIVE_TASK, Arc::new(Semaphore::new(ARCHIVE_CONCURRENCY)));
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
             ledger,
             stores,
+            exports,
             clock,
             config: file.engine.clone(),
             signals,
@@ -86,15 +95,16 @@ impl Engine {
         let mut db_trouble = 0u32;
         while !shutdown.is_cancelled() {
             let mut claimed = 0;
-            for adapter in self.stores.all() {
-                let store_sem = &self.per_store[adapter.name()];
+            let queues = self.stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]);
+            for queue in queues {
+                let store_sem = &self.per_store[queue];
                 let free = store_sem.available_permits().min(self.workers.available_permits());
                 if free == 0 {
                     continue;
                 }
                 let tasks = match self
                     .ledger
-                    .claim(adapter.name(), free, &self.owner, self.config.lease(), self.clock.now())
+                    .claim(queue, free, &self.owner, self.config.lease(), self.clock.now())
                     .await
                 {
                     Ok(tasks) => {
@@ -103,7 +113,7 @@ impl Engine {
                     }
                     Err(e) => {
                         db_trouble += 1;
-                        warn!(store = adapter.name(), error = %e, "claiming tasks failed");
+                        warn!(store = queue, error = %e, "claiming tasks failed");
                         continue;
                     }
                 };
@@ -196,7 +206,14 @@ impl Engine {
                     span.record("dsr.records_found", i64::try_from(result.found).unwrap_or(i64::MAX));
                     span.record("dsr.records_affected", i64::try_from(result.affected).unwrap_or(i64::MAX));
                     span.record("dsr.verified", result.verified);
-                    (TaskEnd::Outcome(result.state), self.ledger.finish(&task, &result, self.clock.now()).await)
+                    let recorded = self.ledger.finish(&task, &result, self.clock.now()).await;
+                    if result.export.is_some() && matches!(recorded, Ok(Fenced::Applied(_))) {
+                        // The archive holds the parts now (and is recorded): they can go.
+                        if let Err(e) = self.exports.delete_parts(&task.request_id).await {
+                            warn!(error = %e, "deleting the export's parts failed; they go when the archive expires");
+                        }
+                    }
+                    (TaskEnd::Outcome(result.state), recorded)
                 }
                 Some(Err(err)) => self.record_failure(&task, &err).await,
             };

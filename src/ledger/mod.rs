@@ -7,6 +7,7 @@
 
 mod audit;
 mod events;
+mod exports;
 mod requests;
 mod stats;
 mod tasks;
@@ -15,6 +16,7 @@ use sqlx::{any::AnyRow, Row};
 
 pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
 pub use events::{EventRecord, NewEvent};
+pub use exports::{ExportRecord, ARCHIVE_TASK};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
 pub use tasks::{ClaimedTask, Fenced, TaskResult};
@@ -76,6 +78,8 @@ pub struct RequestRecord {
     pub deadline_extended: bool,
     pub version: i64,
     pub outcomes: Vec<TaskRecord>,
+    /// An export's archive, once it has one.
+    pub export: Option<ExportRecord>,
 }
 
 /// One store's outcome as stored.

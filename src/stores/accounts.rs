@@ -12,9 +12,10 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{Ident, Key, Predicate},
-    CorrectionConflict, Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
+    CorrectionConflict, Erasure, ExportSink, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     db::{Db, Tx},
@@ -268,5 +269,14 @@ impl StoreAdapter for AccountsStore {
         );
         let q = columns.iter().fold(p.query_as::<(i64,)>(&sql), |q, (_, _, value)| q.bind(*value));
         Ok(q.fetch_one(self.db.pool()).await?.0 == 0)
+    }
+
+    /// An erased account (personal columns cleared, row kept for billing) holds nothing of the
+    /// subject any more, so it is not exported.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, NOT_ERASED, sink).await
     }
 }

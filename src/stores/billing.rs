@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
-    Erasure, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
+    Erasure, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},
@@ -138,5 +139,13 @@ impl StoreAdapter for BillingStore {
 
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
         Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    }
+
+    /// Restricted rows are exported too: a hold limits their use, not the subject's access.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, "", sink).await
     }
 }

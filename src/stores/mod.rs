@@ -13,12 +13,16 @@
 //! in place although it is under a legal hold (a hold forbids erasure, not accuracy). A store
 //! that holds none of the corrected fields is SKIPPED.
 //!
+//! On export every store writes its records as JSON objects (`export::export_rows`); recordings
+//! list their audio objects, which the archive copies in byte for byte (`read_file`).
+//!
 //! `reference` creates the reference schema; `objects` opens the object store; `sql` builds the
 //! tenant-scoped subject predicates every SQL adapter uses and the phone move the four
 //! phone-keyed stores share.
 
 mod accounts;
 mod billing;
+mod export;
 mod objects;
 mod recordings;
 pub mod reference;
@@ -30,6 +34,7 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use export::{export_rows, row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::open_object_store;
 
 use crate::{
@@ -189,6 +194,16 @@ pub trait StoreAdapter: Send + Sync + 'static {
     /// Reads back after a rectify: `true` only if the subject's records hold the new values and
     /// nothing of the subject is left under a corrected identifier's old value.
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool>;
+
+    /// Writes everything the store holds on the subject into `sink`: its records, and the files
+    /// that go into the archive as they are. Returns the number of records (files count as
+    /// records: a recording is one). Changes nothing.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64>;
+
+    /// Opens a file that `export` listed, by its key. Stores that list no files keep the default.
+    async fn read_file(&self, _key: &str) -> StoreResult<ByteStream> {
+        Err(StoreError::Fatal(format!("the {} store lists no files to read", self.name())))
+    }
 }
 
 /// The adapters in store order.

@@ -3,9 +3,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
-    Erasure, Holdings, Rectification, StoreAdapter, StoreResult,
+    Erasure, ExportSink, Holdings, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
     db::Db,
@@ -109,5 +110,12 @@ impl StoreAdapter for RowStore {
 
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
         Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    }
+
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, "", sink).await
     }
 }

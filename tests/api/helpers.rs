@@ -69,13 +69,24 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 impl TestApp {
     /// Seeds `subjects` subjects with `calls` calls each into `tenant`.
     pub async fn seed(&self, tenant: &str, subjects: usize, calls: usize) -> Vec<SeededSubject> {
+        self.seed_from(tenant, 0, subjects, calls).await
+    }
+
+    /// Like `seed`, numbering subjects from `first` (distinct identifiers across tenants).
+    pub async fn seed_from(
+        &self,
+        tenant: &str,
+        first: usize,
+        subjects: usize,
+        calls: usize,
+    ) -> Vec<SeededSubject> {
         let objects = open_object_store(&self.settings.recordings_url).unwrap();
         let spec = SeedSpec {
             tenant: dsr::domain::TenantId::parse("tenant", tenant).unwrap(),
             subjects,
             calls,
             recording_bytes: 512,
-            first: 0,
+            first,
         };
         let mut out = Vec::new();
         dsr::seed::seed(&self.db, &Tables::default(), objects, &spec, chrono::Utc::now(), |s| out.push(s))

@@ -1,5 +1,3 @@
-//! `dsr bench`: reproducible measurements, each next to a floor measured in the same run.
-//!
 //! `dsr bench deletions` seeds two identical tenants, erases every subject of the first through
 //! the real gRPC API of an in-process server (ledger, engine, adapters, verification and all),
 //! and erases every subject of the second with hand-written SQL and object deletes — the least

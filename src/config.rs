@@ -120,8 +120,9 @@ impl Default for ExportNotice {
     }
 }
 
-/// The Prometheus endpoint. Accepted so the helm chart's config file loads, but not served
-/// by this version: the observability issue adds it. `serve` warns when it is set.
+/// The Prometheus endpoint (`GET /metrics`, OpenMetrics text). Off unless `listen` is set;
+/// the helm chart sets `0.0.0.0:9090`. It serves counts only (no request ids, no tenants), so
+/// it needs no credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {

@@ -17,7 +17,8 @@ use crate::{
     db::Db,
     engine::{Engine, Signals},
     export::ExportStorage,
-    ledger::Ledger,
+    ledger::{Ledger, ARCHIVE_TASK},
+    metrics::{Metrics, MetricsEndpoint},
     privacy::KeyedHasher,
     stores::{StoreAdapter, StoreRegistry},
 };
@@ -46,6 +47,8 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     paused_engine: bool,
     settings: Settings,
+    /// `/metrics`, bound when `[metrics] listen` is set.
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 /// Opens the service's own database and applies its migrations.
@@ -65,9 +68,6 @@ impl Application {
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let listen = overrides.listen.unwrap_or(settings.file.server.listen);
         install_crypto_provider();
-        if let Some(addr) = settings.file.metrics.listen {
-            warn!(%addr, "[metrics] is set, but this version serves no metrics endpoint yet; ignoring it");
-        }
         let auth = Arc::new(Authenticator::new(&settings.file.auth, &settings.file.server)?);
         // Development mode: no credentials are configured, so the server must not be reachable
         // from other machines.
@@ -93,6 +93,21 @@ impl Application {
             KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
         let signals = Signals::default();
         let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
+        let metrics = Arc::new(Metrics::new());
+        let metrics_endpoint = match settings.file.metrics.listen {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(
+                    addr,
+                    metrics.clone(),
+                    ledger.clone(),
+                    clock.clone(),
+                    // Each store's queue, and the exports' archive step.
+                    stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]).map(str::to_owned).collect(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let engine = Arc::new(Engine::new(
             ledger.clone(),
             stores.clone(),
@@ -100,6 +115,7 @@ impl Application {
             clock.clone(),
             &settings.file,
             signals.clone(),
+            metrics.clone(),
         ));
         let ctx = Arc::new(ServiceContext {
             ledger,
@@ -110,13 +126,28 @@ impl Application {
             signals,
             config: settings.file.clone(),
             watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
+            metrics,
         });
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Self { listener, ctx, engine, auth, tls, paused_engine: overrides.paused_engine, settings })
+        Ok(Self {
+            listener,
+            ctx,
+            engine,
+            auth,
+            tls,
+            paused_engine: overrides.paused_engine,
+            settings,
+            metrics_endpoint,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -127,7 +158,7 @@ impl Application {
     /// routing), the server stops accepting and finishes in-flight RPCs, and the engine lets
     /// running tasks finish within the grace period and releases the rest.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let server_cfg = &self.settings.file.server;
@@ -173,8 +204,14 @@ impl Application {
             stop.clone(),
         ));
         let addr = self.local_addr();
+        let metrics_addr = self.metrics_addr();
+        // Scrapes go on while the server drains; the endpoint stops last.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task =
+            self.metrics_endpoint.take().map(|m| tokio::spawn(m.serve_until_stopped(metrics_stop.clone())));
         info!(
             %addr,
+            metrics = metrics_addr.map(|a| a.to_string()),
             database = self.ctx.ledger.db().backend().name(),
             tls = self.tls.is_some(),
             auth = %self.auth.describe(),
@@ -202,6 +239,9 @@ impl Application {
         }
         let serve = builder
             .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
+            // Outermost: the span and metrics see every call, including one that waits for a
+            // concurrency slot, and the status codes as `normalise` rewrites them.
+            .layer(crate::telemetry::grpc::RpcLayer::new(self.ctx.metrics.clone()))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(server_cfg.max_concurrent_requests))
             .layer(tower::util::MapResponseLayer::new(crate::api::status_codes::normalise))
             .add_service(health_service)
@@ -219,6 +259,10 @@ impl Application {
             warn!(error = %e, "engine task ended abnormally");
         }
         let _ = janitor.await;
+        metrics_stop.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         self.ctx.ledger.db().close().await;
         info!("dsr stopped");
         served.context("gRPC server")

@@ -21,8 +21,10 @@ use crate::{
     engine::Signals,
     export::ExportStorage,
     ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted, ARCHIVE_TASK},
+    metrics::Metrics,
     privacy::KeyedHasher,
     stores::{CorrectionConflict, StoreRegistry},
+    telemetry::{grpc::record_request, propagation::current_traceparent},
 };
 
 type ApiResult<T> = Result<Response<T>, Status>;
@@ -37,6 +39,7 @@ pub struct ServiceContext {
     pub signals: Signals,
     pub config: FileConfig,
     pub watchers: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -82,6 +85,7 @@ impl RightsService {
         // the new values are "taken" (by the subject itself).
         if let Some(key) = &idempotency_hash {
             if let Some(existing) = ctx.ledger.find_idempotent(key, &payload_hash).await? {
+                record_request(&existing, s.subject.tenant.as_str());
                 info!(request_id = %existing, "idempotent resubmission");
                 return Ok((&ctx.ledger.get(&existing).await?).into());
             }
@@ -129,7 +133,9 @@ impl RightsService {
             subject_json: serde_json::to_string(&record).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),
-            trace_context: None,
+            // This call's server span: every store task's span is its child, in the caller's
+            // trace when the call carried a `traceparent`.
+            trace_context: current_traceparent(),
             stores: match s.kind {
                 // Every store writes its part at once; the archive follows them all.
                 RequestKind::Export => ctx
@@ -145,8 +151,10 @@ impl RightsService {
             detail,
         };
         let submitted = ctx.ledger.submit(&new).await?;
+        record_request(submitted.id(), &new.tenant_id);
         match &submitted {
             Submitted::Created(_) => {
+                ctx.metrics.request_submitted(new.kind);
                 info!(request_id = %id, tenant = %new.tenant_id, kind = %new.kind, subject = %&new.subject_tag[..16], "request submitted");
                 ctx.signals.work_available();
             }
@@ -173,6 +181,7 @@ impl RightsService {
         let (tenant, kind) = self.ctx.ledger.tenant_and_kind_of(&id).await?;
         caller.require(scope.unwrap_or_else(|| Scope::for_kind(kind)))?;
         caller.require_tenant(&tenant)?;
+        record_request(&id, &tenant);
         Ok(id)
     }
 }
@@ -323,10 +332,17 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     async fn cancel_request(&self, req: Request<pb::CancelRequestRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         let id = self.authorize_id(&caller, &req.into_inner().id, None).await?;
-        self.ctx.ledger.cancel(&id, &caller.name, self.ctx.clock.now()).await.map_err(ApiError::from)?;
+        let status =
+            self.ctx.ledger.cancel(&id, &caller.name, self.ctx.clock.now()).await.map_err(ApiError::from)?;
         info!(request_id = %id, "request cancelled");
         self.ctx.signals.request_changed(&id);
-        Ok(Response::new(self.get(&id).await?))
+        let record = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
+        // Ended by the cancel itself unless a store was still running (its worker ends the
+        // request, and counts it, when it finishes).
+        if status.is_terminal() {
+            self.ctx.metrics.request_ended(record.kind, status);
+        }
+        Ok(Response::new((&record).into()))
     }
 
     async fn retry_request(&self, req: Request<pb::RetryRequestRequest>) -> ApiResult<pb::DsrRequest> {

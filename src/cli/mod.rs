@@ -228,7 +228,6 @@ pub enum AuditCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -236,7 +235,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // Only the server exports traces; the exporter's channel lives on the runtime.
+    let export_traces = matches!(cli.command, Command::Serve { .. });
+    let telemetry = {
+        let _runtime = runtime.enter();
+        crate::telemetry::init(cli.log_format, export_traces)
+    };
+    let result = runtime.block_on(run(cli.command));
+    // After the server's graceful stop (SIGTERM included), before the runtime goes away.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dsr: {e:#}");

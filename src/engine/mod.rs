@@ -9,12 +9,13 @@ mod signals;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{field::Empty, info, warn, Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use backoff::Backoff;
 pub use signals::Signals;
@@ -24,7 +25,9 @@ use crate::{
     config::{EngineConfig, FileConfig},
     export::ExportStorage,
     ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
+    metrics::{Metrics, TaskEnd},
     stores::{StoreError, StoreRegistry},
+    telemetry::propagation::context_from_traceparent,
 };
 
 /// Export archives assembled at once by one process (each streams every recording of a subject).
@@ -45,6 +48,7 @@ pub struct Engine {
     per_store: HashMap<&'static str, Arc<Semaphore>>,
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -55,6 +59,7 @@ impl Engine {
         clock: SharedClock,
         file: &FileConfig,
         signals: Signals,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut per_store: HashMap<&'static str, Arc<Semaphore>> = stores
             .all()
@@ -78,6 +83,7 @@ impl Engine {
             workers: Arc::new(Semaphore::new(file.engine.workers)),
             per_store,
             running: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -158,6 +164,10 @@ impl Engine {
     }
 
     /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile.
+    ///
+    /// Its span is a child of the server span of the call that submitted the request (stored
+    /// with it as a `traceparent`), so every store task, every attempt and every replica that
+    /// runs one joins that call's trace — hours later for a retry.
     async fn run_task(self: Arc<Self>, task: ClaimedTask) {
         let span = tracing::info_span!(
             "store_task",
@@ -165,9 +175,19 @@ impl Engine {
             dsr.tenant = %task.tenant_id,
             dsr.kind = %task.kind,
             dsr.store = %task.store,
-            dsr.attempt = task.attempt,
+            // Integers as i64: OpenTelemetry has no unsigned attributes (a u64 becomes a string).
+            dsr.attempt = i64::from(task.attempt),
+            dsr.outcome = Empty,
+            dsr.records_found = Empty,
+            dsr.records_affected = Empty,
+            dsr.verified = Empty,
+            dsr.request_status = Empty,
+            otel.status_code = Empty,
         );
+        // No stored context (a request from before tracing): the task starts a trace of its own.
+        let _ = span.set_parent(context_from_traceparent(task.trace_context.as_deref()));
         async {
+            let started = Instant::now();
             let lost_lease = CancellationToken::new();
             let heartbeat = tokio::spawn(self.clone().keep_lease(task.clone(), lost_lease.clone()));
             let outcome = tokio::select! {
@@ -175,13 +195,17 @@ impl Engine {
                 _ = lost_lease.cancelled() => None,
             };
             heartbeat.abort();
-            let recorded = match outcome {
+            let (end, recorded) = match outcome {
                 None => {
                     warn!("lease lost to another worker; result dropped");
-                    Ok(Fenced::Stale)
+                    (TaskEnd::Abandoned, Ok(Fenced::Stale))
                 }
                 Some(Ok(result)) => {
                     info!(outcome = %result.state, found = result.found, affected = result.affected, verified = result.verified, "store task done");
+                    let span = Span::current();
+                    span.record("dsr.records_found", i64::try_from(result.found).unwrap_or(i64::MAX));
+                    span.record("dsr.records_affected", i64::try_from(result.affected).unwrap_or(i64::MAX));
+                    span.record("dsr.verified", result.verified);
                     let recorded = self.ledger.finish(&task, &result, self.clock.now()).await;
                     if result.export.is_some() && matches!(recorded, Ok(Fenced::Applied(_))) {
                         // The archive holds the parts now (and is recorded): they can go.
@@ -189,12 +213,25 @@ impl Engine {
                             warn!(error = %e, "deleting the export's parts failed; they go when the archive expires");
                         }
                     }
-                    recorded
+                    (TaskEnd::Outcome(result.state), recorded)
                 }
                 Some(Err(err)) => self.record_failure(&task, &err).await,
             };
+            let span = Span::current();
+            span.record("dsr.outcome", end.label());
+            if matches!(end, TaskEnd::Failed | TaskEnd::Abandoned) {
+                span.record("otel.status_code", "ERROR");
+            }
+            self.metrics.task_attempt(&task.store, end, started.elapsed());
             match recorded {
-                Ok(Fenced::Applied(status)) => info!(request_status = %status, "outcome recorded"),
+                Ok(Fenced::Applied(status)) => {
+                    span.record("dsr.request_status", status.as_str());
+                    // The ledger reports a terminal status once: on the transition.
+                    if status.is_terminal() {
+                        self.metrics.request_ended(task.kind, status);
+                    }
+                    info!(request_status = %status, "outcome recorded")
+                }
                 Ok(Fenced::Stale) => warn!("a newer attempt owns this task; nothing recorded"),
                 // The lease will expire and the task run again; adapters are idempotent.
                 Err(e) => warn!(error = %e, "recording the outcome failed"),
@@ -207,7 +244,11 @@ impl Engine {
         .await
     }
 
-    async fn record_failure(&self, task: &ClaimedTask, err: &StoreError) -> crate::ledger::Result<Fenced> {
+    async fn record_failure(
+        &self,
+        task: &ClaimedTask,
+        err: &StoreError,
+    ) -> (TaskEnd, crate::ledger::Result<Fenced>) {
         let now = self.clock.now();
         let retry_at = match err {
             StoreError::Transient(_) if task.attempt < task.attempt_limit => {
@@ -221,13 +262,17 @@ impl Engine {
             _ => None,
         };
         let message = err.to_string();
-        match retry_at {
+        let end = match retry_at {
             Some(at) => {
-                warn!(error = %message, retry_in_ms = (at - now).num_milliseconds(), "store task failed; will retry")
+                warn!(error = %message, retry_in_ms = (at - now).num_milliseconds(), "store task failed; will retry");
+                TaskEnd::Retry
             }
-            None => warn!(error = %message, "store task failed for good"),
-        }
-        self.ledger.fail_attempt(task, &message, retry_at, now).await
+            None => {
+                warn!(error = %message, "store task failed for good");
+                TaskEnd::Failed
+            }
+        };
+        (end, self.ledger.fail_attempt(task, &message, retry_at, now).await)
     }
 
     /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.

@@ -9,6 +9,7 @@ mod audit;
 mod events;
 mod exports;
 mod requests;
+mod stats;
 mod tasks;
 
 use sqlx::{any::AnyRow, Row};
@@ -17,6 +18,7 @@ pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, G
 pub use events::{EventRecord, NewEvent};
 pub use exports::{ExportRecord, ARCHIVE_TASK};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
+pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
 pub use tasks::{ClaimedTask, Fenced, TaskResult};
 
 use crate::{

@@ -239,8 +239,8 @@ impl Ledger {
     }
 
     /// Cancels the stores that have not started. Running stores finish; the request ends
-    /// CANCELLED once they have.
-    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<()> {
+    /// CANCELLED once they have. Returns the request's status after the cancel.
+    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<RequestStatus> {
         let mut tx = self.begin_chained().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status.is_terminal() {
@@ -260,9 +260,9 @@ impl Ledger {
             .counts(cancelled, cancelled)
             .append(&mut tx, now)
             .await?;
-        refresh_status(&mut tx, id, &tenant, now).await?;
+        let status = refresh_status(&mut tx, id, &tenant, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(status)
     }
 
     /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.

@@ -29,6 +29,8 @@ max_attempts = 3
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `/metrics`, when the test's configuration has `[metrics] listen`.
+    pub metrics: Option<SocketAddr>,
     pub client: DataSubjectRightsClient<Channel>,
     pub settings: Settings,
     pub db: Db,
@@ -52,11 +54,12 @@ pub async fn spawn_on(settings: Settings, dir: TempDir, overrides: Overrides) ->
     let overrides = Overrides { listen: Some("127.0.0.1:0".parse().unwrap()), ..overrides };
     let app = Application::build_with(settings.clone(), overrides).await.expect("build app");
     let addr = app.local_addr();
+    let metrics = app.metrics_addr();
     let db = app.ledger().db().clone();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let client = DataSubjectRightsClient::new(channel(addr).await);
-    TestApp { addr, client, settings, db, dir, stop, handle: Some(handle) }
+    TestApp { addr, metrics, client, settings, db, dir, stop, handle: Some(handle) }
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {

@@ -12,6 +12,7 @@ mod export;
 mod faults;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod protocol;
 mod rectification;
 mod security;

@@ -4,7 +4,7 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["proto/dsr/v1/dsr.proto", "proto/dsr/v1/audit.proto"];
+const PROTOS: &[&str] = &["proto/dsr/v1/dsr.proto", "proto/dsr/v1/audit.proto", "proto/dsr/v1/holds.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -11,6 +11,8 @@ use std::{
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::domain::{Period, RetentionSchedule};
+
 /// Where things live: the flags shared by `serve`, `seed`, `migrate` and `sweep`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Locations {
@@ -56,6 +58,148 @@ pub struct FileConfig {
     pub tls: Option<TlsConfig>,
     pub metrics: MetricsConfig,
     pub export: ExportConfig,
+    pub retention: RetentionConfig,
+}
+
+/// The retention schedule and its sweep (issue 9). Read at start: a change takes effect when the
+/// process restarts. Periods are validated: none under its legal minimum (billing: 7 years),
+/// none over `max_days`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often the fleet sweeps (whichever replica holds the lease runs it); 0 turns the
+    /// background sweep off (`dsr sweep` still runs one).
+    pub sweep_interval_secs: u64,
+    /// Records erased per statement and per transaction: no lock grows with the backlog.
+    pub batch_size: usize,
+    /// How long a sweeper's lease lasts without renewal: a replica that dies mid-sweep is taken
+    /// over after this long.
+    pub lease_secs: u64,
+    /// No period, default or tenant's, may be longer than this (default: 10 years with their
+    /// leap days, 3653).
+    pub max_days: u32,
+    pub recordings_days: u32,
+    pub transcripts_days: u32,
+    pub call_logs_days: u32,
+    /// Days after the account's termination.
+    pub accounts_days: u32,
+    /// At least 7 (tax and accounting law).
+    pub billing_years: u32,
+    /// Per tenant: `[retention.tenants.acme] recordings_days = 30`.
+    pub tenants: BTreeMap<String, TenantRetention>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_secs: 3600,
+            batch_size: 1000,
+            lease_secs: 300,
+            max_days: 3653,
+            recordings_days: 90,
+            transcripts_days: 90,
+            call_logs_days: 365,
+            accounts_days: 30,
+            billing_years: crate::domain::RETENTION_MONTHS_BILLING / 12,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// One tenant's own periods; what it leaves out follows the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantRetention {
+    pub recordings_days: Option<u32>,
+    pub transcripts_days: Option<u32>,
+    pub call_logs_days: Option<u32>,
+    pub accounts_days: Option<u32>,
+    pub billing_years: Option<u32>,
+}
+
+impl TenantRetention {
+    /// (config key, store, period) of each period set.
+    fn periods(&self) -> Vec<(&'static str, &'static str, Period)> {
+        periods([
+            ("recordings_days", "recordings", self.recordings_days.map(Period::Days)),
+            ("transcripts_days", "transcripts", self.transcripts_days.map(Period::Days)),
+            ("call_logs_days", "call_logs", self.call_logs_days.map(Period::Days)),
+            ("accounts_days", "accounts", self.accounts_days.map(Period::Days)),
+            ("billing_years", "billing", self.billing_years.map(|y| Period::Months(y.saturating_mul(12)))),
+        ])
+    }
+}
+
+fn periods<const N: usize>(
+    all: [(&'static str, &'static str, Option<Period>); N],
+) -> Vec<(&'static str, &'static str, Period)> {
+    all.into_iter().filter_map(|(key, store, p)| p.map(|p| (key, store, p))).collect()
+}
+
+impl RetentionConfig {
+    fn defaults(&self) -> Vec<(&'static str, &'static str, Period)> {
+        TenantRetention {
+            recordings_days: Some(self.recordings_days),
+            transcripts_days: Some(self.transcripts_days),
+            call_logs_days: Some(self.call_logs_days),
+            accounts_days: Some(self.accounts_days),
+            billing_years: Some(self.billing_years),
+        }
+        .periods()
+    }
+
+    /// The schedule these settings make.
+    pub fn schedule(&self) -> RetentionSchedule {
+        let mut s = RetentionSchedule::default();
+        for (_, store, p) in self.defaults() {
+            s = s.with_default(store, p);
+        }
+        for (tenant, own) in &self.tenants {
+            for (_, store, p) in own.periods() {
+                s = s.with_tenant(tenant, store, p);
+            }
+        }
+        s
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.batch_size >= 1, "retention.batch_size must be at least 1");
+        anyhow::ensure!(self.batch_size <= 10_000, "retention.batch_size must be at most 10000");
+        anyhow::ensure!(self.lease_secs >= 1, "retention.lease_secs must be at least 1");
+        anyhow::ensure!(self.max_days >= 1, "retention.max_days must be at least 1");
+        let check = |prefix: &str, key: &str, store: &str, p: Period| -> anyhow::Result<()> {
+            let name = format!("{prefix}{key}");
+            anyhow::ensure!(p != Period::Days(0) && p != Period::Months(0), "{name} must be at least 1");
+            if let Some(min) = crate::domain::legal_minimum(store) {
+                let now = chrono::Utc::now();
+                anyhow::ensure!(
+                    p.after(now) >= min.after(now),
+                    "{name}: {p} is below the legal minimum of {min} for {store} (tax and accounting law)"
+                );
+            }
+            anyhow::ensure!(
+                p.max_days() <= u64::from(self.max_days),
+                "{name}: {p} is longer than retention.max_days ({} days)",
+                self.max_days
+            );
+            Ok(())
+        };
+        for (key, store, p) in self.defaults() {
+            check("retention.", key, store, p)?;
+        }
+        for (tenant, own) in &self.tenants {
+            crate::domain::TenantId::parse("tenant", tenant)
+                .map_err(|e| anyhow::anyhow!("retention.tenants.{tenant}: not a tenant id ({e})"))?;
+            for (key, store, p) in own.periods() {
+                check(&format!("retention.tenants.{tenant}."), key, store, p)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Export archives: where they go, how long they stay, and the Art. 15 text of their manifest.
@@ -435,6 +579,7 @@ impl FileConfig {
                 );
             }
         }
+        self.retention.validate()?;
         Ok(())
     }
 
@@ -468,6 +613,43 @@ mod tests {
         assert!(!cfg.stores.create_reference_schema);
         let err = FileConfig::from_toml("[stores.recordings]\nconcurency = 2\n").unwrap_err();
         assert!(format!("{err:#}").contains("concurency"), "{err:#}");
+    }
+
+    #[test]
+    fn retention_periods_are_read_per_tenant() {
+        let cfg = FileConfig::from_toml(
+            "[retention]\nsweep_interval_secs = 0\nrecordings_days = 60\n\
+             [retention.tenants.acme]\nrecordings_days = 30\nbilling_years = 10\n",
+        )
+        .unwrap();
+        let s = cfg.retention.schedule();
+        assert_eq!(s.period("acme", "recordings"), Some(Period::Days(30)));
+        assert_eq!(s.period("globex", "recordings"), Some(Period::Days(60)));
+        assert_eq!(s.period("acme", "billing"), Some(Period::Months(120)));
+        assert_eq!(s.period("globex", "billing"), Some(Period::Months(84)));
+        assert_eq!(s.period("acme", "transcripts"), Some(Period::Days(90)));
+        assert_eq!(cfg.retention.sweep_interval_secs, 0);
+    }
+
+    #[test]
+    fn retention_below_the_legal_minimum_or_above_the_maximum_is_refused_by_key() {
+        for (toml, key) in [
+            ("[retention.tenants.acme]\nbilling_years = 5\n", "retention.tenants.acme.billing_years"),
+            ("[retention]\nbilling_years = 6\n", "retention.billing_years"),
+            ("[retention.tenants.acme]\nrecordings_days = 4000\n", "retention.tenants.acme.recordings_days"),
+            ("[retention]\nmax_days = 100\n", "retention.call_logs_days"),
+            ("[retention.tenants.acme]\nbilling_years = 11\n", "retention.tenants.acme.billing_years"),
+            ("[retention.tenants.acme]\ncall_logs_days = 0\n", "retention.tenants.acme.call_logs_days"),
+            ("[retention.tenants.acme]\nrecording_days = 10\n", "recording_days"),
+            ("[retention]\nsweep_every = 10\n", "sweep_every"),
+            ("[retention.tenants.\"a b\"]\nrecordings_days = 10\n", "retention.tenants.a b"),
+        ] {
+            let err = format!("{:#}", FileConfig::from_toml(toml).unwrap_err());
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let err = format!("{:#}", FileConfig::from_toml("[retention]\nbilling_years = 6\n").unwrap_err());
+        assert!(err.contains("legal minimum"), "{err}");
+        FileConfig::from_toml("[retention.tenants.acme]\nbilling_years = 7\nrecordings_days = 1\n").unwrap();
     }
 
     #[test]

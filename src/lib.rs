@@ -8,6 +8,7 @@
 //! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
 //! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `retention` | the retention sweep: records past their period leave, holds are kept   |
 //! | `startup`   | building and running the server; graceful shutdown                     |
 //! | `cli`       | the `dsr` command line: server commands and a client for people        |
 //! | `config`    | flags, environment and TOML configuration                              |
@@ -31,6 +32,7 @@ pub mod export;
 pub mod ledger;
 pub mod metrics;
 pub mod privacy;
+pub mod retention;
 pub mod seed;
 pub mod startup;
 pub mod stores;

@@ -1,6 +1,7 @@
 //! Building and running the service: `Application::build` connects and migrates the ledger,
 //! opens the stores, binds the listener (port 0 in tests) and wires the gRPC stack;
-//! `run_until_stopped` serves until the shutdown future resolves, then drains in order.
+//! `run_until_stopped` serves until the shutdown future resolves, then drains in order. The
+//! retention sweeper runs beside the engine.
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    api::{pb, AuditService, AuthInterceptor, Authenticator, RightsService, ServiceContext},
+    api::{pb, AuditService, AuthInterceptor, Authenticator, HoldsService, RightsService, ServiceContext},
     clock::{SharedClock, SystemClock},
     config::{Settings, TlsConfig},
     db::Db,
@@ -20,6 +21,7 @@ use crate::{
     ledger::{Ledger, ARCHIVE_TASK},
     metrics::{Metrics, MetricsEndpoint},
     privacy::KeyedHasher,
+    retention::Sweeper,
     stores::{StoreAdapter, StoreRegistry},
 };
 
@@ -43,6 +45,7 @@ pub struct Application {
     listener: TcpListener,
     ctx: Arc<ServiceContext>,
     engine: Arc<Engine>,
+    sweeper: Arc<Sweeper>,
     auth: Arc<Authenticator>,
     tls: Option<ServerTlsConfig>,
     paused_engine: bool,
@@ -116,6 +119,15 @@ impl Application {
             &settings.file,
             signals.clone(),
             metrics.clone(),
+            hasher.clone(),
+        ));
+        let sweeper = Arc::new(Sweeper::new(
+            ledger.clone(),
+            stores.clone(),
+            clock.clone(),
+            hasher.clone(),
+            signals.clone(),
+            &settings.file.retention,
         ));
         let ctx = Arc::new(ServiceContext {
             ledger,
@@ -133,6 +145,7 @@ impl Application {
             listener,
             ctx,
             engine,
+            sweeper,
             auth,
             tls,
             paused_engine: overrides.paused_engine,
@@ -154,6 +167,12 @@ impl Application {
         &self.ctx.ledger
     }
 
+    /// The retention sweeper of this server (its stores, clock and lease identity), so tests and
+    /// embedders can run a sweep now.
+    pub fn sweeper(&self) -> Arc<Sweeper> {
+        self.sweeper.clone()
+    }
+
     /// Serves until `shutdown` resolves. Then: health says NOT_SERVING (so Kubernetes stops
     /// routing), the server stops accepting and finishes in-flight RPCs, and the engine lets
     /// running tasks finish within the grace period and releases the rest.
@@ -166,6 +185,7 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
         health.set_serving::<pb::audit_server::AuditServer<AuditService>>().await;
+        health.set_serving::<pb::holds_server::HoldsServer<HoldsService>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -188,6 +208,12 @@ impl Application {
             pb::audit_server::AuditServer::new(AuditService::new(self.ctx.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            interceptor.clone(),
+        );
+        let holds = tonic::service::interceptor::InterceptedService::new(
+            pb::holds_server::HoldsServer::new(HoldsService::new(self.ctx.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             interceptor,
         );
 
@@ -203,6 +229,7 @@ impl Application {
             Duration::from_secs(self.settings.file.export.janitor_interval_secs),
             stop.clone(),
         ));
+        let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         // Scrapes go on while the server drains; the endpoint stops last.
@@ -226,6 +253,7 @@ impl Application {
                 info!("shutdown requested: health NOT_SERVING, draining");
                 health.set_not_serving::<pb::data_subject_rights_server::DataSubjectRightsServer<RightsService>>().await;
                 health.set_not_serving::<pb::audit_server::AuditServer<AuditService>>().await;
+                health.set_not_serving::<pb::holds_server::HoldsServer<HoldsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 stop.cancel();
                 server_stop.cancel();
@@ -249,6 +277,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(rights)
             .add_service(audit)
+            .add_service(holds)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 server_stop.cancelled_owned(),
@@ -259,6 +288,9 @@ impl Application {
             warn!(error = %e, "engine task ended abnormally");
         }
         let _ = janitor.await;
+        if let Err(e) = sweep_task.await {
+            warn!(error = %e, "retention sweep task ended abnormally");
+        }
         metrics_stop.cancel();
         if let Some(task) = metrics_task {
             let _ = task.await;

@@ -879,4 +879,88 @@ async fn metrics_count_a_deletion_and_report_its_deadline_and_spans_survive_a_qu
     assert!(!text.contains("store task done"), "RUST_LOG=warn: info lines are not logged\n{text}");
     let tasks = received.spans().into_iter().filter(|s| s.name == "store_task").count();
     assert_eq!(tasks, 5, "RUST_LOG=warn does not drop the exported spans");
+/// Runs a server-side `dsr` command on `dir` and `db`: (success, stdout, stderr).
+fn server_cmd(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--database-url")
+        .arg(db)
+        .output()
+        .expect("run dsr");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let old = &seeded[0];
+    let conn = dsr::db::Db::connect(&db, 1).await.unwrap();
+    // The first subject's calls are from 400 days ago: past the year of call metadata and the
+    // 90 days of transcripts and recordings.
+    for sql in [
+        "UPDATE call_logs SET started_at = started_at - 34560000000 WHERE account_id = $1",
+        "UPDATE transcripts SET created_at = created_at - 34560000000 WHERE call_id LIKE $1 || '%'",
+        "UPDATE recordings SET created_at = created_at - 34560000000 WHERE call_id LIKE $1 || '%'",
+    ] {
+        let key = if sql.contains("account_id") {
+            old["account_id"].as_str().unwrap()
+        } else {
+            "acme-call-000000-"
+        };
+        sqlx::query(sql).bind(key).execute(conn.pool()).await.unwrap();
+    }
+    let count = |table: &'static str| {
+        let pool = conn.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    let (ok, out, err) = server_cmd(dir.path(), &db, &["sweep", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("dry run"), "{out}");
+    for store in ["call_logs", "transcripts", "recordings"] {
+        let line =
+            out.lines().find(|l| l.starts_with(store)).unwrap_or_else(|| panic!("no {store} line:\n{out}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[1], cols[4], cols[5]), ("acme", "3", "3"), "{line}");
+    }
+    assert_eq!(count("call_logs").await, 6, "a dry run changes nothing");
+    let swept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action LIKE 'retention%'")
+        .fetch_one(conn.pool())
+        .await
+        .unwrap();
+    assert_eq!(swept, 0, "a dry run records nothing");
+
+    let (ok, out2, err2) = server_cmd(dir.path(), &db, &["sweep"]);
+    assert!(ok, "{err2}");
+    assert!(out2.lines().any(|l| l.starts_with("recordings") && l.contains(" 3 ")), "{out2}");
+    assert_eq!((count("call_logs").await, count("transcripts").await, count("recordings").await), (3, 3, 3));
+    let audio = std::fs::read_dir(dir.path().join("recordings/acme")).unwrap().count();
+    assert_eq!(audio, 3, "the expired calls' audio is gone, the others' is there");
+    let (ok, out3, _) = server_cmd(dir.path(), &db, &["sweep"]);
+    assert!(ok && out3.contains("nothing is past its retention"), "{out3}");
+    for text in [&out, &err, &out2, &err2, &out3] {
+        for c in canaries(&seeded) {
+            assert!(!text.contains(c.as_str()), "dsr sweep printed an identifier: {c}");
+        }
+    }
+
+    // A period under the legal minimum stops the command, naming the key.
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[retention.tenants.acme]\nbilling_years = 3\n").unwrap();
+    let (ok, _, err) = server_cmd(dir.path(), &db, &["sweep", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("retention.tenants.acme.billing_years") && err.contains("legal minimum"), "{err}");
 }

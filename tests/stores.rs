@@ -3,7 +3,9 @@
 //! after an erase is zero, another tenant with the same phone and the neighbours are untouched,
 //! retained data reports its basis and date. And a rectify round: correcting twice is harmless,
 //! the read-back verifies, the subject is found under the new values only, and another tenant
-//! with the same phone and the neighbours are untouched.
+//! with the same phone and the neighbours are untouched. And the retention methods (issue 9):
+//! tenants are listed, expired records counted and listed in key order with their identifiers,
+//! erased by key (twice is harmless, another tenant's keys do nothing) and in bounded batches.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,7 +17,7 @@ use dsr::{
     domain::{Corrections, Subject},
     seed::{recording_key, SeedSpec, SeededSubject},
     startup::open_ledger,
-    stores::{open_object_store, reference::Tables, CorrectionConflict, Erasure, StoreRegistry},
+    stores::{open_object_store, reference::Tables, CorrectionConflict, Erasure, Expiry, StoreRegistry},
 };
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 use support::Backend;
@@ -302,6 +304,139 @@ async fn correction_conflicts_are_found_before_anything_is_written(backend: Back
             .await
             .unwrap();
     assert_eq!(unchanged, 0);
+}
+
+async fn every_adapter_lists_counts_and_erases_what_is_past_retention(backend: Backend, s3: bool) {
+    let f = fixture(backend, s3).await;
+    let now = Utc::now();
+    // Accounts age from termination: acme's were terminated 40 days ago.
+    sqlx::query("UPDATE accounts SET terminated_at = $1 WHERE tenant_id = 'acme'")
+        .bind(dsr::clock::to_millis(now - chrono::Duration::days(40)))
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    // Everything seeded is older than a cutoff of tomorrow; nothing is older than ten years ago.
+    let all = Expiry { tenant: "acme", now, cutoff: now + chrono::Duration::days(1) };
+    let none = Expiry { tenant: "acme", now, cutoff: now - chrono::Duration::days(3650) };
+    let target = subject("acme", &f.acme[1]);
+    let me = f.stores.resolve(target).await.unwrap();
+    // In the sweep's order: call logs last, since they link transcripts and recordings to the
+    // account.
+    let mut stores = f.stores.all().to_vec();
+    stores.sort_by_key(|s| s.stage());
+    for store in stores {
+        let name = store.name();
+        let total: u64 = f.acme.iter().map(|s| s.counts[name]).sum();
+        assert_eq!(store.tenants(None, 10).await.unwrap(), ["acme", "globex"], "{name}");
+        assert_eq!(store.tenants(Some("acme"), 10).await.unwrap(), ["globex"], "{name}");
+        assert_eq!(store.tenants(None, 1).await.unwrap(), ["acme"], "{name}");
+        assert_eq!(store.count_expired(&all).await.unwrap(), total, "{name}: count");
+        assert_eq!(store.count_expired(&none).await.unwrap(), 0, "{name}: nothing that old");
+        let globex = Expiry { tenant: "globex", ..all };
+        let globex_before = store.count_expired(&globex).await.unwrap();
+
+        // Listed in key order, page after page, each record with the identifiers it carries.
+        let mut listed = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list_expired(&all, after.as_deref(), 5).await.unwrap();
+            assert!(page.len() <= 5);
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            listed.extend(page);
+        }
+        assert_eq!(listed.len() as u64, total, "{name}: listed");
+        assert!(listed.windows(2).all(|w| w[0].key < w[1].key), "{name}: key order");
+        let mine: Vec<_> =
+            listed.iter().filter(|r| r.phone.as_deref() == Some(f.acme[1].phone.as_str())).collect();
+        assert_eq!(
+            mine.len() as u64,
+            f.acme[1].counts[name],
+            "{name}: the subject's records carry its phone"
+        );
+        for r in &mine {
+            assert_eq!(r.account_id.as_deref(), Some(f.acme[1].account_id.as_str()), "{name}: {r:?}");
+            if name == "accounts" {
+                assert_eq!(r.email.as_deref(), Some(f.acme[1].email.as_str()));
+            }
+        }
+        assert!(!format!("{:?}", mine[0]).contains(&f.acme[1].phone), "Debug shows no identifier");
+
+        // Billing reports the records an erase kept, so a hold can erase them later.
+        let kept = store.retained_records(&me).await.unwrap();
+        if name == "billing" {
+            store.erase(&me, now).await.unwrap();
+            let kept = store.retained_records(&me).await.unwrap();
+            assert_eq!(kept.len() as u64, f.acme[1].counts["billing"], "billing: restricted rows");
+        } else {
+            assert!(kept.is_empty(), "{name}");
+        }
+
+        // By key: once, then harmlessly again; another tenant's name reaches nothing.
+        let keys: Vec<String> = listed.iter().take(3).map(|r| r.key.clone()).collect();
+        assert_eq!(store.erase_records("globex", &keys).await.unwrap(), 0, "{name}: tenant-scoped");
+        assert_eq!(store.erase_records("acme", &keys).await.unwrap(), 3, "{name}: by key");
+        assert_eq!(store.erase_records("acme", &keys).await.unwrap(), 0, "{name}: twice is harmless");
+        assert_eq!(store.count_expired(&all).await.unwrap(), total - 3, "{name}");
+
+        // In bounded batches until nothing is left.
+        let mut batches = Vec::new();
+        loop {
+            let n = store.erase_expired(&all, 4).await.unwrap();
+            batches.push(n);
+            if n < 4 {
+                break;
+            }
+        }
+        assert!(batches.iter().all(|n| *n <= 4), "{name}: {batches:?}");
+        assert_eq!(batches.iter().sum::<u64>(), total - 3, "{name}: {batches:?}");
+        assert_eq!(store.count_expired(&all).await.unwrap(), 0, "{name}: nothing expired is left");
+        assert_eq!(store.count_expired(&globex).await.unwrap(), globex_before, "{name}: globex untouched");
+    }
+    // The accounts were billed: erased to bare rows, kept for their billing records (gone now,
+    // so a later sweep deletes them).
+    let bare: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM accounts WHERE tenant_id = 'acme' AND email IS NULL AND phone IS NULL AND name IS NULL",
+    )
+    .fetch_one(f.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(bare, 3);
+    let accounts = f.stores.get("accounts").unwrap();
+    assert_eq!(accounts.count_expired(&all).await.unwrap(), 3, "no billing left: the bare rows expire");
+    assert_eq!(accounts.erase_expired(&all, 10).await.unwrap(), 3);
+    // Every expired recording's audio is gone; globex's is all there.
+    for i in 0..3 {
+        for j in 0..12 {
+            let mine = Path::from(recording_key("acme", &format!("acme-call-{i:06}-{j:04}")));
+            assert!(
+                matches!(f.objects.head(&mine).await, Err(object_store::Error::NotFound { .. })),
+                "{mine}"
+            );
+            let theirs = Path::from(recording_key("globex", &format!("globex-call-{i:06}-{j:04}")));
+            f.objects.head(&theirs).await.unwrap();
+        }
+    }
+}
+
+mod every_adapter_passes_the_retention_suite {
+    use super::*;
+    #[tokio::test]
+    async fn on_sqlite_and_local_files() {
+        every_adapter_lists_counts_and_erases_what_is_past_retention(Backend::Sqlite, false).await
+    }
+    #[tokio::test]
+    async fn on_postgres_and_local_files() {
+        every_adapter_lists_counts_and_erases_what_is_past_retention(Backend::Postgres, false).await
+    }
+    #[tokio::test]
+    async fn on_sqlite_and_s3() {
+        every_adapter_lists_counts_and_erases_what_is_past_retention(Backend::Sqlite, true).await
+    }
+    #[tokio::test]
+    async fn on_postgres_and_s3() {
+        every_adapter_lists_counts_and_erases_what_is_past_retention(Backend::Postgres, true).await
+    }
 }
 
 macro_rules! on_every_backend {

@@ -1,11 +1,12 @@
 //! The gRPC edge: generated types (`pb`, which never leave this module tree), conversion between
-//! them and the domain, the error mapping to status codes, and the two services.
+//! them and the domain, the error mapping to status codes, and the three services.
 
 mod audit;
 mod auth;
 mod convert;
 mod download;
 mod error;
+mod holds;
 mod rights;
 pub mod status_codes;
 pub mod validate;
@@ -14,6 +15,7 @@ mod watch;
 pub use audit::AuditService;
 pub use auth::{AuthInterceptor, Authenticator, Caller, Scope};
 pub use error::ApiError;
+pub use holds::HoldsService;
 pub use rights::{RightsService, ServiceContext};
 
 /// Code generated from `proto/dsr/v1/*.proto`.

@@ -405,7 +405,18 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
 
     async fn extend_deadline(&self, req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
-        self.authorize_id(&caller, &req.into_inner().id, None).await?;
-        Err(ApiError::Unimplemented("ExtendDeadline").into())
+        let pb::ExtendDeadlineRequest { id, reason } = req.into_inner();
+        let id = self.authorize_id(&caller, &id, None).await?;
+        // The law asks for the reasons to be given to the subject: required, kept with the
+        // request, never logged.
+        let reason = super::holds::parse_reason("reason", &reason).map_err(ApiError::from)?;
+        self.ctx
+            .ledger
+            .extend_deadline(&id, &caller.name, &reason, self.ctx.clock.now())
+            .await
+            .map_err(ApiError::from)?;
+        info!(request_id = %id, "deadline extended");
+        self.ctx.signals.request_changed(&id);
+        Ok(Response::new(self.get(&id).await?))
     }
 }

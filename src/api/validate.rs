@@ -3,8 +3,8 @@
 //! so a panic or a missed limit here is one in the server.
 use prost::Message;
 
-use super::{convert, pb, rights};
-use crate::domain::{parse_text, FieldError, RequestKind};
+use super::{convert, holds, pb, rights};
+use crate::domain::{FieldError, RequestKind};
 
 /// Every RPC that takes a request message.
 pub const METHODS: &[&str] = &[
@@ -20,6 +20,9 @@ pub const METHODS: &[&str] = &[
     "DownloadExport",
     "ExtendDeadline",
     "ListAuditEvents",
+    "PlaceHold",
+    "ReleaseHold",
+    "ListHolds",
 ];
 
 /// What became of one message.
@@ -83,7 +86,7 @@ pub fn decode_and_validate(method: &str, bytes: &[u8]) -> Verdict {
         "DownloadExport" => rights::parse_id(&decode!(pb::DownloadExportRequest).id),
         "ExtendDeadline" => {
             let m = decode!(pb::ExtendDeadlineRequest);
-            rights::parse_id(&m.id).and_then(|_| parse_text("reason", &m.reason).map(drop))
+            rights::parse_id(&m.id).and_then(|_| holds::parse_reason("reason", &m.reason).map(drop))
         }
         "ListRequests" => {
             let m = decode!(pb::ListRequestsRequest);
@@ -101,6 +104,26 @@ pub fn decode_and_validate(method: &str, bytes: &[u8]) -> Verdict {
         "ListAuditEvents" => {
             let m = decode!(pb::ListAuditEventsRequest);
             convert::parse_page_token(&m.page_token).map(drop)
+        }
+        "PlaceHold" => {
+            let m = decode!(pb::PlaceHoldRequest);
+            convert::subject("subject", m.subject)
+                .and_then(|_| holds::parse_reason("reason", &m.reason))
+                .map(drop)
+        }
+        "ReleaseHold" => {
+            let m = decode!(pb::ReleaseHoldRequest);
+            holds::parse_hold_id("id", &m.id).and_then(|_| holds::parse_reason("reason", &m.reason)).map(drop)
+        }
+        "ListHolds" => {
+            let m = decode!(pb::ListHoldsRequest);
+            (|| {
+                if !m.tenant_id.is_empty() {
+                    crate::domain::TenantId::parse("tenant_id", &m.tenant_id)?;
+                }
+                holds::parse_page_token(&m.page_token)?;
+                Ok(())
+            })()
         }
         other => panic!("unknown method {other}"),
     };

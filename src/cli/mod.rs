@@ -59,15 +59,18 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         first: usize,
     },
-    /// Run one retention sweep now (arrives with the retention issue).
+    /// Run one retention sweep now over every store and tenant, under the sweep lease (exits
+    /// non-zero if another replica is sweeping or a store failed).
     Sweep {
         #[command(flatten)]
         loc: Locations,
+        /// Print what the sweep would erase, per store and tenant; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure against a floor taken in the same run: `deletions` (hand-written SQL) or
-    /// `export` (`cat` of the same recordings). Build with --release for real numbers.
+    /// Measure against a floor taken in the same run: `deletions` (hand-written SQL), `export`
+    /// (`cat` of the same recordings) or `sweep` (a batched DELETE). Build with --release for real
+    /// numbers.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
@@ -167,6 +170,7 @@ pub enum Command {
     },
 }
 
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
@@ -191,6 +195,15 @@ pub enum BenchCommand {
         /// Runs of (cat, export, download); the median of each is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// Seed expired call-log rows and time the retention sweep against a hand-written batched
+    /// DELETE of the same rows.
+    Sweep {
+        #[command(flatten)]
+        loc: Locations,
+        /// Expired call-log rows to seed.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
     },
 }
 
@@ -268,12 +281,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let settings = crate::config::Settings::load(&loc)?;
                 crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
             }
+            BenchCommand::Sweep { loc, rows } => crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await,
         },
-        Command::Sweep { .. } => {
-            anyhow::bail!(
-                "`dsr sweep` is not implemented in this version (it arrives with the retention schedule)"
-            )
-        }
+        Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
         Command::Export { conn, subject, submit, output } => {
             export::export(&conn, &subject, &submit, output.as_deref()).await
         }

@@ -1,13 +1,18 @@
-//! The server-side commands: serve, migrate, seed, audit prune.
-use std::net::SocketAddr;
+//! The server-side commands: serve, migrate, seed, sweep, audit prune.
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::{Clock, SystemClock},
     config::{Locations, Settings},
     domain::TenantId,
+    engine::Signals,
+    privacy::KeyedHasher,
+    retention::{SweepMode, SweepOutcome, Sweeper},
     seed::{seed as run_seed, SeedSpec},
     startup::{open_ledger, shutdown_signal, Application, Overrides},
-    stores::{open_object_store, reference},
+    stores::{open_object_store, reference, StoreRegistry},
 };
 
 pub async fn serve(loc: &Locations, listen: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -64,4 +69,47 @@ pub async fn audit_prune(loc: &Locations, before_days: u32) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// One retention sweep now, under the sweep lease (or, with `dry_run`, what it would erase).
+/// SIGINT/SIGTERM stop it between two batches, and the lease is given back.
+pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let ledger = open_ledger(&settings).await?;
+    let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
+    let hasher = KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
+    let sweeper = Sweeper::new(
+        ledger,
+        stores,
+        Arc::new(SystemClock),
+        hasher,
+        Signals::default(),
+        &settings.file.retention,
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Now };
+    match sweeper.sweep(mode, &stop).await? {
+        SweepOutcome::Swept(report) => {
+            print!("{}", report.render());
+            anyhow::ensure!(
+                report.is_clean(),
+                "the sweep did not finish cleanly; what it left is still expired, and the next sweep erases it"
+            );
+            Ok(())
+        }
+        SweepOutcome::Busy { until } => anyhow::bail!(
+            "another replica is sweeping (its lease runs until {}); nothing was done",
+            until.format("%Y-%m-%d %H:%M:%SZ")
+        ),
+        SweepOutcome::NotDue { next } => {
+            anyhow::bail!("the sweep is not due until {next}")
+        }
+    }
 }

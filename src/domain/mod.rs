@@ -5,6 +5,7 @@
 
 mod ids;
 mod request;
+mod retention;
 mod subject;
 
 pub use ids::{FieldError, IdempotencyKey, RequestId, StoreName};
@@ -12,6 +13,7 @@ pub use request::{
     derive_status, due_at, extended_due_at, OutcomeState, Regime, RequestKind, RequestStatus,
     RETENTION_MONTHS_BILLING,
 };
+pub use retention::{legal_minimum, platform_period, Period, RetentionSchedule};
 pub use subject::{AccountId, Corrections, Email, Name, Phone, Subject, TenantId};
 
 /// Longest free-text field we accept (requested_by, reasons). Larger means a caller bug.

@@ -1,10 +1,18 @@
 //! What a task does, by request kind: the steps of an erasure (count, checkpoint, erase,
 //! verify), of a rectification (count, checkpoint, rectify, read back), of an export (the store's
 //! part, then the archive), and the result they add up to.
+//!
+//! Before an erasure touches a store it asks the ledger whether a litigation hold covers any of
+//! the subject's identifiers (issue 9): then the store's records stay and the outcome is
+//! RETAINED with basis `litigation_hold`, until the hold is released and the task runs again. A
+//! store that keeps records under a legal obligation (billing) reports which, and they are
+//! recorded as a hold that the retention sweep ends.
 use crate::{
     domain::{Corrections, OutcomeState, RequestKind, Subject},
     export::{assemble, ArchiveJob, PartWriter},
-    ledger::{ClaimedTask, Fenced, SubjectRecord, TaskResult, ARCHIVE_TASK},
+    ledger::{
+        ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK, LITIGATION_HOLD_BASIS,
+    },
     stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 
@@ -67,6 +75,7 @@ impl Engine {
             verified: false,
             detail: None,
             export: None,
+            hold: None,
         })
     }
 
@@ -86,6 +95,7 @@ impl Engine {
             verified: false,
             detail: Some(format!("archive: {} bytes", archive.size_bytes)),
             export: Some(archive),
+            hold: None,
         })
     }
 
@@ -147,6 +157,7 @@ impl Engine {
             verified: true,
             detail,
             export: None,
+            hold: None,
         })
     }
 
@@ -158,6 +169,27 @@ impl Engine {
         task: &ClaimedTask,
         subject: &Subject,
     ) -> StoreResult<TaskResult> {
+        let tags = self.hasher.subject_tags(subject);
+        let held = self
+            .ledger
+            .litigation_hold_for(&task.tenant_id, &tags)
+            .await
+            .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))?;
+        if let Some(hold) = held {
+            let found = adapter.preview(subject).await?.records;
+            return Ok(TaskResult {
+                state: OutcomeState::Retained,
+                found,
+                affected: 0,
+                retention_basis: Some(format!(
+                    "{LITIGATION_HOLD_BASIS}: a litigation hold on the subject forbids erasure until it is released (hold {hold})"
+                )),
+                retained_until: None,
+                verified: false,
+                detail: Some("retained: litigation hold".into()),
+                hold: Some(TaskHold::Litigation(hold)),
+            });
+        }
         let first_count = self.first_count(adapter, task, subject).await?;
         let erasure = adapter.erase(subject, self.clock.now()).await?;
         let verified = adapter.verify_erased(subject).await?;
@@ -179,18 +211,39 @@ impl Engine {
                     verified,
                     detail: None,
                     export: None,
+                    hold: None,
                 }
             }
-            Erasure::Retained { found, affected, basis, until } => TaskResult {
-                state: OutcomeState::Retained,
-                found: found.max(first_count),
-                affected,
-                retention_basis: Some(basis),
-                retained_until: Some(until),
-                verified,
-                detail: None,
-                export: None,
-            },
+            Erasure::Retained { found, affected, basis, until } => {
+                let records = adapter.retained_records(subject).await?;
+                // The outcome event records the hold (the hold's own id is the task's).
+                let detail = (!records.is_empty()).then(|| {
+                    format!(
+                        "retained: legal_obligation hold on {} record(s) until {}",
+                        records.len(),
+                        until.to_rfc3339()
+                    )
+                });
+                let hold = (!records.is_empty()).then(|| {
+                    TaskHold::LegalObligation(NewLegalHold {
+                        basis: basis.clone(),
+                        until,
+                        records,
+                        subject_tags: tags,
+                    })
+                });
+                TaskResult {
+                    state: OutcomeState::Retained,
+                    found: found.max(first_count),
+                    affected,
+                    retention_basis: Some(basis),
+                    retained_until: Some(until),
+                    verified,
+                    detail,
+                    hold,
+                    export: None,
+                }
+            }
         })
     }
 }
@@ -205,5 +258,6 @@ fn skipped(why: &str) -> TaskResult {
         verified: false,
         detail: Some(why.to_owned()),
         export: None,
+        hold: None,
     }
 }

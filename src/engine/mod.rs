@@ -26,6 +26,7 @@ use crate::{
     export::ExportStorage,
     ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
     metrics::{Metrics, TaskEnd},
+    privacy::KeyedHasher,
     stores::{StoreError, StoreRegistry},
     telemetry::propagation::context_from_traceparent,
 };
@@ -40,6 +41,8 @@ pub struct Engine {
     clock: SharedClock,
     config: EngineConfig,
     signals: Signals,
+    /// Tags the subject's identifiers, to find litigation holds and to record legal ones.
+    hasher: KeyedHasher,
     /// Who holds a lease: host, process and a random part, so a restarted process on the same
     /// host is a different owner.
     owner: String,
@@ -52,6 +55,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // each is a separate collaborator, wired once at start
     pub fn new(
         ledger: Ledger,
         stores: StoreRegistry,
@@ -60,6 +64,7 @@ impl Engine {
         file: &FileConfig,
         signals: Signals,
         metrics: Arc<Metrics>,
+        hasher: KeyedHasher,
     ) -> Self {
         let mut per_store: HashMap<&'static str, Arc<Semaphore>> = stores
             .all()
@@ -75,6 +80,7 @@ impl Engine {
             clock,
             config: file.engine.clone(),
             signals,
+            hasher,
             owner: format!(
                 "{host}/{}/{}",
                 std::process::id(),

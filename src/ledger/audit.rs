@@ -449,7 +449,9 @@ impl Ledger {
     /// `audit_pruned` event (in the chain) records it, so a forged checkpoint is detected.
     ///
     /// Only a prefix can go: the cut stops before the first event that is recent or belongs to a
-    /// request that is kept. A request whose events straddle the cut waits for a later prune.
+    /// request that is kept. A request whose events straddle the cut waits for a later prune. A
+    /// deletion whose billing records are still under their legal obligation may be pruned: when
+    /// the obligation ends, its `hold_ended` event still names the request.
     pub async fn prune_audit(
         &self,
         before: DateTime<Utc>,
@@ -461,9 +463,12 @@ impl Ledger {
         let head_seq: i64 =
             sqlx::query_scalar("SELECT seq FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let (checkpoint_seq, _) = latest_checkpoint(&mut *tx).await?;
+        // A request a litigation hold keeps open (issue 9) is not ended: its held stores run
+        // again on release, so it stays, with everything after it.
         let keep_from: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(e.seq) FROM dsr_events e LEFT JOIN dsr_requests r ON r.id = e.request_id \
-             WHERE e.at >= $1 OR (r.id IS NOT NULL AND (r.completed_at IS NULL OR r.completed_at >= $1))",
+             WHERE e.at >= $1 OR (r.id IS NOT NULL AND (r.completed_at IS NULL OR r.completed_at >= $1 \
+             OR EXISTS (SELECT 1 FROM dsr_tasks t WHERE t.request_id = r.id AND t.hold_id IS NOT NULL)))",
         )
         .bind(before_ms)
         .fetch_one(&mut *tx)

@@ -33,6 +33,12 @@ impl<'a> NewEvent<'a> {
         Self { action, ..Default::default() }
     }
 
+    /// The tenant of an event that is about no one request (a hold, a sweep).
+    pub fn tenant(mut self, tenant: &'a str) -> Self {
+        self.tenant_id = Some(tenant);
+        self
+    }
+
     pub fn store(mut self, store: &'a str, attempt: u32) -> Self {
         self.store = Some(store);
         self.attempt = Some(attempt as i64);
@@ -120,6 +126,15 @@ impl EventRecord {
 }
 
 impl Ledger {
+    /// Appends one event in its own transaction (for events that record no state change here:
+    /// what a retention sweep erased in a store).
+    pub async fn record_event(&self, event: NewEvent<'_>, now: DateTime<Utc>) -> Result<i64> {
+        let mut tx = self.begin_chained().await?;
+        let seq = event.append(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     /// A request's events, oldest first.
     pub async fn events_of(&self, request_id: &str) -> Result<Vec<EventRecord>> {
         let rows = sqlx::query(&format!(

@@ -8,6 +8,8 @@
 mod audit;
 mod events;
 mod exports;
+mod holds;
+mod leases;
 mod requests;
 mod stats;
 mod tasks;
@@ -17,9 +19,13 @@ use sqlx::{any::AnyRow, Row};
 pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
 pub use events::{EventRecord, NewEvent};
 pub use exports::{ExportRecord, ARCHIVE_TASK};
+pub use holds::{
+    DueHold, HoldKind, HoldRecord, NewLegalHold, NewLitigationHold, Released, LITIGATION_HOLD_BASIS,
+};
+pub use leases::{LeaseClaim, SWEEP_LEASE};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
-pub use tasks::{ClaimedTask, Fenced, TaskResult};
+pub use tasks::{ClaimedTask, Fenced, TaskHold, TaskResult};
 
 use crate::{
     clock::from_millis,

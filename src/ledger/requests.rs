@@ -405,6 +405,61 @@ async fn status_for_update(tx: &mut Tx, id: &str) -> Result<(String, RequestStat
     Ok((row.try_get("tenant_id")?, decode_enum(row.try_get("status")?, RequestStatus::from_db)?))
 }
 
+impl Ledger {
+    /// Extends a request's deadline once, as the law allows (`extended_due_at`: GDPR two more
+    /// months, CCPA 45 more days), and records a `deadline_extended` event with both dates. The
+    /// reason is kept with the request, not in the event (it is free text). A second extension,
+    /// or one of a request that has ended, is refused.
+    pub async fn extend_deadline(
+        &self,
+        id: &str,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin_chained().await?;
+        let row = sqlx::query(
+            "SELECT tenant_id, status, regime, due_at, deadline_extended FROM dsr_requests WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(LedgerError::NotFound)?;
+        let tenant: String = row.try_get("tenant_id")?;
+        let status = decode_enum(row.try_get("status")?, RequestStatus::from_db)?;
+        let regime = decode_enum(row.try_get("regime")?, Regime::from_db)?;
+        let due = from_millis(row.try_get("due_at")?);
+        if row.try_get::<i64, _>("deadline_extended")? != 0 {
+            return Err(LedgerError::FailedPrecondition(
+                "the deadline of this request has already been extended; the law allows one extension".into(),
+            ));
+        }
+        if status.is_terminal() {
+            return Err(LedgerError::FailedPrecondition(format!(
+                "the request has already ended ({status}); there is no deadline left to extend"
+            )));
+        }
+        let extended = crate::domain::extended_due_at(regime, due);
+        sqlx::query(
+            "UPDATE dsr_requests SET due_at = $1, deadline_extended = 1, extension_reason = $2, version = version + 1 \
+             WHERE id = $3",
+        )
+        .bind(to_millis(extended))
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!("due {} -> {} ({regime})", due.to_rfc3339(), extended.to_rfc3339());
+        NewEvent::request(id, &tenant, "deadline_extended")
+            .actor(actor)
+            .detail(&detail)
+            .append(&mut tx, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// Re-derives a request's status from its tasks, bumps its version, and on a terminal status
 /// stamps `completed_at`, appends the closing event and — once nothing can run any more — drops
 /// the subject's identifiers (a FAILED request keeps them for RetryRequest).
@@ -434,10 +489,13 @@ pub(super) async fn refresh_status(
     .bind(BLOCKED)
     .execute(&mut **tx)
     .await?;
-    let rows = sqlx::query("SELECT state, attempt FROM dsr_tasks WHERE request_id = $1")
+    let rows = sqlx::query("SELECT state, attempt, hold_id FROM dsr_tasks WHERE request_id = $1")
         .bind(id)
         .fetch_all(&mut **tx)
         .await?;
+    // A store kept by a litigation hold runs again when the hold is released, and needs the
+    // subject's identifiers then: they stay until it has (issue 9).
+    let held = rows.iter().any(|r| r.try_get::<Option<String>, _>("hold_id").ok().flatten().is_some());
     let outcomes = rows
         .iter()
         .map(|r| {
@@ -458,7 +516,7 @@ pub(super) async fn refresh_status(
     .bind(status.as_str())
     .bind(terminal as i64)
     .bind(to_millis(now))
-    .bind(matches!(status, RequestStatus::Completed | RequestStatus::Cancelled) as i64)
+    .bind((matches!(status, RequestStatus::Completed | RequestStatus::Cancelled) && !held) as i64)
     .bind(id)
     .execute(&mut **tx)
     .await?;

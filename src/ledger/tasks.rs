@@ -5,7 +5,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{decode_enum, events::NewEvent, requests::refresh_status, Ledger, Result};
+use super::{
+    decode_enum,
+    events::NewEvent,
+    holds::{record_legal_hold, NewLegalHold},
+    requests::refresh_status,
+    Ledger, Result,
+};
 use crate::{
     clock::to_millis,
     db::{Backend, Tx},
@@ -43,6 +49,20 @@ pub struct TaskResult {
     pub detail: Option<String>,
     /// The archive an export's `archive` task wrote: recorded with the task's end.
     pub export: Option<super::ExportRecord>,
+    /// Why the records stay, when a hold keeps them (issue 9).
+    pub hold: Option<TaskHold>,
+}
+
+/// The hold behind a RETAINED outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskHold {
+    /// A litigation hold (its id) keeps the subject's records: the task runs again when it is
+    /// released. If it was released before this result is recorded, the task goes back to the
+    /// queue at once instead.
+    Litigation(String),
+    /// A legal obligation keeps these records until `retained_until`; recorded as a hold so the
+    /// retention sweep can erase them when it ends and complete the outcome.
+    LegalObligation(NewLegalHold),
 }
 
 /// Whether a fenced write took effect.
@@ -241,10 +261,35 @@ pub(super) async fn finish_in(
     result: &TaskResult,
     now: DateTime<Utc>,
 ) -> Result<Fenced> {
+    let litigation = match &result.hold {
+        Some(TaskHold::Litigation(id)) => Some(id.as_str()),
+        _ => None,
+    };
+    // The hold was released between the check and now (the release and this transaction are
+    // serialised by the chain lock): the task is due again, not kept.
+    if let Some(hold) = litigation {
+        let active: Option<i64> = sqlx::query_scalar("SELECT 1 FROM dsr_holds WHERE id = $1 AND ended_at IS NULL")
+            .bind(hold)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if active.is_none() {
+            let n = sqlx::query(
+                "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt_limit + 1, next_run_at = $1, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = $2 AND attempt = $3 AND state = 'running'",
+            )
+            .bind(to_millis(now))
+            .bind(&task.task_id)
+            .bind(task.attempt as i64)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            return Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale });
+        }
+    }
     let n = sqlx::query(
         "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
-         retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL \
-         WHERE id = $8 AND attempt = $9 AND state = 'running'",
+         retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL, \
+         hold_id = $10 WHERE id = $8 AND attempt = $9 AND state = 'running'",
     )
     .bind(result.state.as_str())
     .bind(result.found as i64)
@@ -255,6 +300,7 @@ pub(super) async fn finish_in(
     .bind(to_millis(now))
     .bind(&task.task_id)
     .bind(task.attempt as i64)
+    .bind(litigation)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -272,6 +318,9 @@ pub(super) async fn finish_in(
         event = event.detail(d);
     }
     event.append(tx, now).await?;
+    if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
+        record_legal_hold(tx, &task.task_id, &task.request_id, &task.tenant_id, &task.store, hold, now).await?;
+    }
     let status = refresh_status(tx, &task.request_id, &task.tenant_id, now).await?;
     Ok(Fenced::Applied(status))
 }

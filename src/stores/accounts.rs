@@ -1,6 +1,11 @@
 //! The `accounts` store: the account row of the subject. On deletion its personal columns are
 //! erased; the row itself is deleted unless billing records still reference it (they are kept
-//! 7 years and must keep pointing at an account id).
+//! 7 years and must keep pointing at an account id). The row kept is marked terminated, so the
+//! retention sweep deletes it once no billing record references it any more.
+//!
+//! On the retention schedule an account goes 30 days (or the tenant's period) after its
+//! termination (`terminated_at`): erased like a deletion erases it, so a billed account keeps
+//! its bare row until its billing records have gone too.
 //!
 //! A rectification rewrites the corrected columns (`name`, `email`, `phone`) of the subject's one
 //! live account row. Emails and phones identify an account holder, so a correction to a value
@@ -14,10 +19,12 @@ use sqlx::Row;
 use super::{
     export_rows,
     reference::Tables,
-    sql::{Ident, Key, Predicate},
-    CorrectionConflict, Erasure, ExportSink, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
+    sql::{identifier_columns, params, tenants, Expired, Ident, Key, Predicate},
+    CorrectionConflict, Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter,
+    StoreError, StoreResult,
 };
 use crate::{
+    clock::to_millis,
     db::{Db, Tx},
     domain::{AccountId, Corrections, Email, Phone, Subject},
 };
@@ -63,6 +70,28 @@ fn corrected_columns(c: &Corrections) -> Vec<(&'static str, &'static str, &str)>
 }
 
 impl AccountsStore {
+    /// `EXISTS` a billing record of the account row (of `self.table`, unaliased).
+    fn billed(&self) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM {b} WHERE {b}.tenant_id = {a}.tenant_id AND {b}.account_id = {a}.id)",
+            b = self.billing,
+            a = self.table
+        )
+    }
+
+    /// Terminated before the cutoff, and with something left to erase: personal data, or a bare
+    /// row that no billing record needs any more.
+    fn expired(&self, e: &Expiry<'_>) -> Expired {
+        Expired::new(
+            e.tenant,
+            &format!(
+                "terminated_at IS NOT NULL AND terminated_at < $2 AND ((email IS NOT NULL OR phone IS NOT NULL OR name IS NOT NULL) OR NOT {})",
+                self.billed()
+            ),
+            vec![to_millis(e.cutoff)],
+        )
+    }
+
     /// Live account rows the subject's identifiers match.
     async fn matches<'c, E>(&self, executor: E, p: &Predicate) -> sqlx::Result<u64>
     where
@@ -137,21 +166,20 @@ impl StoreAdapter for AccountsStore {
         Ok(Holdings { records, bytes: 0, under_legal_hold: false })
     }
 
-    async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
+    async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
         let Some(p) = Predicate::for_subject(subject, &self.keys) else {
             return Ok(Erasure::Erased { found: 0, affected: 0 });
         };
-        let billed = format!(
-            "EXISTS (SELECT 1 FROM {b} WHERE {b}.tenant_id = {a}.tenant_id AND {b}.account_id = {a}.id)",
-            b = self.billing,
-            a = self.table
-        );
+        let billed = self.billed();
         let mut tx = self.db.begin_write().await?;
         let kept = format!(
-            "UPDATE {} SET email = NULL, phone = NULL, name = NULL WHERE {}{NOT_ERASED} AND {billed}",
-            self.table, p.sql
+            "UPDATE {} SET email = NULL, phone = NULL, name = NULL, terminated_at = COALESCE(terminated_at, ${}) \
+             WHERE {}{NOT_ERASED} AND {billed}",
+            self.table,
+            p.next_param(),
+            p.sql
         );
-        let erased = p.query(&kept).execute(&mut *tx).await?.rows_affected();
+        let erased = p.query(&kept).bind(to_millis(now)).execute(&mut *tx).await?.rows_affected();
         let gone = format!("DELETE FROM {} WHERE {} AND NOT {billed}", self.table, p.sql);
         let deleted = p.query(&gone).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
@@ -269,6 +297,45 @@ impl StoreAdapter for AccountsStore {
         );
         let q = columns.iter().fold(p.query_as::<(i64,)>(&sql), |q, (_, _, value)| q.bind(*value));
         Ok(q.fetch_one(self.db.pool()).await?.0 == 0)
+    }
+
+    async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(tenants(&self.db, &self.table, after, limit).await?)
+    }
+
+    async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
+        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+    }
+
+    async fn list_expired(
+        &self,
+        expiry: &Expiry<'_>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredRecord>> {
+        let [a, e, p] = identifier_columns(&self.table, &self.keys);
+        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+    }
+
+    /// As a deletion erases: personal columns cleared where billing still references the row,
+    /// the row deleted where nothing does. One transaction.
+    async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (ids, billed) = (params(2, keys.len()), self.billed());
+        let bind = |sql| keys.iter().fold(sqlx::query(sql).bind(tenant), |q, k| q.bind(k.as_str()));
+        let kept = format!(
+            "UPDATE {} SET email = NULL, phone = NULL, name = NULL WHERE tenant_id = $1 AND id IN ({ids}){NOT_ERASED} AND {billed}",
+            self.table
+        );
+        let gone =
+            format!("DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids}) AND NOT {billed}", self.table);
+        let mut tx = self.db.begin_write().await?;
+        let erased = bind(&kept).execute(&mut *tx).await?.rows_affected();
+        let deleted = bind(&gone).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(erased + deleted)
     }
 
     /// An erased account (personal columns cleared, row kept for billing) holds nothing of the

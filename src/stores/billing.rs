@@ -6,19 +6,27 @@
 //! (GDPR Art. 16 applies to retained data too). The outcome is DONE, and says the rows stay
 //! under the hold: `retention_basis` is `BILLING_RECTIFIED_BASIS` and `retained_until` the date
 //! the newest of the subject's records may go.
+//!
+//! On the retention schedule a record goes once it is older than the tenant's billing period
+//! (7 years, or longer where the tenant keeps more). A restricted record — its subject asked
+//! for erasure — goes as soon as the legal minimum has passed, whatever longer period the
+//! tenant keeps for everyone else: the law is the only reason it was kept.
 use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 
 use super::{
     export_rows,
     reference::Tables,
-    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
-    Erasure, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
+    sql::{
+        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
+        Predicate,
+    },
+    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},
     db::Db,
-    domain::{Corrections, Subject, RETENTION_MONTHS_BILLING},
+    domain::{legal_minimum, Corrections, Period, Subject, RETENTION_MONTHS_BILLING},
 };
 
 /// Stated on every billing outcome that keeps data.
@@ -45,6 +53,18 @@ impl BillingStore {
                 Key::Column("caller_phone", Ident::Phone),
             ],
         }
+    }
+}
+
+impl BillingStore {
+    fn expired(&self, e: &Expiry<'_>) -> Expired {
+        let legal =
+            legal_minimum("billing").unwrap_or(Period::Months(RETENTION_MONTHS_BILLING)).before(e.now);
+        Expired::new(
+            e.tenant,
+            "(created_at < $2 OR (restricted_at IS NOT NULL AND created_at < $3))",
+            vec![to_millis(e.cutoff), to_millis(legal)],
+        )
     }
 }
 
@@ -139,6 +159,44 @@ impl StoreAdapter for BillingStore {
 
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
         Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    }
+
+    async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(tenants(&self.db, &self.table, after, limit).await?)
+    }
+
+    async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
+        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+    }
+
+    async fn list_expired(
+        &self,
+        expiry: &Expiry<'_>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredRecord>> {
+        let [a, e, p] = identifier_columns(&self.table, &self.keys);
+        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+    }
+
+    async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
+        Ok(delete_keys(self.db.pool(), &self.table, tenant, keys).await?)
+    }
+
+    async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
+        Ok(self.expired(expiry).delete_batch(&self.db, &self.table, limit).await?)
+    }
+
+    /// The subject's restricted rows, by id.
+    async fn retained_records(&self, subject: &Subject) -> StoreResult<Vec<String>> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT id FROM {} WHERE {} AND restricted_at IS NOT NULL ORDER BY id",
+            self.table, p.sql
+        );
+        Ok(p.query_as::<(String,)>(&sql).fetch_all(self.db.pool()).await?.into_iter().map(|r| r.0).collect())
     }
 
     /// Restricted rows are exported too: a hold limits their use, not the subject's access.

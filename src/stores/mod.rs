@@ -16,9 +16,16 @@
 //! On export every store writes its records as JSON objects (`export::export_rows`); recordings
 //! list their audio objects, which the archive copies in byte for byte (`read_file`).
 //!
+//! On the retention schedule (issue 9) each adapter lists, counts and erases its records that are
+//! past their period, one tenant and one bounded batch at a time (`Expiry`): call logs, transcripts
+//! and recordings by age, billing at 7 years (restricted rows of an erased subject as soon as the
+//! legal minimum has passed, whatever longer period the tenant keeps), accounts 30 days after
+//! termination. Which records a litigation hold keeps is the sweep's decision: the adapter reports
+//! each expired record's identifiers (`ExpiredRecord`) and erases the keys it is given.
+//!
 //! `reference` creates the reference schema; `objects` opens the object store; `sql` builds the
-//! tenant-scoped subject predicates every SQL adapter uses and the phone move the four
-//! phone-keyed stores share.
+//! tenant-scoped subject predicates every SQL adapter uses, the phone move the four phone-keyed
+//! stores share, and the expiry queries of the SQL stores.
 
 mod accounts;
 mod billing;
@@ -91,6 +98,34 @@ pub enum CorrectionConflict {
     /// The identifiers match more than one account: correcting them all to one value would merge
     /// two people.
     Ambiguous,
+}
+
+/// What a retention sweep looks at: one tenant's records dated before `cutoff`.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry<'a> {
+    pub tenant: &'a str,
+    /// When the sweep runs. Billing measures the legal minimum from here for restricted rows.
+    pub now: DateTime<Utc>,
+    /// Records dated before this are past the tenant's period (a record dated exactly at the
+    /// cutoff is exactly as old as the period allows, and stays).
+    pub cutoff: DateTime<Utc>,
+}
+
+/// A record past its retention: its key in the store (the primary key, never an identifier of a
+/// person) and the identifiers it carries, so the sweep can keep what a litigation hold covers.
+/// `Debug` shows the key only.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct ExpiredRecord {
+    pub key: String,
+    pub account_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl std::fmt::Debug for ExpiredRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpiredRecord").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 /// A store failure. Messages never carry identifiers (they end up in outcomes and logs).
@@ -203,6 +238,55 @@ pub trait StoreAdapter: Send + Sync + 'static {
     /// Opens a file that `export` listed, by its key. Stores that list no files keep the default.
     async fn read_file(&self, _key: &str) -> StoreResult<ByteStream> {
         Err(StoreError::Fatal(format!("the {} store lists no files to read", self.name())))
+    }
+
+    // Retention (issue 9). The defaults keep nothing on a schedule, so an adapter without
+    // retention needs none of these.
+
+    /// Up to `limit` tenants that have records in the store, in order, after `after`.
+    async fn tenants(&self, _after: Option<&str>, _limit: usize) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// How many of the tenant's records are past retention (a dry run: changes nothing).
+    async fn count_expired(&self, _expiry: &Expiry<'_>) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    /// Up to `limit` of the tenant's records past retention whose key is after `after`, in key
+    /// order (keyset paging: records the sweep keeps are not listed again).
+    async fn list_expired(
+        &self,
+        _expiry: &Expiry<'_>,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> StoreResult<Vec<ExpiredRecord>> {
+        Ok(Vec::new())
+    }
+
+    /// Erases the tenant's records with these keys (those still there: erasing twice is
+    /// harmless) in one short transaction; returns how many went. Recordings delete each object
+    /// before its index row. The caller bounds `keys` to one batch.
+    async fn erase_records(&self, _tenant: &str, _keys: &[String]) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    /// Erases up to `limit` of the tenant's records past retention, in one short transaction;
+    /// returns how many went (fewer than `limit`: nothing expired is left). SQL stores do it in
+    /// one statement.
+    async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
+        let keys: Vec<String> =
+            self.list_expired(expiry, None, limit).await?.into_iter().map(|r| r.key).collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.erase_records(expiry.tenant, &keys).await
+    }
+
+    /// The keys of the subject's records that `erase` kept under a legal obligation, so that
+    /// they can be erased when it ends, after the request has dropped the subject's identifiers.
+    async fn retained_records(&self, _subject: &Subject) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 

@@ -2,6 +2,8 @@
 //! Erase deletes each object first, checks it is gone, then deletes its index row — so a retry
 //! after a crash finds either both or only the row, never an orphaned object.
 //!
+//! The retention sweep erases the same way, by key: objects first, then their index rows.
+//!
 //! A phone correction rewrites `caller_phone` of the index rows only: objects are keyed by call
 //! id, which a correction does not change, so no audio moves.
 use std::sync::Arc;
@@ -15,11 +17,15 @@ use sqlx::Row;
 use super::{
     reference::Tables,
     row_json,
-    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
-    ByteStream, Erasure, ExportFile, ExportSink, Holdings, Rectification, StoreAdapter, StoreError,
-    StoreResult,
+    sql::{
+        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
+        Predicate,
+    },
+    ByteStream, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Holdings, Rectification, StoreAdapter,
+    StoreError, StoreResult,
 };
 use crate::{
+    clock::to_millis,
     db::Db,
     domain::{Corrections, Subject},
 };
@@ -62,6 +68,21 @@ impl RecordingsStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Deletes the objects of these index rows `(id, object_key)`, then the rows; returns the
+    /// rows deleted. A failure leaves rows whose objects may be gone: a retry deletes the rest
+    /// (a missing object is fine), never an object without its row.
+    async fn erase_rows(&self, tenant: &str, rows: &[(String, String)]) -> StoreResult<u64> {
+        for chunk in rows.chunks(OBJECT_CONCURRENCY) {
+            try_join_all(chunk.iter().map(|(_, key)| self.delete_object(key))).await?;
+        }
+        let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+        Ok(delete_keys(self.db.pool(), &self.table, tenant, &ids).await?)
+    }
+
+    fn expired(&self, e: &Expiry<'_>) -> Expired {
+        Expired::new(e.tenant, "created_at < $2", vec![to_millis(e.cutoff)])
+    }
 }
 
 #[async_trait]
@@ -94,19 +115,7 @@ impl StoreAdapter for RecordingsStore {
             if batch.is_empty() {
                 break;
             }
-            for chunk in batch.chunks(OBJECT_CONCURRENCY) {
-                let mut deletions = Vec::with_capacity(chunk.len());
-                for (_, key) in chunk {
-                    deletions.push(self.delete_object(key));
-                }
-                try_join_all(deletions).await?;
-            }
-            let ids = (0..batch.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
-            let delete = format!("DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids})", self.table);
-            let q = batch
-                .iter()
-                .fold(sqlx::query(&delete).bind(subject.tenant.as_str()), |q, (id, _)| q.bind(id));
-            total += q.execute(self.db.pool()).await?.rows_affected();
+            total += self.erase_rows(subject.tenant.as_str(), &batch).await?;
         }
         Ok(Erasure::Erased { found: total, affected: total })
     }
@@ -134,6 +143,45 @@ impl StoreAdapter for RecordingsStore {
 
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
         Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    }
+
+    async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(tenants(&self.db, &self.table, after, limit).await?)
+    }
+
+    async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
+        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+    }
+
+    async fn list_expired(
+        &self,
+        expiry: &Expiry<'_>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredRecord>> {
+        let [a, e, p] = identifier_columns(&self.table, &self.keys);
+        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+    }
+
+    async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT id, object_key FROM {} WHERE tenant_id = $1 AND id IN ({})",
+            self.table,
+            super::sql::params(2, keys.len())
+        );
+        let q = keys.iter().fold(sqlx::query_as(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
+        let rows: Vec<(String, String)> = q.fetch_all(self.db.pool()).await?;
+        self.erase_rows(tenant, &rows).await
+    }
+
+    async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
+        let e = self.expired(expiry);
+        let sql = format!("SELECT id, object_key FROM {} WHERE {} LIMIT {limit}", self.table, e.sql);
+        let rows: Vec<(String, String)> = e.query_as(&sql).fetch_all(self.db.pool()).await?;
+        self.erase_rows(expiry.tenant, &rows).await
     }
 
     /// Lists each recording's audio object (read later through `read_file`), with its index row

@@ -25,7 +25,8 @@ impl Default for Tables {
     }
 }
 
-/// Creates the reference tables and their subject indexes if they are missing.
+/// Creates the reference tables and their subject indexes if they are missing, and the
+/// `(tenant_id, <time>)` index each table's retention sweep runs on.
 pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
     let statements = [
         format!(
@@ -35,6 +36,7 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         ),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_email ON {0} (tenant_id, email)", t.accounts),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, phone)", t.accounts),
+        format!("CREATE INDEX IF NOT EXISTS {0}_tenant_terminated ON {0} (tenant_id, terminated_at)", t.accounts),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, account_id TEXT, \
              caller_phone TEXT, agent_id TEXT, started_at BIGINT NOT NULL, duration_s BIGINT NOT NULL, outcome TEXT)",
@@ -43,6 +45,7 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, caller_phone)", t.call_logs),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_account ON {0} (tenant_id, account_id)", t.call_logs),
         format!("CREATE INDEX IF NOT EXISTS {0}_started ON {0} (started_at)", t.call_logs),
+        format!("CREATE INDEX IF NOT EXISTS {0}_tenant_started ON {0} (tenant_id, started_at)", t.call_logs),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, call_id TEXT NOT NULL, tenant_id TEXT NOT NULL, \
              caller_phone TEXT, text TEXT, created_at BIGINT NOT NULL)",
@@ -50,6 +53,7 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         ),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, caller_phone)", t.transcripts),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_call ON {0} (tenant_id, call_id)", t.transcripts),
+        format!("CREATE INDEX IF NOT EXISTS {0}_tenant_created ON {0} (tenant_id, created_at)", t.transcripts),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, call_id TEXT NOT NULL, tenant_id TEXT NOT NULL, \
              caller_phone TEXT, object_key TEXT NOT NULL, bytes BIGINT NOT NULL, created_at BIGINT NOT NULL)",
@@ -57,6 +61,7 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         ),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, caller_phone)", t.recordings),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_call ON {0} (tenant_id, call_id)", t.recordings),
+        format!("CREATE INDEX IF NOT EXISTS {0}_tenant_created ON {0} (tenant_id, created_at)", t.recordings),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, account_id TEXT, \
              caller_phone TEXT, amount_cents BIGINT NOT NULL, currency TEXT NOT NULL, created_at BIGINT NOT NULL, \
@@ -65,6 +70,7 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         ),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_account ON {0} (tenant_id, account_id)", t.billing),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, caller_phone)", t.billing),
+        format!("CREATE INDEX IF NOT EXISTS {0}_tenant_created ON {0} (tenant_id, created_at)", t.billing),
     ];
     let mut tx = db.begin_write().await?;
     for s in &statements {

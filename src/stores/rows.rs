@@ -1,14 +1,19 @@
-//! Stores whose rows are simply deleted: `call_logs` and `transcripts`.
+//! Stores whose rows are simply deleted: `call_logs` and `transcripts`. On the retention
+//! schedule they age from the call (`started_at`, `created_at`).
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
     export_rows,
     reference::Tables,
-    sql::{move_phone, phone_move, phone_moved, Ident, Key, Predicate},
-    Erasure, ExportSink, Holdings, Rectification, StoreAdapter, StoreResult,
+    sql::{
+        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
+        Predicate,
+    },
+    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
+    clock::to_millis,
     db::Db,
     domain::{Corrections, Subject},
 };
@@ -21,6 +26,8 @@ pub struct RowStore {
     keys: Vec<Key>,
     /// What a row weighs in a preview (`LENGTH(text)` for transcripts).
     bytes_expr: Option<&'static str>,
+    /// The time a row's retention runs from.
+    aged_by: &'static str,
 }
 
 impl RowStore {
@@ -37,6 +44,7 @@ impl RowStore {
                 Key::Column("caller_phone", Ident::Phone),
             ],
             bytes_expr: None,
+            aged_by: "started_at",
         }
     }
 
@@ -51,7 +59,14 @@ impl RowStore {
                 Key::ViaCallLogs { column: "call_id", call_logs_table: t.call_logs.clone() },
             ],
             bytes_expr: Some("LENGTH(text)"),
+            aged_by: "created_at",
         }
+    }
+}
+
+impl RowStore {
+    fn expired(&self, e: &Expiry<'_>) -> Expired {
+        Expired::new(e.tenant, &format!("{} < $2", self.aged_by), vec![to_millis(e.cutoff)])
     }
 }
 
@@ -110,6 +125,32 @@ impl StoreAdapter for RowStore {
 
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
         Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    }
+
+    async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        Ok(tenants(&self.db, &self.table, after, limit).await?)
+    }
+
+    async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
+        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+    }
+
+    async fn list_expired(
+        &self,
+        expiry: &Expiry<'_>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ExpiredRecord>> {
+        let [a, e, p] = identifier_columns(&self.table, &self.keys);
+        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+    }
+
+    async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
+        Ok(delete_keys(self.db.pool(), &self.table, tenant, keys).await?)
+    }
+
+    async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
+        Ok(self.expired(expiry).delete_batch(&self.db, &self.table, limit).await?)
     }
 
     async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {

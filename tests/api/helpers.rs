@@ -1,11 +1,12 @@
 //! `spawn_app`: the real server on a random loopback port with a fresh database, and a real
 //! gRPC client to it.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use dsr::{
     api::pb::{self, audit_client::AuditClient, data_subject_rights_client::DataSubjectRightsClient},
     config::Settings,
     db::Db,
+    retention::{SweepMode, SweepOutcome, SweepReport, Sweeper},
     seed::{SeedSpec, SeededSubject},
     startup::{Application, Overrides},
     stores::{open_object_store, reference::Tables},
@@ -19,7 +20,12 @@ use crate::support;
 pub use crate::support::Backend;
 
 /// Fast retries and short leases, so tests of failure paths do not wait on production timings.
+/// No background retention sweep: tests that sweep run one themselves (`TestApp::sweep`).
+/// `[engine]` stays the last table: tests append engine keys to it.
 pub const TEST_CONFIG: &str = "
+[retention]
+sweep_interval_secs = 0
+
 [engine]
 backoff_base_ms = 10
 backoff_max_ms = 50
@@ -35,6 +41,8 @@ pub struct TestApp {
     pub settings: Settings,
     pub db: Db,
     pub dir: TempDir,
+    /// This server's retention sweeper (its stores, clock and lease identity).
+    pub sweeper: Arc<Sweeper>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -56,10 +64,11 @@ pub async fn spawn_on(settings: Settings, dir: TempDir, overrides: Overrides) ->
     let addr = app.local_addr();
     let metrics = app.metrics_addr();
     let db = app.ledger().db().clone();
+    let sweeper = app.sweeper();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let client = DataSubjectRightsClient::new(channel(addr).await);
-    TestApp { addr, metrics, client, settings, db, dir, stop, handle: Some(handle) }
+    TestApp { addr, metrics, client, settings, db, dir, sweeper, stop, handle: Some(handle) }
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -69,16 +78,32 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 impl TestApp {
     /// Seeds `subjects` subjects with `calls` calls each into `tenant`.
     pub async fn seed(&self, tenant: &str, subjects: usize, calls: usize) -> Vec<SeededSubject> {
-        self.seed_from(tenant, 0, subjects, calls).await
+        self.seed_with(tenant, 0, subjects, calls, chrono::Utc::now()).await
     }
 
     /// Like `seed`, numbering subjects from `first` (distinct identifiers across tenants).
-    pub async fn seed_from(
+    pub async fn seed_from(&self, tenant: &str, first: usize, subjects: usize, calls: usize) -> Vec<SeededSubject> {
+        self.seed_with(tenant, first, subjects, calls, chrono::Utc::now()).await
+    }
+
+    /// Like `seed`, with the data dated from `now` (the test's manual clock).
+    pub async fn seed_at(
+        &self,
+        tenant: &str,
+        subjects: usize,
+        calls: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<SeededSubject> {
+        self.seed_with(tenant, 0, subjects, calls, now).await
+    }
+
+    pub async fn seed_with(
         &self,
         tenant: &str,
         first: usize,
         subjects: usize,
         calls: usize,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<SeededSubject> {
         let objects = open_object_store(&self.settings.recordings_url).unwrap();
         let spec = SeedSpec {
@@ -89,10 +114,26 @@ impl TestApp {
             first,
         };
         let mut out = Vec::new();
-        dsr::seed::seed(&self.db, &Tables::default(), objects, &spec, chrono::Utc::now(), |s| out.push(s))
+        dsr::seed::seed(&self.db, &Tables::default(), objects, &spec, now, |s| out.push(s))
             .await
             .expect("seed");
         out
+    }
+
+    /// Runs one retention sweep now, on this server's sweeper; panics if another holds the lease.
+    pub async fn sweep(&self) -> SweepReport {
+        match self.sweeper.sweep(SweepMode::Now, &CancellationToken::new()).await.expect("sweep") {
+            SweepOutcome::Swept(r) => r,
+            other => panic!("the sweep did not run: {other:?}"),
+        }
+    }
+
+    /// What a sweep now would erase (changes nothing).
+    pub async fn dry_run(&self) -> SweepReport {
+        match self.sweeper.sweep(SweepMode::DryRun, &CancellationToken::new()).await.expect("dry run") {
+            SweepOutcome::Swept(r) => r,
+            other => panic!("the dry run did not run: {other:?}"),
+        }
     }
 
     pub async fn delete(&self, subject: pb::Subject) -> pb::DsrRequest {

@@ -15,5 +15,6 @@ mod lifecycle;
 mod metrics;
 mod protocol;
 mod rectification;
+mod retention;
 mod security;
 mod validation;

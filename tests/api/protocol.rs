@@ -15,7 +15,7 @@ use crate::helpers::*;
 async fn health_answers_without_credentials_for_the_server_and_each_service() {
     let app = spawn_app(Backend::Sqlite).await;
     let mut health = HealthClient::new(channel(app.addr).await);
-    for service in ["", "dsr.v1.DataSubjectRights", "dsr.v1.Audit"] {
+    for service in ["", "dsr.v1.DataSubjectRights", "dsr.v1.Audit", "dsr.v1.Holds"] {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
@@ -40,7 +40,9 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"dsr.v1.DataSubjectRights") && names.contains(&"dsr.v1.Audit"), "{names:?}");
+    for service in ["dsr.v1.DataSubjectRights", "dsr.v1.Audit", "dsr.v1.Holds"] {
+        assert!(names.contains(&service), "{names:?}");
+    }
 
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
     let req = v1alpha::ServerReflectionRequest {

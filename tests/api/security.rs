@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use dsr::{
-    api::pb::{self, audit_client::AuditClient, data_subject_rights_client::DataSubjectRightsClient},
+    api::pb::{
+        self, audit_client::AuditClient, data_subject_rights_client::DataSubjectRightsClient,
+        holds_client::HoldsClient,
+    },
     startup::Overrides,
 };
 use sha2::{Digest, Sha256};
@@ -62,10 +65,13 @@ enum Rpc {
     ExtendDeadline,
     ListAuditEvents,
     VerifyAuditLog,
+    PlaceHold,
+    ReleaseHold,
+    ListHolds,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 13] = [
+    const ALL: [Rpc; 16] = [
         Rpc::SubmitExport,
         Rpc::SubmitDeletion,
         Rpc::SubmitRectification,
@@ -79,6 +85,9 @@ impl Rpc {
         Rpc::ExtendDeadline,
         Rpc::ListAuditEvents,
         Rpc::VerifyAuditLog,
+        Rpc::PlaceHold,
+        Rpc::ReleaseHold,
+        Rpc::ListHolds,
     ];
 
     /// The scope the RPC needs (for actions on a deletion request: dsr.delete).
@@ -90,7 +99,9 @@ impl Rpc {
             }
             Rpc::SubmitRectification => "dsr.rectify",
             Rpc::GetRequest | Rpc::ListRequests | Rpc::WatchRequest | Rpc::PreviewSubject => "dsr.read",
-            Rpc::ListAuditEvents | Rpc::VerifyAuditLog => "dsr.admin",
+            Rpc::ListAuditEvents | Rpc::VerifyAuditLog | Rpc::PlaceHold | Rpc::ReleaseHold | Rpc::ListHolds => {
+                "dsr.admin"
+            }
         }
     }
 
@@ -102,7 +113,6 @@ impl Rpc {
     /// What a permitted caller gets in this version (the request is a fresh, pending deletion).
     fn permitted(self) -> Code {
         match self {
-            Rpc::ExtendDeadline => Code::Unimplemented,
             // A pending deletion: nothing to retry, no archive to download.
             Rpc::RetryRequest | Rpc::DownloadExport => Code::FailedPrecondition,
             _ => Code::Ok,
@@ -113,6 +123,7 @@ impl Rpc {
 async fn call(ch: &Channel, rpc: Rpc, token: &str, tenant: &str, id: &str) -> Code {
     let mut c = DataSubjectRightsClient::new(ch.clone());
     let mut a = AuditClient::new(ch.clone());
+    let mut h = HoldsClient::new(ch.clone());
     let id = id.to_owned();
     let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |e| e.code());
     match rpc {
@@ -194,6 +205,41 @@ async fn call(ch: &Channel, rpc: Rpc, token: &str, tenant: &str, id: &str) -> Co
         Rpc::VerifyAuditLog => {
             code(a.verify_audit_log(with_token(pb::VerifyAuditLogRequest {}, token)).await.map(drop))
         }
+        Rpc::PlaceHold => code(
+            h.place_hold(with_token(
+                pb::PlaceHoldRequest { subject: subject(tenant), reason: "case 1".into() },
+                token,
+            ))
+            .await
+            .map(drop),
+        ),
+        Rpc::ReleaseHold => {
+            // A hold in the target tenant, placed by the unbound root token.
+            let hold = h
+                .place_hold(with_token(
+                    pb::PlaceHoldRequest { subject: subject(tenant), reason: "case 2".into() },
+                    &token_of("root"),
+                ))
+                .await
+                .expect("root places a hold")
+                .into_inner();
+            code(
+                h.release_hold(with_token(
+                    pb::ReleaseHoldRequest { id: hold.id, reason: "done".into() },
+                    token,
+                ))
+                .await
+                .map(drop),
+            )
+        }
+        Rpc::ListHolds => code(
+            h.list_holds(with_token(
+                pb::ListHoldsRequest { tenant_id: tenant.into(), ..Default::default() },
+                token,
+            ))
+            .await
+            .map(drop),
+        ),
     }
 }
 
@@ -245,7 +291,7 @@ async fn every_scope_and_tenant_combination_gets_exactly_its_code(backend: Backe
         mismatches.len(),
         mismatches.join("\n")
     );
-    assert_eq!(checked, 13 * (5 * 2 + 2));
+    assert_eq!(checked, 16 * (5 * 2 + 2));
 
     // A tenant-bound reader listing with no tenant sees its own tenant only.
     let mut c = DataSubjectRightsClient::new(ch.clone());

@@ -214,7 +214,8 @@ ctr = next(c for c in spec["containers"] if c["name"] == "dsr")
 env = {e["name"]: e for e in ctr.get("env", [])}
 
 # Config: the non-secret dsr.toml in a ConfigMap, tokens in a Secret file.
-cms = [d for d in kinds("ConfigMap") if not hook(d)]
+dashboards = [d for d in kinds("ConfigMap") if "dsr.json" in d.get("data", {})]
+cms = [d for d in kinds("ConfigMap") if not hook(d) and d not in dashboards]
 need(len(cms) == 1 and "dsr.toml" in cms[0].get("data", {}), "one ConfigMap with dsr.toml")
 toml_text = cms[0]["data"]["dsr.toml"]
 need("token" not in toml_text, "no tokens in the ConfigMap")
@@ -224,6 +225,7 @@ if tomllib:
         "server": {"listen", "request_timeout_secs", "max_concurrent_requests", "max_message_bytes", "shutdown_grace_secs"},
         "engine": {"workers", "lease_secs", "max_attempts", "backoff_base_ms", "backoff_max_ms"},
         "metrics": {"listen"},
+        "export": {"expiry_days"},
     }
     for table, keys in expected.items():
         need(set(conf.get(table, {})) == keys, f"dsr.toml [{table}] has keys {sorted(keys)}")
@@ -290,6 +292,17 @@ need(len(kinds("NetworkPolicy")) == 1, "NetworkPolicy")
 need(len(kinds("PodDisruptionBudget")) == 1, "PodDisruptionBudget")
 need(len(kinds("ServiceAccount")) >= 1, "ServiceAccount")
 
+# The Grafana dashboard: off by default, on in the production values.
+if mode == "external":
+    import json
+    need(len(dashboards) == 1, "one Grafana dashboard ConfigMap")
+    for d in dashboards:
+        need(d["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard ConfigMap labelled grafana_dashboard: \"1\"")
+        with open("helm/dsr/dashboards/dsr.json") as f:
+            need(json.loads(d["data"]["dsr.json"]) == json.load(f), "dashboard ConfigMap holds dashboards/dsr.json")
+else:
+    need(not dashboards, "no dashboard ConfigMap unless metrics.grafanaDashboard.enabled")
+
 jobs = kinds("Job")
 if mode == "external":
     need(len(jobs) == 1, "one migration Job")
@@ -309,6 +322,7 @@ if mode == "external":
             need(ok, f"migration Job reads {e['name']} from a Secret that exists at pre-install")
     need("DATABASE_URL" in env, "server gets DATABASE_URL")
     need("DSR_RECORDINGS_URL" in env and env["DSR_RECORDINGS_URL"]["value"].startswith("s3://"), "DSR_RECORDINGS_URL s3://")
+    need("DSR_EXPORTS_URL" in env and env["DSR_EXPORTS_URL"]["value"].startswith("s3://"), "DSR_EXPORTS_URL s3://")
     need("OTEL_EXPORTER_OTLP_ENDPOINT" in env, "OTEL_EXPORTER_OTLP_ENDPOINT")
     need(len(kinds("HorizontalPodAutoscaler")) == 1 and "replicas" not in dep["spec"], "HPA owns the replica count")
     need(dep["spec"]["strategy"]["type"] == "RollingUpdate", "RollingUpdate")
@@ -394,6 +408,29 @@ check "policy: production values (external database, hooks, HPA)" policy externa
 check "tokens.toml rendered from auth.tokens" tokens_render
 check "checksum/config changes with the config only" checksum_follows_config
 
+# The dashboard: valid JSON, a Grafana dashboard whose queries name only dsr's metrics and
+# aggregate the ledger's gauges (the same on every replica) with max, never a bare sum.
+# (Which metric names the service exposes is checked by `cargo test`, against the real
+# exposition: metrics::tests::the_dashboard_names_only_metrics_the_service_exposes.)
+dashboard_json() {
+  "$PYTHON" - helm/dsr/dashboards/dsr.json <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+assert d["uid"] and d["title"] and d["panels"], "a dashboard with a uid, a title and panels"
+exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", []) if "expr" in t]
+names = sorted({n for e in exprs for n in re.findall(r"\bdsr_[a-z0-9_]+", e)})
+print(f"{len(d['panels'])} panels, {len(exprs)} PromQL queries over {len(names)} metrics: {' '.join(names)}")
+ledger = ("dsr_requests_outstanding", "dsr_requests_past_deadline", "dsr_requests_due_soon", "dsr_queue_depth", "dsr_tasks_open")
+for e in exprs:
+    for m in ledger:
+        if m in e:
+            assert re.search(r"max by \([^)]*\) \(" + m, e), f"{m} must be aggregated with max across replicas: {e}"
+tempo = [t for p in d["panels"] for t in p.get("targets", []) if t.get("queryType") == "traceql"]
+assert tempo, "a traces panel (TraceQL)"
+PY
+}
+check "Grafana dashboard: valid JSON, dsr metrics, ledger gauges max-aggregated, a traces panel" dashboard_json
+
 echo "== values that must be refused"
 check "refuses: no tokens at all" \
   expect_fail "no API tokens configured" helm_template --set auth.bootstrapToken.enabled=false
@@ -403,8 +440,12 @@ check "refuses: a misspelt top-level value (schema)" \
   expect_fail "replicas|additional" helm_template --set replicas=3
 check "refuses: a misspelt nested value (schema)" \
   expect_fail "workerz|additional" helm_template --set engine.workerz=3
+check "refuses: an https OTLP endpoint (the exporter speaks plain gRPC to an in-cluster collector)" \
+  expect_fail "endpoint|pattern" helm_template --set otel.endpoint=https://collector:4317
 check "refuses: a token hash that is not sha256 hex" \
   expect_fail "tokenSha256|pattern" helm_template --set-json 'auth.tokens=[{"name":"x","tokenSha256":"abc","scopes":["dsr.read"]}]'
+check "refuses: several replicas with export archives on a pod's own disk" \
+  expect_fail "exports.url must be an s3:// location" helm_template --set database.url=postgres://x@db/dsr --set replicaCount=2
 check "refuses: terminationGracePeriodSeconds shorter than the drain" \
   expect_fail "must be greater than" helm_template --set terminationGracePeriodSeconds=10
 check "refuses: tokens smuggled into config.extraToml" \

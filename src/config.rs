@@ -28,6 +28,10 @@ pub struct Locations {
     /// A TOML file with everything else (server, engine, stores, limits).
     #[arg(long = "config", env = "DSR_CONFIG")]
     pub config_file: Option<PathBuf>,
+    /// Where export archives are written: `file:///dir` or `s3://bucket/prefix` (default
+    /// `<data-dir>/exports`; `[export] storage_url` in the config file also sets it).
+    #[arg(long, env = "DSR_EXPORTS_URL")]
+    pub exports_url: Option<String>,
 }
 
 /// Everything the service needs to run, resolved and validated.
@@ -36,6 +40,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub recordings_url: String,
+    /// The export storage (object_store URL).
+    pub exports_url: String,
     pub file: FileConfig,
 }
 
@@ -51,6 +57,7 @@ pub struct FileConfig {
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
     pub metrics: MetricsConfig,
+    pub export: ExportConfig,
     pub retention: RetentionConfig,
 }
 
@@ -195,8 +202,71 @@ impl RetentionConfig {
     }
 }
 
-/// The Prometheus endpoint. Accepted so the helm chart's config file loads, but not served
-/// by this version: the observability issue adds it. `serve` warns when it is set.
+/// Export archives: where they go, how long they stay, and the Art. 15 text of their manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// `file:///dir` or `s3://bucket/prefix`; `--exports-url` / `DSR_EXPORTS_URL` win over it.
+    pub storage_url: Option<String>,
+    /// Days a finished archive may be downloaded; then it is deleted and downloads answer
+    /// NOT_FOUND saying it expired.
+    pub expiry_days: u32,
+    /// How often the server deletes archives that expired without being asked for.
+    pub janitor_interval_secs: u64,
+    /// What GDPR Art. 15(1) says the subject is owed alongside the copy (written into
+    /// `manifest.json`). Default: `config/export-notice.toml` of the source tree, built in.
+    pub notice: ExportNotice,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            storage_url: None,
+            expiry_days: 7,
+            janitor_interval_secs: 300,
+            notice: ExportNotice::default(),
+        }
+    }
+}
+
+/// The Art. 15(1) information of an export's manifest: purposes (a), categories (b), recipients
+/// (c), retention per store (d), rights (e, f), source (g), automated decisions (h), and the
+/// legal basis of each store's processing (why anything is retained).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportNotice {
+    pub controller: String,
+    pub purposes: Vec<String>,
+    pub categories: Vec<String>,
+    pub recipients: Vec<Recipient>,
+    pub source: String,
+    pub rights: String,
+    pub automated_decision_making: String,
+    /// Store name → how long it keeps data.
+    pub retention: BTreeMap<String, String>,
+    /// Store name → the legal basis of its processing (and of any retention).
+    pub legal_basis: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    pub name: String,
+    pub purpose: String,
+}
+
+/// The notice shipped in the source tree (text in configuration, not in code).
+const DEFAULT_EXPORT_NOTICE: &str = include_str!("../config/export-notice.toml");
+
+impl Default for ExportNotice {
+    fn default() -> Self {
+        toml::from_str(DEFAULT_EXPORT_NOTICE).expect("config/export-notice.toml is a valid notice")
+    }
+}
+
+/// The Prometheus endpoint (`GET /metrics`, OpenMetrics text). Off unless `listen` is set;
+/// the helm chart sets `0.0.0.0:9090`. It serves counts only (no request ids, no tenants), so
+/// it needs no credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -411,7 +481,11 @@ impl Settings {
             Some(u) => u,
             None => file_url(&data_dir.join("recordings"))?,
         };
-        Ok(Self { data_dir, database_url, recordings_url, file })
+        let exports_url = match loc.exports_url.clone().or_else(|| file.export.storage_url.clone()) {
+            Some(u) if !u.is_empty() => u,
+            _ => file_url(&data_dir.join("exports"))?,
+        };
+        Ok(Self { data_dir, database_url, recordings_url, exports_url, file })
     }
 
     /// Makes the data directory (the embedded default lives there).
@@ -473,6 +547,22 @@ impl FileConfig {
             anyhow::ensure!(
                 self.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
                 "auth.certificates needs [tls] with client_ca_file to verify client certificates"
+            );
+        }
+        let x = &self.export;
+        anyhow::ensure!((1..=365).contains(&x.expiry_days), "export.expiry_days must be between 1 and 365");
+        anyhow::ensure!(x.janitor_interval_secs >= 1, "export.janitor_interval_secs must be at least 1");
+        for name in crate::stores::STORE_NAMES {
+            anyhow::ensure!(
+                x.notice.retention.contains_key(*name),
+                "export.notice.retention.{name} is missing: the manifest states every store's retention period"
+            );
+        }
+        for name in x.notice.retention.keys().chain(x.notice.legal_basis.keys()) {
+            anyhow::ensure!(
+                crate::stores::STORE_NAMES.contains(&name.as_str()),
+                "export.notice: unknown store {name:?} (known: {})",
+                crate::stores::STORE_NAMES.join(", ")
             );
         }
         for (name, store) in &self.stores.each {
@@ -568,5 +658,26 @@ mod tests {
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(cfg.store("billing").concurrency, 4);
         assert!(cfg.stores.create_reference_schema);
+        assert_eq!(cfg.export.expiry_days, 7);
+        assert_eq!(cfg.export.notice.recipients.len(), 5, "the five sub-processors");
+    }
+
+    #[test]
+    fn the_export_notice_is_configuration() {
+        let err = FileConfig::from_toml("[export]\nexpiry_days = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("export.expiry_days"), "{err:#}");
+        // The built-in notice, moved under [export.notice] as a deployment would write it.
+        let inline = format!(
+            "[export.notice]\n{}",
+            DEFAULT_EXPORT_NOTICE
+                .replace("[[recipients]]", "[[export.notice.recipients]]")
+                .replace("[retention]", "[export.notice.retention]")
+                .replace("[legal_basis]", "[export.notice.legal_basis]")
+        );
+        let cfg = FileConfig::from_toml(&inline).unwrap();
+        assert_eq!(cfg.export.notice, ExportNotice::default());
+        let err = FileConfig::from_toml(&inline.replace("\nbilling = \"7 years", "\nbill = \"7 years"))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("export.notice"), "{err:#}");
     }
 }

@@ -17,7 +17,8 @@
 //! | `bench`     | `dsr bench`: measurements next to a floor from the same run            |
 //! | `privacy`   | keyed hashes: the only way an identifier reaches a log                 |
 //! | `clock`     | injected time                                                          |
-//! | `telemetry` | logging set-up                                                         |
+//! | `telemetry` | logs, OpenTelemetry traces (OTLP), the gRPC server span                 |
+//! | `metrics`   | Prometheus `/metrics`: counters, durations, deadlines from the ledger  |
 
 pub mod api;
 pub mod bench;
@@ -27,7 +28,9 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod export;
 pub mod ledger;
+pub mod metrics;
 pub mod privacy;
 pub mod retention;
 pub mod seed;

@@ -17,7 +17,9 @@ use crate::{
     config::{Settings, TlsConfig},
     db::Db,
     engine::{Engine, Signals},
-    ledger::Ledger,
+    export::ExportStorage,
+    ledger::{Ledger, ARCHIVE_TASK},
+    metrics::{Metrics, MetricsEndpoint},
     privacy::KeyedHasher,
     retention::Sweeper,
     stores::{StoreAdapter, StoreRegistry},
@@ -48,6 +50,8 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     paused_engine: bool,
     settings: Settings,
+    /// `/metrics`, bound when `[metrics] listen` is set.
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 /// Opens the service's own database and applies its migrations.
@@ -67,9 +71,6 @@ impl Application {
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let listen = overrides.listen.unwrap_or(settings.file.server.listen);
         install_crypto_provider();
-        if let Some(addr) = settings.file.metrics.listen {
-            warn!(%addr, "[metrics] is set, but this version serves no metrics endpoint yet; ignoring it");
-        }
         let auth = Arc::new(Authenticator::new(&settings.file.auth, &settings.file.server)?);
         // Development mode: no credentials are configured, so the server must not be reachable
         // from other machines.
@@ -94,12 +95,30 @@ impl Application {
         let hasher =
             KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
         let signals = Signals::default();
+        let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
+        let metrics = Arc::new(Metrics::new());
+        let metrics_endpoint = match settings.file.metrics.listen {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(
+                    addr,
+                    metrics.clone(),
+                    ledger.clone(),
+                    clock.clone(),
+                    // Each store's queue, and the exports' archive step.
+                    stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]).map(str::to_owned).collect(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let engine = Arc::new(Engine::new(
             ledger.clone(),
             stores.clone(),
+            exports.clone(),
             clock.clone(),
             &settings.file,
             signals.clone(),
+            metrics.clone(),
             hasher.clone(),
         ));
         let sweeper = Arc::new(Sweeper::new(
@@ -109,15 +128,18 @@ impl Application {
             hasher.clone(),
             signals.clone(),
             &settings.file.retention,
+            metrics.clone(),
         ));
         let ctx = Arc::new(ServiceContext {
             ledger,
             stores,
+            exports,
             clock,
             hasher,
             signals,
             config: settings.file.clone(),
             watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
+            metrics,
         });
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         Ok(Self {
@@ -129,11 +151,17 @@ impl Application {
             tls,
             paused_engine: overrides.paused_engine,
             settings,
+            metrics_endpoint,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -150,7 +178,7 @@ impl Application {
     /// routing), the server stops accepting and finishes in-flight RPCs, and the engine lets
     /// running tasks finish within the grace period and releases the rest.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let server_cfg = &self.settings.file.server;
@@ -195,10 +223,23 @@ impl Application {
             true => tokio::spawn(async {}),
             false => tokio::spawn(self.engine.clone().run_until_stopped(stop.clone(), grace)),
         };
+        let janitor = tokio::spawn(crate::export::run_janitor(
+            self.ctx.exports.clone(),
+            self.ctx.ledger.clone(),
+            self.ctx.clock.clone(),
+            Duration::from_secs(self.settings.file.export.janitor_interval_secs),
+            stop.clone(),
+        ));
         let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
         let addr = self.local_addr();
+        let metrics_addr = self.metrics_addr();
+        // Scrapes go on while the server drains; the endpoint stops last.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task =
+            self.metrics_endpoint.take().map(|m| tokio::spawn(m.serve_until_stopped(metrics_stop.clone())));
         info!(
             %addr,
+            metrics = metrics_addr.map(|a| a.to_string()),
             database = self.ctx.ledger.db().backend().name(),
             tls = self.tls.is_some(),
             auth = %self.auth.describe(),
@@ -227,6 +268,9 @@ impl Application {
         }
         let serve = builder
             .timeout(Duration::from_secs(server_cfg.request_timeout_secs))
+            // Outermost: the span and metrics see every call, including one that waits for a
+            // concurrency slot, and the status codes as `normalise` rewrites them.
+            .layer(crate::telemetry::grpc::RpcLayer::new(self.ctx.metrics.clone()))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(server_cfg.max_concurrent_requests))
             .layer(tower::util::MapResponseLayer::new(crate::api::status_codes::normalise))
             .add_service(health_service)
@@ -244,8 +288,13 @@ impl Application {
         if let Err(e) = engine_task.await {
             warn!(error = %e, "engine task ended abnormally");
         }
+        let _ = janitor.await;
         if let Err(e) = sweep_task.await {
             warn!(error = %e, "retention sweep task ended abnormally");
+        }
+        metrics_stop.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
         }
         self.ctx.ledger.db().close().await;
         info!("dsr stopped");
@@ -253,8 +302,8 @@ impl Application {
     }
 }
 
-/// Picks rustls' crypto: both `ring` (tonic) and `aws-lc-rs` (the S3 client) are linked, so
-/// rustls cannot choose by itself. Idempotent.
+/// Picks rustls' crypto provider (ring) for tonic's TLS and the S3 client, which is built
+/// without a provider of its own. Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

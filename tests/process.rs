@@ -2,6 +2,8 @@
 //! with SIGTERM, refused a public address without credentials, driven from its own client
 //! commands — and its logs searched for every identifier it handled.
 
+#[path = "support/otlp.rs"]
+mod otlp;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -23,6 +25,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_dsr");
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// `/metrics`, when `[metrics] listen` is configured.
+    metrics: Option<SocketAddr>,
 }
 
 /// Starts `dsr serve` on a random loopback port, logging JSON to `log` (one file per server);
@@ -58,7 +62,9 @@ fn launch_server(dir: &Path, db: &str, log: &Path, listen: &str, setup: impl FnO
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("dsr listening")));
         if let Some(addr) = listening.as_ref().and_then(|v| v["fields"]["addr"].as_str()) {
-            return Server { child, addr: addr.parse().unwrap() };
+            let metrics =
+                listening.as_ref().and_then(|v| v["fields"]["metrics"].as_str()).map(|m| m.parse().unwrap());
+            return Server { child, addr: addr.parse().unwrap(), metrics };
         }
         assert!(Instant::now() < deadline, "dsr serve did not start:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
@@ -264,6 +270,105 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice_on_
     a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(Backend::Postgres).await
 }
 
+/// Exports killed mid-archive: after the restart every export completes once, and every archive
+/// is whole (its sha256 matches ExportInfo and any ZIP reader accepts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let seeded = seed(dir.path(), &db, "acme", 24, 3);
+    let mut first = start_server(dir.path(), &db, &cfg, &log1);
+    let mut c = client(first.addr).await;
+    let mut ids = Vec::new();
+    for s in &seeded {
+        let subject = pb::Subject {
+            tenant_id: "acme".into(),
+            phone: s["phone"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        let r =
+            c.submit_export(pb::SubmitExportRequest { subject: Some(subject), ..Default::default() }).await;
+        ids.push(r.unwrap().into_inner().id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let done =
+            statuses(&mut c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
+        if done > 0 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "no export completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    assert!(done_at_kill < ids.len(), "everything finished before the kill; the test proved nothing");
+
+    let mut second = start_server(dir.path(), &db, &cfg, &log2);
+    let mut c = client(second.addr).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let all = loop {
+        let all = statuses(&mut c).await;
+        if all
+            .values()
+            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
+        {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "exports did not finish after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all.len(), ids.len());
+    for r in all.values() {
+        assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
+        let info = r.export.clone().expect("ExportInfo");
+        let mut stream = c
+            .download_export(pb::DownloadExportRequest { id: r.id.clone(), offset: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            archive.extend_from_slice(&chunk.data);
+        }
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&archive)), info.sha256, "{}", r.id);
+        let path = dir.path().join(format!("{}.zip", r.id));
+        std::fs::write(&path, &archive).unwrap();
+        let check = Command::new("python3")
+            .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(len(z.namelist()))"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}: {}", r.id, String::from_utf8_lossy(&check.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "8",
+            "4 JSON files, 3 recordings, the manifest"
+        );
+    }
+    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
+    )
+    .fetch_all(ledger.pool())
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
+    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap();
+    assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
+    eprintln!("{done_at_kill}/24 exports done at the kill");
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    assert_no_canaries(&log1, &canaries(&seeded));
+    assert_no_canaries(&log2, &canaries(&seeded));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,6 +475,62 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     assert!(ok && out.contains(&id), "{out}");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_and_download_commands_fetch_a_verified_archive_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let run = |args: &[&str]| cli(server.addr, None, args);
+    let phone = seeded[1]["phone"].as_str().unwrap();
+    let out_zip = dir.path().join("subject.zip");
+    let (ok, out, err) = run(&[
+        "export",
+        "--tenant",
+        "acme",
+        "--phone",
+        phone,
+        "--regime",
+        "gdpr",
+        "-o",
+        out_zip.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("COMPLETED") && out.contains("(verified)"), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    // Any ZIP reader opens it: Python's zipfile checks every entry's CRC.
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print('\\n'.join(sorted(z.namelist())))"])
+        .arg(&out_zip)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let names = String::from_utf8_lossy(&check.stdout);
+    assert!(names.contains("manifest.json") && names.contains("call_logs.json"), "{names}");
+    assert_eq!(names.lines().filter(|n| n.starts_with("recordings/")).count(), 3, "{names}");
+
+    // A download cut short resumes from its partial file.
+    let whole = std::fs::read(&out_zip).unwrap();
+    let again = dir.path().join("again.zip");
+    std::fs::write(dir.path().join("again.zip.part"), &whole[..whole.len() / 3]).unwrap();
+    let (ok, out, err) = run(&["download", &id, "-o", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("resuming at byte"), "{err}");
+    assert!(out.contains("(verified)"), "{out}");
+    assert!(std::fs::read(&again).unwrap() == whole);
+    // A corrupt partial file is caught by the sha256 and removed.
+    let bad = dir.path().join("bad.zip");
+    std::fs::write(dir.path().join("bad.zip.part"), vec![0u8; 10]).unwrap();
+    let (ok, _, err) = run(&["download", &id, "-o", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("sha256 mismatch"), "{err}");
+    assert!(!dir.path().join("bad.zip.part").exists());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_no_canaries(&log, &canaries(&seeded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +642,243 @@ async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log
         assert!(!text.contains(secret), "the log contains a credential");
     }
     assert_no_canaries(&log, &canaries(&seeded));
+}
+
+// ------------------------------------------------------------------ observability ----
+
+/// Sends SIGTERM and waits for a clean exit (the server drains, then flushes its spans).
+fn stop_with_sigterm(server: &mut Server) {
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "dsr did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// Polls GetRequest until the request has ended.
+async fn wait_ended(c: &mut DataSubjectRightsClient<Channel>, id: &str) -> pb::DsrRequest {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.get_request(pb::GetRequestRequest { id: id.into() }).await.unwrap().into_inner();
+        if r.status != RequestStatus::Pending as i32 && r.status != RequestStatus::InProgress as i32 {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "request {id} did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The service's OpenTelemetry environment, pointed at an in-process receiver; whatever the
+/// machine's own OTEL_* variables say is removed first.
+fn otel_env(cmd: &mut Command, collector: SocketAddr) {
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+        // Longer than the test: every span reaches the receiver through the flush at shutdown.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000");
+}
+
+const STORES: [&str; 5] = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_is_one_trace_from_the_call_through_every_store_and_names_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 2, 3);
+    let (collector, received) = otlp::start().await;
+    let mut server = launch_server(dir.path(), &db, &log, "127.0.0.1:0", |cmd| {
+        cmd.arg("--config").arg(&cfg);
+        otel_env(cmd, collector);
+    });
+
+    // The subject named by every identifier it has, with an idempotency key and a tracestate
+    // that are canaries too.
+    let target = &seeded[1];
+    let idempotency_key = "canary-idem-5c1e7a90b3";
+    let mut call = tonic::Request::new(pb::SubmitDeletionRequest {
+        subject: Some(pb::Subject {
+            tenant_id: "acme".into(),
+            phone: target["phone"].as_str().unwrap().into(),
+            email: target["email"].as_str().unwrap().into(),
+            account_id: target["account_id"].as_str().unwrap().into(),
+        }),
+        idempotency_key: idempotency_key.into(),
+        requested_by: "privacy-inbox".into(),
+        ..Default::default()
+    });
+    call.metadata_mut().insert("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01").parse().unwrap());
+    call.metadata_mut().insert("tracestate", "acme=canarystate7d2f".parse().unwrap());
+    let mut c = client(server.addr).await;
+    let id = c.submit_deletion(call).await.unwrap().into_inner().id;
+    let done = wait_ended(&mut c, &id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    stop_with_sigterm(&mut server);
+
+    let spans = received.spans();
+    let rpc =
+        spans.iter().find(|s| s.name == "dsr.v1.DataSubjectRights/SubmitDeletion").unwrap_or_else(|| {
+            panic!("no SubmitDeletion span among {:#?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>())
+        });
+    // The RPC span: a SERVER span in the caller's trace, under the caller's span, following
+    // the RPC conventions.
+    assert_eq!(rpc.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!((rpc.trace_id.as_str(), rpc.parent_span_id.as_str()), (CALLER_TRACE, CALLER_SPAN));
+    let a = &rpc.attributes;
+    assert_eq!(a["rpc.system"].str(), "grpc");
+    assert_eq!(a["rpc.service"].str(), "dsr.v1.DataSubjectRights");
+    assert_eq!(a["rpc.method"].str(), "SubmitDeletion");
+    assert_eq!(a["rpc.grpc.status_code"], otlp::Attr::Int(0));
+    assert_eq!(a["dsr.request_id"].str(), id);
+    assert_eq!(a["dsr.tenant"].str(), "acme");
+    assert_eq!(rpc.resource["service.name"].str(), "dsr");
+    assert_eq!(rpc.resource["service.version"].str(), env!("CARGO_PKG_VERSION"));
+
+    // One span per store task, each a child of the RPC span, with the task's attributes.
+    let tasks: Vec<_> = spans.iter().filter(|s| s.name == "store_task").collect();
+    let mut stores: Vec<&str> = tasks.iter().map(|s| s.attributes["dsr.store"].str()).collect();
+    stores.sort();
+    let mut expected = STORES.to_vec();
+    expected.sort();
+    assert_eq!(stores, expected, "one store_task span per store");
+    for t in &tasks {
+        let store = t.attributes["dsr.store"].str();
+        assert_eq!(t.trace_id, CALLER_TRACE, "{store}: in the caller's trace");
+        assert_eq!(t.parent_span_id, rpc.span_id, "{store}: a child of the RPC span");
+        let a = &t.attributes;
+        assert_eq!(a["dsr.request_id"].str(), id);
+        assert_eq!(a["dsr.tenant"].str(), "acme");
+        assert_eq!(a["dsr.kind"].str(), "deletion");
+        assert_eq!(a["dsr.attempt"], otlp::Attr::Int(1));
+        let outcome = if store == "billing" { "retained" } else { "done" };
+        assert_eq!(a["dsr.outcome"].str(), outcome, "{store}");
+        let found = target["counts"][store].as_i64().unwrap();
+        assert_eq!(a["dsr.records_found"], otlp::Attr::Int(found), "{store}");
+        assert_eq!(a["dsr.verified"], otlp::Attr::Bool(true), "{store}");
+        assert!(["in_progress", "completed"].contains(&a["dsr.request_status"].str()), "{store}");
+        assert!(t.event_names.iter().any(|e| e == "store task done"), "{store}: {:?}", t.event_names);
+        assert_eq!(t.resource["service.name"].str(), "dsr");
+    }
+
+    // No identifier anywhere: not in a span name, attribute, event or resource, nor in a log
+    // line; the caller's tracestate is not passed on either.
+    let mut canaries = canaries(&seeded);
+    canaries.extend([idempotency_key.to_owned(), "canarystate7d2f".to_owned()]);
+    let exported = received.raw();
+    for c in &canaries {
+        assert!(!exported.contains(c.as_str()), "the exported spans contain an identifier: {c}");
+    }
+    assert_no_canaries(&log, &canaries);
+
+    // JSON log lines carry the ids of the span they were logged in.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let task_lines: Vec<&Value> =
+        lines.iter().filter(|v| v["fields"]["message"] == "store task done").collect();
+    assert_eq!(task_lines.len(), 5, "{text}");
+    for l in task_lines {
+        assert_eq!(l["trace_id"], CALLER_TRACE, "{l}");
+        assert!(tasks.iter().any(|t| l["span_id"] == t.span_id.as_str()), "{l}");
+    }
+    assert!(text.contains("span exporter shut down"), "{text}");
+}
+
+/// Reads `/metrics` over plain HTTP/1.0.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: dsr\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    body.to_owned()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_deletion_and_report_its_deadline_and_spans_survive_a_quiet_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let cfg = config(dir.path());
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "[metrics]\nlisten = \"127.0.0.1:0\"\n")
+        .unwrap();
+    let log = dir.path().join("server.log");
+    let seeded = seed(dir.path(), &db, "acme", 1, 2);
+    let (collector, received) = otlp::start().await;
+    let mut server = launch_server(dir.path(), &db, &log, "127.0.0.1:0", |cmd| {
+        cmd.arg("--config").arg(&cfg);
+        otel_env(cmd, collector);
+        // Warnings only (and the start-up lines the launcher waits for): the spans have a filter
+        // of their own.
+        cmd.env("RUST_LOG", "warn,dsr::startup=info");
+    });
+    let metrics = server.metrics.expect("the metrics address in the start-up line");
+
+    let before = scrape(metrics).await;
+    let past = "dsr_requests_past_deadline{kind=\"deletion\",status=\"pending\"}";
+    assert_eq!(sample(&before, past), Some(0.0), "{before}");
+    assert_eq!(sample(&before, "dsr_ledger_up"), Some(1.0), "{before}");
+    assert_eq!(sample(&before, "dsr_requests_submitted_total{kind=\"deletion\"}"), None);
+
+    let mut c = client(server.addr).await;
+    let subject = pb::Subject {
+        tenant_id: "acme".into(),
+        phone: seeded[0]["phone"].as_str().unwrap().into(),
+        ..Default::default()
+    };
+    let id = c
+        .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    assert_eq!(wait_ended(&mut c, &id).await.status, RequestStatus::Completed as i32);
+
+    let after = scrape(metrics).await;
+    let expect =
+        |series: &str, value: f64| assert_eq!(sample(&after, series), Some(value), "{series} in\n{after}");
+    expect("dsr_requests_submitted_total{kind=\"deletion\"}", 1.0);
+    expect("dsr_requests_ended_total{kind=\"deletion\",status=\"completed\"}", 1.0);
+    for store in STORES {
+        let outcome = if store == "billing" { "retained" } else { "done" };
+        expect(&format!("dsr_task_duration_seconds_count{{store=\"{store}\",outcome=\"{outcome}\"}}"), 1.0);
+        expect(&format!("dsr_queue_depth{{store=\"{store}\"}}"), 0.0);
+    }
+    expect(
+        "dsr_rpc_duration_seconds_count{method=\"dsr.v1.DataSubjectRights/SubmitDeletion\",code=\"OK\"}",
+        1.0,
+    );
+    // The deadline gauges: present, and zero now the request has ended.
+    expect(past, 0.0);
+    expect("dsr_requests_due_soon{kind=\"deletion\",status=\"pending\",within_days=\"7\"}", 0.0);
+    expect("dsr_requests_outstanding{kind=\"deletion\",status=\"in_progress\"}", 0.0);
+    for c in canaries(&seeded) {
+        assert!(!after.contains(c.as_str()), "the metrics contain an identifier: {c}");
+    }
+    assert!(!after.contains(&id), "no request id in the metrics");
+
+    stop_with_sigterm(&mut server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("store task done"), "RUST_LOG=warn: info lines are not logged\n{text}");
+    let tasks = received.spans().into_iter().filter(|s| s.name == "store_task").count();
+    assert_eq!(tasks, 5, "RUST_LOG=warn does not drop the exported spans");
 }
 
 /// Runs a server-side `dsr` command on `dir` and `db`: (success, stdout, stderr).

@@ -132,7 +132,12 @@ impl From<&RequestRecord> for pb::DsrRequest {
             due_at: Some(timestamp(r.due_at)),
             completed_at: r.completed_at.map(timestamp),
             outcomes: r.outcomes.iter().map(Into::into).collect(),
-            export: None,
+            export: r.export.as_ref().map(|x| pb::ExportInfo {
+                format: x.format.clone(),
+                size_bytes: x.size_bytes,
+                sha256: x.sha256.clone(),
+                expires_at: Some(timestamp(x.expires_at)),
+            }),
             deadline_extended: r.deadline_extended,
         }
     }

@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod convert;
+mod download;
 mod error;
 mod holds;
 mod rights;

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::{
     auth::{Caller, Scope},
-    convert,
+    convert, download,
     error::ApiError,
     pb, watch,
 };
@@ -19,9 +19,12 @@ use crate::{
         due_at, parse_text, Corrections, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject,
     },
     engine::Signals,
-    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted},
+    export::ExportStorage,
+    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted, ARCHIVE_TASK},
+    metrics::Metrics,
     privacy::KeyedHasher,
     stores::{CorrectionConflict, StoreRegistry},
+    telemetry::{grpc::record_request, propagation::current_traceparent},
 };
 
 type ApiResult<T> = Result<Response<T>, Status>;
@@ -30,11 +33,13 @@ type ApiResult<T> = Result<Response<T>, Status>;
 pub struct ServiceContext {
     pub ledger: Ledger,
     pub stores: StoreRegistry,
+    pub exports: Arc<ExportStorage>,
     pub clock: SharedClock,
     pub hasher: KeyedHasher,
     pub signals: Signals,
     pub config: FileConfig,
     pub watchers: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -80,6 +85,7 @@ impl RightsService {
         // the new values are "taken" (by the subject itself).
         if let Some(key) = &idempotency_hash {
             if let Some(existing) = ctx.ledger.find_idempotent(key, &payload_hash).await? {
+                record_request(&existing, s.subject.tenant.as_str());
                 info!(request_id = %existing, "idempotent resubmission");
                 return Ok((&ctx.ledger.get(&existing).await?).into());
             }
@@ -127,14 +133,28 @@ impl RightsService {
             subject_json: serde_json::to_string(&record).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),
-            trace_context: None,
-            stores: ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
+            // This call's server span: every store task's span is its child, in the caller's
+            // trace when the call carried a `traceparent`.
+            trace_context: current_traceparent(),
+            stores: match s.kind {
+                // Every store writes its part at once; the archive follows them all.
+                RequestKind::Export => ctx
+                    .stores
+                    .all()
+                    .iter()
+                    .map(|a| (a.name().to_owned(), 0))
+                    .chain([(ARCHIVE_TASK.to_owned(), 1)])
+                    .collect(),
+                _ => ctx.stores.all().iter().map(|a| (a.name().to_owned(), a.stage())).collect(),
+            },
             attempt_limit: ctx.config.engine.max_attempts,
             detail,
         };
         let submitted = ctx.ledger.submit(&new).await?;
+        record_request(submitted.id(), &new.tenant_id);
         match &submitted {
             Submitted::Created(_) => {
+                ctx.metrics.request_submitted(new.kind);
                 info!(request_id = %id, tenant = %new.tenant_id, kind = %new.kind, subject = %&new.subject_tag[..16], "request submitted");
                 ctx.signals.work_available();
             }
@@ -161,6 +181,7 @@ impl RightsService {
         let (tenant, kind) = self.ctx.ledger.tenant_and_kind_of(&id).await?;
         caller.require(scope.unwrap_or_else(|| Scope::for_kind(kind)))?;
         caller.require_tenant(&tenant)?;
+        record_request(&id, &tenant);
         Ok(id)
     }
 }
@@ -196,11 +217,11 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     async fn submit_export(&self, req: Request<pb::SubmitExportRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         caller.require(Scope::Export)?;
-        let pb::SubmitExportRequest { subject, .. } = req.into_inner();
-        caller.require_tenant(
-            &convert::subject("subject", subject).map_err(ApiError::from)?.tenant.to_string(),
-        )?;
-        Err(ApiError::Unimplemented("SubmitExport").into())
+        let pb::SubmitExportRequest { subject, regime, idempotency_key, requested_by } = req.into_inner();
+        let s = parse_submission(RequestKind::Export, subject, regime, &idempotency_key, &requested_by)
+            .map_err(ApiError::from)?;
+        caller.require_tenant(s.subject.tenant.as_str())?;
+        Ok(Response::new(self.submit(s, caller.name).await?))
     }
 
     async fn submit_deletion(&self, req: Request<pb::SubmitDeletionRequest>) -> ApiResult<pb::DsrRequest> {
@@ -311,10 +332,17 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     async fn cancel_request(&self, req: Request<pb::CancelRequestRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         let id = self.authorize_id(&caller, &req.into_inner().id, None).await?;
-        self.ctx.ledger.cancel(&id, &caller.name, self.ctx.clock.now()).await.map_err(ApiError::from)?;
+        let status =
+            self.ctx.ledger.cancel(&id, &caller.name, self.ctx.clock.now()).await.map_err(ApiError::from)?;
         info!(request_id = %id, "request cancelled");
         self.ctx.signals.request_changed(&id);
-        Ok(Response::new(self.get(&id).await?))
+        let record = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
+        // Ended by the cancel itself unless a store was still running (its worker ends the
+        // request, and counts it, when it finishes).
+        if status.is_terminal() {
+            self.ctx.metrics.request_ended(record.kind, status);
+        }
+        Ok(Response::new((&record).into()))
     }
 
     async fn retry_request(&self, req: Request<pb::RetryRequestRequest>) -> ApiResult<pb::DsrRequest> {
@@ -360,15 +388,19 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         Ok(Response::new(pb::PreviewSubjectResponse { stores }))
     }
 
-    type DownloadExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>>;
+    type DownloadExportStream = download::ChunkStream;
 
     async fn download_export(
         &self,
         req: Request<pb::DownloadExportRequest>,
     ) -> ApiResult<Self::DownloadExportStream> {
         let caller = Caller::of(&req)?;
-        self.authorize_id(&caller, &req.into_inner().id, Some(Scope::Read)).await?;
-        Err(ApiError::Unimplemented("DownloadExport").into())
+        let pb::DownloadExportRequest { id, offset } = req.into_inner();
+        // The archive is the subject's data itself: only callers who may export may fetch it.
+        let id = self.authorize_id(&caller, &id, Some(Scope::Export)).await?;
+        let request = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
+        let stream = download::open(&self.ctx, &request, offset, caller.name).await?;
+        Ok(Response::new(stream))
     }
 
     async fn extend_deadline(&self, req: Request<pb::ExtendDeadlineRequest>) -> ApiResult<pb::DsrRequest> {

@@ -59,7 +59,10 @@ pub struct SubmitArgs {
     pub watch: bool,
 }
 
-type Client = DataSubjectRightsClient<InterceptedService<Channel, Auth>>;
+/// HTTP/2 flow-control window of the client's connections.
+pub const DOWNLOAD_WINDOW: u32 = 8 * 1024 * 1024;
+
+pub(super) type Client = DataSubjectRightsClient<InterceptedService<Channel, Auth>>;
 
 #[derive(Clone)]
 pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -73,7 +76,7 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+pub(super) async fn connect(conn: &Connection) -> anyhow::Result<Client> {
     let (channel, auth) = channel(conn).await?;
     Ok(DataSubjectRightsClient::with_interceptor(channel, auth))
 }
@@ -87,6 +90,10 @@ async fn channel(conn: &Connection) -> anyhow::Result<(Channel, Auth)> {
     crate::startup::install_crypto_provider();
     let channel = Channel::from_shared(conn.server.clone())
         .context("--server is not a URL")?
+        // Export downloads: HTTP/2's default 64 KiB window would cap a stream at one window per
+        // round trip.
+        .initial_stream_window_size(DOWNLOAD_WINDOW)
+        .initial_connection_window_size(DOWNLOAD_WINDOW)
         .connect()
         .await
         .with_context(|| format!("cannot reach the dsr server at {}", conn.server))?;
@@ -99,7 +106,7 @@ async fn channel(conn: &Connection) -> anyhow::Result<(Channel, Auth)> {
     Ok((channel, Auth(auth)))
 }
 
-fn subject(s: &SubjectArgs) -> pb::Subject {
+pub(super) fn subject(s: &SubjectArgs) -> pb::Subject {
     pb::Subject {
         tenant_id: s.tenant.clone(),
         account_id: s.account_id.clone().unwrap_or_default(),
@@ -108,7 +115,7 @@ fn subject(s: &SubjectArgs) -> pb::Subject {
     }
 }
 
-fn regime(s: &str) -> anyhow::Result<i32> {
+pub(super) fn regime(s: &str) -> anyhow::Result<i32> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "gdpr" => pb::Regime::Gdpr,
         "ccpa" => pb::Regime::Ccpa,
@@ -117,7 +124,7 @@ fn regime(s: &str) -> anyhow::Result<i32> {
     } as i32)
 }
 
-fn status_error(e: Status) -> anyhow::Error {
+pub(super) fn status_error(e: Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 
@@ -182,7 +189,7 @@ pub async fn watch(conn: &Connection, id: &str) -> anyhow::Result<()> {
     follow(&mut client, id).await
 }
 
-async fn follow(client: &mut Client, id: &str) -> anyhow::Result<()> {
+pub(super) async fn follow(client: &mut Client, id: &str) -> anyhow::Result<()> {
     let mut stream = client
         .watch_request(pb::WatchRequestRequest { id: id.to_owned() })
         .await
@@ -394,6 +401,15 @@ pub fn render(r: &pb::DsrRequest) -> String {
             note
         ));
     }
+    if let Some(x) = &r.export {
+        out.push_str(&format!(
+            "  archive {}  {} bytes  sha256 {}  expires {}\n",
+            x.format,
+            x.size_bytes,
+            x.sha256,
+            time(x.expires_at.as_ref())
+        ));
+    }
     out
 }
 
@@ -417,5 +433,11 @@ fn as_json(r: &pb::DsrRequest) -> serde_json::Value {
             "retained_until": o.retained_until.as_ref().map(|t| time(Some(t))),
             "last_error": o.last_error,
         })).collect::<Vec<_>>(),
+        "export": r.export.as_ref().map(|x| serde_json::json!({
+            "format": x.format,
+            "size_bytes": x.size_bytes,
+            "sha256": x.sha256,
+            "expires_at": time(x.expires_at.as_ref()),
+        })),
     })
 }

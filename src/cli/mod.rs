@@ -1,8 +1,10 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
-//! client for people (`delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
+//! client for people (`export`, `download`, `delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
 //! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
 
 mod client;
+pub use client::DOWNLOAD_WINDOW;
+mod export;
 mod server;
 
 use std::process::ExitCode;
@@ -66,21 +68,33 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure, next to a hand-written floor in the same run: `deletions` (default) seeds two
-    /// identical tenants and erases one through gRPC, one by hand-written SQL; `sweep` seeds
-    /// expired call logs and times the retention sweep against a batched DELETE.
+    /// Measure against a floor taken in the same run: `deletions` (hand-written SQL), `export`
+    /// (`cat` of the same recordings) or `sweep` (a batched DELETE). Build with --release for real
+    /// numbers.
     Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Submit an export of everything held on a subject; with -o, wait for it and download the
+    /// archive.
+    Export {
         #[command(flatten)]
-        loc: Locations,
-        #[arg(value_enum, default_value_t = BenchKind::Deletions)]
-        what: BenchKind,
-        #[arg(long, default_value_t = 1000)]
-        subjects: usize,
-        #[arg(long, default_value_t = 20)]
-        calls: usize,
-        /// `sweep`: expired call-log rows to seed.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: usize,
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        #[command(flatten)]
+        submit: client::SubmitArgs,
+        /// Wait for the export, then download its archive here (the sha256 is checked).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Download a finished export's archive (resumes a partial download; checks the sha256).
+    Download {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
     },
     /// Submit a deletion of everything held on a subject.
     Delete {
@@ -156,10 +170,40 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchKind {
-    Deletions,
-    Sweep,
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
+    Deletions {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1000)]
+        subjects: usize,
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+    },
+    /// Export one subject with --total-mib of recordings through a `dsr serve` child process;
+    /// compare with `cat` of the same files and report the server's peak memory.
+    Export {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 1024)]
+        total_mib: usize,
+        /// Recordings the total is split into.
+        #[arg(long, default_value_t = 64)]
+        calls: usize,
+        /// Runs of (cat, export, download); the median of each is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Seed expired call-log rows and time the retention sweep against a hand-written batched
+    /// DELETE of the same rows.
+    Sweep {
+        #[command(flatten)]
+        loc: Locations,
+        /// Expired call-log rows to seed.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,7 +240,6 @@ pub enum AuditCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -204,7 +247,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // Only the server exports traces; the exporter's channel lives on the runtime.
+    let export_traces = matches!(cli.command, Command::Serve { .. });
+    let telemetry = {
+        let _runtime = runtime.enter();
+        crate::telemetry::init(cli.log_format, export_traces)
+    };
+    let result = runtime.block_on(run(cli.command));
+    // After the server's graceful stop (SIGTERM included), before the runtime goes away.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dsr: {e:#}");
@@ -220,14 +272,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { loc, what, subjects, calls, rows } => {
-            let settings = crate::config::Settings::load(&loc)?;
-            match what {
-                BenchKind::Deletions => crate::bench::deletions(settings, subjects, calls).await,
-                BenchKind::Sweep => crate::bench::sweep(settings, rows).await,
+        Command::Bench { what } => match what {
+            BenchCommand::Deletions { loc, subjects, calls } => {
+                crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
             }
-        }
+            BenchCommand::Export { loc, total_mib, calls, runs } => {
+                let settings = crate::config::Settings::load(&loc)?;
+                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
+            }
+            BenchCommand::Sweep { loc, rows } => {
+                crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
+            }
+        },
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
+        Command::Export { conn, subject, submit, output } => {
+            export::export(&conn, &subject, &submit, output.as_deref()).await
+        }
+        Command::Download { conn, id, output } => export::download(&conn, &id, &output).await,
         Command::Delete { conn, subject, submit } => client::delete(&conn, &subject, &submit).await,
         Command::Rectify { conn, subject, corrections, submit } => {
             client::rectify(&conn, &subject, &corrections, &submit).await

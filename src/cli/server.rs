@@ -85,6 +85,7 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
         hasher,
         Signals::default(),
         &settings.file.retention,
+        Arc::new(crate::metrics::Metrics::new()),
     );
     let stop = CancellationToken::new();
     tokio::spawn({

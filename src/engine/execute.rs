@@ -1,6 +1,6 @@
 //! What a task does, by request kind: the steps of an erasure (count, checkpoint, erase,
-//! verify), of a rectification (count, checkpoint, rectify, read back), and the result they add
-//! up to.
+//! verify), of a rectification (count, checkpoint, rectify, read back), of an export (the store's
+//! part, then the archive), and the result they add up to.
 //!
 //! Before an erasure touches a store it asks the ledger whether a litigation hold covers any of
 //! the subject's identifiers (issue 9): then the store's records stay and the outcome is
@@ -9,7 +9,11 @@
 //! recorded as a hold that the retention sweep ends.
 use crate::{
     domain::{Corrections, OutcomeState, RequestKind, Subject},
-    ledger::{ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, LITIGATION_HOLD_BASIS},
+    export::{assemble, ArchiveJob, PartWriter},
+    ledger::{
+        ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK,
+        LITIGATION_HOLD_BASIS,
+    },
     stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 
@@ -17,6 +21,9 @@ use super::Engine;
 
 impl Engine {
     pub(super) async fn execute(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
+        if task.store == ARCHIVE_TASK {
+            return self.archive(task).await;
+        }
         let adapter = self.stores.get(&task.store).ok_or_else(|| {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
@@ -41,10 +48,56 @@ impl Engine {
                 }
                 self.rectify(adapter.as_ref(), task, &subject, &corrections).await
             }
-            RequestKind::Export => {
-                Err(StoreError::Fatal(format!("{} is not supported by this version", task.kind)))
-            }
+            RequestKind::Export => self.export_part(adapter.as_ref(), task, &subject).await,
         }
+    }
+
+    /// Writes the store's part of an export. Changes nothing in the store, so a retry simply
+    /// writes the part again.
+    async fn export_part(
+        &self,
+        adapter: &dyn StoreAdapter,
+        task: &ClaimedTask,
+        subject: &Subject,
+    ) -> StoreResult<TaskResult> {
+        let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
+        if let Err(e) = adapter.export(subject, &mut part).await {
+            part.abort().await;
+            return Err(e);
+        }
+        let summary = part.finish().await?;
+        let exported = summary.records + summary.files.len() as u64;
+        Ok(TaskResult {
+            state: OutcomeState::Done,
+            found: exported,
+            affected: exported,
+            retention_basis: None,
+            retained_until: None,
+            verified: false,
+            detail: None,
+            export: None,
+            hold: None,
+        })
+    }
+
+    /// The last step of an export: the archive, from every store's part. Its result carries the
+    /// archive's record, written with the task's end; the parts go once that is committed
+    /// (`run_task`), or with the archive when it expires.
+    async fn archive(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
+        let job =
+            ArchiveJob { request_id: &task.request_id, tenant_id: &task.tenant_id, now: self.clock.now() };
+        let archive = assemble(&self.exports, &self.stores, &self.ledger, job).await?;
+        Ok(TaskResult {
+            state: OutcomeState::Done,
+            found: 1,
+            affected: 1,
+            retention_basis: None,
+            retained_until: None,
+            verified: false,
+            detail: Some(format!("archive: {} bytes", archive.size_bytes)),
+            export: Some(archive),
+            hold: None,
+        })
     }
 
     /// Records of the subject the store held before this attempt (or the first one) changed
@@ -104,6 +157,7 @@ impl Engine {
             retained_until: hold.map(|h| h.until),
             verified: true,
             detail,
+            export: None,
             hold: None,
         })
     }
@@ -135,6 +189,7 @@ impl Engine {
                 verified: false,
                 detail: Some("retained: litigation hold".into()),
                 hold: Some(TaskHold::Litigation(hold)),
+                export: None,
             });
         }
         let first_count = self.first_count(adapter, task, subject).await?;
@@ -157,6 +212,7 @@ impl Engine {
                     retained_until: None,
                     verified,
                     detail: None,
+                    export: None,
                     hold: None,
                 }
             }
@@ -187,6 +243,7 @@ impl Engine {
                     verified,
                     detail,
                     hold,
+                    export: None,
                 }
             }
         })
@@ -202,6 +259,7 @@ fn skipped(why: &str) -> TaskResult {
         retained_until: None,
         verified: false,
         detail: Some(why.to_owned()),
+        export: None,
         hold: None,
     }
 }

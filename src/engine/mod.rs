@@ -9,12 +9,13 @@ mod signals;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{field::Empty, info, warn, Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use backoff::Backoff;
 pub use signals::Signals;
@@ -22,14 +23,21 @@ pub use signals::Signals;
 use crate::{
     clock::SharedClock,
     config::{EngineConfig, FileConfig},
-    ledger::{ClaimedTask, Fenced, Ledger},
+    export::ExportStorage,
+    ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
+    metrics::{Metrics, TaskEnd},
     privacy::KeyedHasher,
     stores::{StoreError, StoreRegistry},
+    telemetry::propagation::context_from_traceparent,
 };
+
+/// Export archives assembled at once by one process (each streams every recording of a subject).
+const ARCHIVE_CONCURRENCY: usize = 2;
 
 pub struct Engine {
     ledger: Ledger,
     stores: StoreRegistry,
+    exports: Arc<ExportStorage>,
     clock: SharedClock,
     config: EngineConfig,
     signals: Signals,
@@ -39,29 +47,36 @@ pub struct Engine {
     /// host is a different owner.
     owner: String,
     workers: Arc<Semaphore>,
+    /// One queue per store, plus `archive` (exports' last step), each with its own limit.
     per_store: HashMap<&'static str, Arc<Semaphore>>,
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)] // each is a separate collaborator, wired once at start
     pub fn new(
         ledger: Ledger,
         stores: StoreRegistry,
+        exports: Arc<ExportStorage>,
         clock: SharedClock,
         file: &FileConfig,
         signals: Signals,
+        metrics: Arc<Metrics>,
         hasher: KeyedHasher,
     ) -> Self {
-        let per_store = stores
+        let mut per_store: HashMap<&'static str, Arc<Semaphore>> = stores
             .all()
             .iter()
             .map(|a| (a.name(), Arc::new(Semaphore::new(file.store(a.name()).concurrency))))
             .collect();
+        per_store.insert(ARCHIVE_TASK, Arc::new(Semaphore::new(ARCHIVE_CONCURRENCY)));
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
             ledger,
             stores,
+            exports,
             clock,
             config: file.engine.clone(),
             signals,
@@ -74,6 +89,7 @@ impl Engine {
             workers: Arc::new(Semaphore::new(file.engine.workers)),
             per_store,
             running: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -85,15 +101,16 @@ impl Engine {
         let mut db_trouble = 0u32;
         while !shutdown.is_cancelled() {
             let mut claimed = 0;
-            for adapter in self.stores.all() {
-                let store_sem = &self.per_store[adapter.name()];
+            let queues = self.stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]);
+            for queue in queues {
+                let store_sem = &self.per_store[queue];
                 let free = store_sem.available_permits().min(self.workers.available_permits());
                 if free == 0 {
                     continue;
                 }
                 let tasks = match self
                     .ledger
-                    .claim(adapter.name(), free, &self.owner, self.config.lease(), self.clock.now())
+                    .claim(queue, free, &self.owner, self.config.lease(), self.clock.now())
                     .await
                 {
                     Ok(tasks) => {
@@ -102,7 +119,7 @@ impl Engine {
                     }
                     Err(e) => {
                         db_trouble += 1;
-                        warn!(store = adapter.name(), error = %e, "claiming tasks failed");
+                        warn!(store = queue, error = %e, "claiming tasks failed");
                         continue;
                     }
                 };
@@ -153,6 +170,10 @@ impl Engine {
     }
 
     /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile.
+    ///
+    /// Its span is a child of the server span of the call that submitted the request (stored
+    /// with it as a `traceparent`), so every store task, every attempt and every replica that
+    /// runs one joins that call's trace — hours later for a retry.
     async fn run_task(self: Arc<Self>, task: ClaimedTask) {
         let span = tracing::info_span!(
             "store_task",
@@ -160,9 +181,19 @@ impl Engine {
             dsr.tenant = %task.tenant_id,
             dsr.kind = %task.kind,
             dsr.store = %task.store,
-            dsr.attempt = task.attempt,
+            // Integers as i64: OpenTelemetry has no unsigned attributes (a u64 becomes a string).
+            dsr.attempt = i64::from(task.attempt),
+            dsr.outcome = Empty,
+            dsr.records_found = Empty,
+            dsr.records_affected = Empty,
+            dsr.verified = Empty,
+            dsr.request_status = Empty,
+            otel.status_code = Empty,
         );
+        // No stored context (a request from before tracing): the task starts a trace of its own.
+        let _ = span.set_parent(context_from_traceparent(task.trace_context.as_deref()));
         async {
+            let started = Instant::now();
             let lost_lease = CancellationToken::new();
             let heartbeat = tokio::spawn(self.clone().keep_lease(task.clone(), lost_lease.clone()));
             let outcome = tokio::select! {
@@ -170,19 +201,43 @@ impl Engine {
                 _ = lost_lease.cancelled() => None,
             };
             heartbeat.abort();
-            let recorded = match outcome {
+            let (end, recorded) = match outcome {
                 None => {
                     warn!("lease lost to another worker; result dropped");
-                    Ok(Fenced::Stale)
+                    (TaskEnd::Abandoned, Ok(Fenced::Stale))
                 }
                 Some(Ok(result)) => {
                     info!(outcome = %result.state, found = result.found, affected = result.affected, verified = result.verified, "store task done");
-                    self.ledger.finish(&task, &result, self.clock.now()).await
+                    let span = Span::current();
+                    span.record("dsr.records_found", i64::try_from(result.found).unwrap_or(i64::MAX));
+                    span.record("dsr.records_affected", i64::try_from(result.affected).unwrap_or(i64::MAX));
+                    span.record("dsr.verified", result.verified);
+                    let recorded = self.ledger.finish(&task, &result, self.clock.now()).await;
+                    if result.export.is_some() && matches!(recorded, Ok(Fenced::Applied(_))) {
+                        // The archive holds the parts now (and is recorded): they can go.
+                        if let Err(e) = self.exports.delete_parts(&task.request_id).await {
+                            warn!(error = %e, "deleting the export's parts failed; they go when the archive expires");
+                        }
+                    }
+                    (TaskEnd::Outcome(result.state), recorded)
                 }
                 Some(Err(err)) => self.record_failure(&task, &err).await,
             };
+            let span = Span::current();
+            span.record("dsr.outcome", end.label());
+            if matches!(end, TaskEnd::Failed | TaskEnd::Abandoned) {
+                span.record("otel.status_code", "ERROR");
+            }
+            self.metrics.task_attempt(&task.store, end, started.elapsed());
             match recorded {
-                Ok(Fenced::Applied(status)) => info!(request_status = %status, "outcome recorded"),
+                Ok(Fenced::Applied(status)) => {
+                    span.record("dsr.request_status", status.as_str());
+                    // The ledger reports a terminal status once: on the transition.
+                    if status.is_terminal() {
+                        self.metrics.request_ended(task.kind, status);
+                    }
+                    info!(request_status = %status, "outcome recorded")
+                }
                 Ok(Fenced::Stale) => warn!("a newer attempt owns this task; nothing recorded"),
                 // The lease will expire and the task run again; adapters are idempotent.
                 Err(e) => warn!(error = %e, "recording the outcome failed"),
@@ -195,7 +250,11 @@ impl Engine {
         .await
     }
 
-    async fn record_failure(&self, task: &ClaimedTask, err: &StoreError) -> crate::ledger::Result<Fenced> {
+    async fn record_failure(
+        &self,
+        task: &ClaimedTask,
+        err: &StoreError,
+    ) -> (TaskEnd, crate::ledger::Result<Fenced>) {
         let now = self.clock.now();
         let retry_at = match err {
             StoreError::Transient(_) if task.attempt < task.attempt_limit => {
@@ -209,13 +268,17 @@ impl Engine {
             _ => None,
         };
         let message = err.to_string();
-        match retry_at {
+        let end = match retry_at {
             Some(at) => {
-                warn!(error = %message, retry_in_ms = (at - now).num_milliseconds(), "store task failed; will retry")
+                warn!(error = %message, retry_in_ms = (at - now).num_milliseconds(), "store task failed; will retry");
+                TaskEnd::Retry
             }
-            None => warn!(error = %message, "store task failed for good"),
-        }
-        self.ledger.fail_attempt(task, &message, retry_at, now).await
+            None => {
+                warn!(error = %message, "store task failed for good");
+                TaskEnd::Failed
+            }
+        };
+        (end, self.ledger.fail_attempt(task, &message, retry_at, now).await)
     }
 
     /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.

@@ -7,20 +7,24 @@
 
 mod audit;
 mod events;
+mod exports;
 mod holds;
 mod leases;
 mod requests;
+mod stats;
 mod tasks;
 
 use sqlx::{any::AnyRow, Row};
 
 pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
 pub use events::{EventRecord, NewEvent};
+pub use exports::{ExportRecord, ARCHIVE_TASK};
 pub use holds::{
     DueHold, HoldKind, HoldRecord, NewLegalHold, NewLitigationHold, Released, LITIGATION_HOLD_BASIS,
 };
 pub use leases::{LeaseClaim, SWEEP_LEASE};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
+pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
 pub use tasks::{ClaimedTask, Fenced, TaskHold, TaskResult};
 
 use crate::{
@@ -80,6 +84,8 @@ pub struct RequestRecord {
     pub deadline_extended: bool,
     pub version: i64,
     pub outcomes: Vec<TaskRecord>,
+    /// An export's archive, once it has one.
+    pub export: Option<ExportRecord>,
 }
 
 /// One store's outcome as stored.

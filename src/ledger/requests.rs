@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{any::AnyRow, Row};
 
 use super::{
-    decode_enum, events::NewEvent, opt_time, Ledger, LedgerError, RequestRecord, Result, TaskRecord,
+    decode_enum, events::NewEvent, exports::ARCHIVE_TASK, opt_time, Ledger, LedgerError, RequestRecord,
+    Result, TaskRecord,
 };
 use crate::{
     clock::{from_millis, to_millis},
@@ -130,7 +131,7 @@ impl Ledger {
             .await?
             .ok_or(LedgerError::NotFound)?;
         let mut rec = request_from_row(&row)?;
-        rec.outcomes = self.tasks_of(id).await?;
+        self.fill(&mut rec).await?;
         Ok(rec)
     }
 
@@ -163,14 +164,22 @@ impl Ledger {
             .ok_or(LedgerError::NotFound)
     }
 
-    async fn tasks_of(&self, id: &str) -> Result<Vec<TaskRecord>> {
+    /// Adds the outcomes (and an export's archive) to a request read from its row. The
+    /// `archive` task of an export is not a store: it shows only when it failed, so that a FAILED
+    /// export says why.
+    async fn fill(&self, rec: &mut RequestRecord) -> Result<()> {
         let rows = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS} FROM dsr_tasks WHERE request_id = $1 ORDER BY position"
         ))
-        .bind(id)
+        .bind(&rec.id)
         .fetch_all(self.db.pool())
         .await?;
-        Ok(rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<_>>()?)
+        rec.outcomes = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        rec.outcomes.retain(|t| t.store != ARCHIVE_TASK || t.state == OutcomeState::Failed);
+        if rec.kind == RequestKind::Export {
+            rec.export = self.export_of(&rec.id).await?;
+        }
+        Ok(())
     }
 
     /// Newest first. Returns the page and, when there is more, the position after it.
@@ -224,14 +233,14 @@ impl Ledger {
             None
         };
         for r in &mut records {
-            r.outcomes = self.tasks_of(&r.id).await?;
+            self.fill(r).await?;
         }
         Ok((records, next))
     }
 
     /// Cancels the stores that have not started. Running stores finish; the request ends
-    /// CANCELLED once they have.
-    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<()> {
+    /// CANCELLED once they have. Returns the request's status after the cancel.
+    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<RequestStatus> {
         let mut tx = self.begin_chained().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
         if status.is_terminal() {
@@ -251,9 +260,9 @@ impl Ledger {
             .counts(cancelled, cancelled)
             .append(&mut tx, now)
             .await?;
-        refresh_status(&mut tx, id, &tenant, now).await?;
+        let status = refresh_status(&mut tx, id, &tenant, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(status)
     }
 
     /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.
@@ -265,13 +274,18 @@ impl Ledger {
                 "only a FAILED request can be retried; this one is {status}"
             )));
         }
+        // The earliest failed stage is due at once; later ones wait for it again (an export's
+        // archive for its stores, call logs for transcripts and recordings).
         let n = sqlx::query(
-            "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt + $1, next_run_at = $2, finished_at = NULL \
+            "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt + $1, finished_at = NULL, \
+             next_run_at = CASE WHEN stage = (SELECT MIN(f.stage) FROM dsr_tasks f WHERE f.request_id = $3 \
+                                              AND f.state = 'failed') THEN $2 ELSE $4 END \
              WHERE request_id = $3 AND state = 'failed'",
         )
         .bind(attempt_budget as i64)
         .bind(to_millis(now))
         .bind(id)
+        .bind(BLOCKED)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -311,6 +325,7 @@ fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
         deadline_extended: row.try_get::<i64, _>("deadline_extended")? != 0,
         version: row.try_get("version")?,
         outcomes: Vec::new(),
+        export: None,
     })
 }
 

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     clock::to_millis,
-    db::Backend,
+    db::{Backend, Tx},
     domain::{OutcomeState, RequestKind, RequestStatus},
 };
 
@@ -47,6 +47,8 @@ pub struct TaskResult {
     pub retained_until: Option<DateTime<Utc>>,
     pub verified: bool,
     pub detail: Option<String>,
+    /// The archive an export's `archive` task wrote: recorded with the task's end.
+    pub export: Option<super::ExportRecord>,
     /// Why the records stay, when a hold keeps them (issue 9).
     pub hold: Option<TaskHold>,
 }
@@ -186,77 +188,11 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<Fenced> {
         let mut tx = self.begin_chained().await?;
-        let litigation = match &result.hold {
-            Some(TaskHold::Litigation(id)) => Some(id.as_str()),
-            _ => None,
-        };
-        // The hold was released between the check and now (the release and this transaction
-        // are serialised by the chain lock): the task is due again, not kept.
-        if let Some(hold) = litigation {
-            let active: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM dsr_holds WHERE id = $1 AND ended_at IS NULL")
-                    .bind(hold)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if active.is_none() {
-                let n = sqlx::query(
-                    "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt_limit + 1, next_run_at = $1, \
-                     lease_owner = NULL, lease_until = NULL WHERE id = $2 AND attempt = $3 AND state = 'running'",
-                )
-                .bind(to_millis(now))
-                .bind(&task.task_id)
-                .bind(task.attempt as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                return Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale });
-            }
+        let fenced = finish_in(&mut tx, task, result, now).await?;
+        if fenced != Fenced::Stale {
+            tx.commit().await?;
         }
-        let n = sqlx::query(
-            "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
-             retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL, \
-             hold_id = $10 WHERE id = $8 AND attempt = $9 AND state = 'running'",
-        )
-        .bind(result.state.as_str())
-        .bind(result.found as i64)
-        .bind(result.affected as i64)
-        .bind(&result.retention_basis)
-        .bind(result.retained_until.map(to_millis))
-        .bind(result.verified as i64)
-        .bind(to_millis(now))
-        .bind(&task.task_id)
-        .bind(task.attempt as i64)
-        .bind(litigation)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(Fenced::Stale);
-        }
-        let mut event = NewEvent::request(&task.request_id, &task.tenant_id, "outcome")
-            .store(&task.store, task.attempt)
-            .counts(result.found, result.affected)
-            .detail(result.state.as_str());
-        if let Some(d) = &result.detail {
-            event = event.detail(d);
-        }
-        event.append(&mut tx, now).await?;
-        if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
-            record_legal_hold(
-                &mut tx,
-                &task.task_id,
-                &task.request_id,
-                &task.tenant_id,
-                &task.store,
-                hold,
-                now,
-            )
-            .await?;
-        }
-        let status = refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
-        tx.commit().await?;
-        Ok(Fenced::Applied(status))
+        Ok(fenced)
     }
 
     /// A failed attempt: back to the queue at `next_run_at`, or FAILED when `give_up`.
@@ -315,4 +251,78 @@ impl Ledger {
         .rows_affected();
         Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale })
     }
+}
+
+/// `Ledger::finish` inside the caller's transaction (which must hold the chain lock); nothing is
+/// written when the task is no longer ours.
+pub(super) async fn finish_in(
+    tx: &mut Tx,
+    task: &ClaimedTask,
+    result: &TaskResult,
+    now: DateTime<Utc>,
+) -> Result<Fenced> {
+    let litigation = match &result.hold {
+        Some(TaskHold::Litigation(id)) => Some(id.as_str()),
+        _ => None,
+    };
+    // The hold was released between the check and now (the release and this transaction are
+    // serialised by the chain lock): the task is due again, not kept.
+    if let Some(hold) = litigation {
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM dsr_holds WHERE id = $1 AND ended_at IS NULL")
+                .bind(hold)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if active.is_none() {
+            let n = sqlx::query(
+                "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt_limit + 1, next_run_at = $1, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = $2 AND attempt = $3 AND state = 'running'",
+            )
+            .bind(to_millis(now))
+            .bind(&task.task_id)
+            .bind(task.attempt as i64)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            return Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale });
+        }
+    }
+    let n = sqlx::query(
+        "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
+         retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL, \
+         hold_id = $10 WHERE id = $8 AND attempt = $9 AND state = 'running'",
+    )
+    .bind(result.state.as_str())
+    .bind(result.found as i64)
+    .bind(result.affected as i64)
+    .bind(&result.retention_basis)
+    .bind(result.retained_until.map(to_millis))
+    .bind(result.verified as i64)
+    .bind(to_millis(now))
+    .bind(&task.task_id)
+    .bind(task.attempt as i64)
+    .bind(litigation)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Ok(Fenced::Stale);
+    }
+    if let Some(archive) = &result.export {
+        super::exports::upsert_export(tx, archive).await?;
+    }
+    let mut event = NewEvent::request(&task.request_id, &task.tenant_id, "outcome")
+        .store(&task.store, task.attempt)
+        .counts(result.found, result.affected)
+        .detail(result.state.as_str());
+    if let Some(d) = &result.detail {
+        event = event.detail(d);
+    }
+    event.append(tx, now).await?;
+    if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
+        record_legal_hold(tx, &task.task_id, &task.request_id, &task.tenant_id, &task.store, hold, now)
+            .await?;
+    }
+    let status = refresh_status(tx, &task.request_id, &task.tenant_id, now).await?;
+    Ok(Fenced::Applied(status))
 }

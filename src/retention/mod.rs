@@ -13,17 +13,15 @@
 //!    subject from the next batch on.
 //!
 //! Each (store, tenant) with expired records gets a `retention_swept` event (counts, the
-//! cutoff; never an identifier) and the sweep a closing `retention_sweep` event. A store that
+//! cutoff; never an identifier) and the sweep a closing `retention_sweep` event; the metrics
+//! count erased and held records per store and time each sweep by result. A store that
 //! fails is reported and the sweep goes on with the next; what it left is still expired, so the
 //! next sweep erases it. A sweeper that dies stops renewing its lease, and another replica takes
 //! over when the lease expires. Batches are idempotent: erasing a record twice is harmless.
 mod report;
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,6 +37,7 @@ use crate::{
     domain::{AccountId, Email, Phone, RetentionSchedule, TenantId},
     engine::Signals,
     ledger::{LeaseClaim, Ledger, NewEvent, SWEEP_LEASE},
+    metrics::Metrics,
     privacy::{IdentifierKind, KeyedHasher},
     stores::{ExpiredRecord, Expiry, StoreAdapter, StoreRegistry},
 };
@@ -74,16 +73,6 @@ pub enum SweepOutcome {
     },
 }
 
-/// Counters since start, for logs now and for the metrics endpoint when it comes.
-#[derive(Debug, Default)]
-pub struct SweepStats {
-    pub sweeps: AtomicU64,
-    pub records_erased: AtomicU64,
-    pub records_kept_on_hold: AtomicU64,
-    pub legal_holds_ended: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 pub struct Sweeper {
     ledger: Ledger,
     stores: StoreRegistry,
@@ -94,7 +83,7 @@ pub struct Sweeper {
     config: RetentionConfig,
     /// Who holds the lease: host, process and a random part.
     owner: String,
-    stats: SweepStats,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a sweep stopped before its end.
@@ -120,6 +109,7 @@ impl Sweeper {
         hasher: KeyedHasher,
         signals: Signals,
         config: &RetentionConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
@@ -135,12 +125,8 @@ impl Sweeper {
                 std::process::id(),
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
-            stats: SweepStats::default(),
+            metrics,
         }
-    }
-
-    pub fn stats(&self) -> &SweepStats {
-        &self.stats
     }
 
     /// Sweeps whenever the fleet's next sweep is due (whichever replica gets the lease), until
@@ -214,7 +200,7 @@ impl Sweeper {
                 warn!(error = %e, "could not give the sweep lease back; it will expire");
             }
         }
-        self.count(&report);
+        self.count(&report, clock_started.elapsed());
         info!(
             erased = report.erased(),
             kept_on_hold = report.held(),
@@ -228,13 +214,27 @@ impl Sweeper {
         Ok(SweepOutcome::Swept(report))
     }
 
-    fn count(&self, r: &SweepReport) {
-        self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
-        self.stats.records_erased.fetch_add(r.erased(), Ordering::Relaxed);
-        self.stats.records_kept_on_hold.fetch_add(r.held(), Ordering::Relaxed);
-        self.stats.legal_holds_ended.fetch_add(r.holds_ended, Ordering::Relaxed);
-        let errors = r.errors.len() + r.units.iter().filter(|u| u.error.is_some()).count();
-        self.stats.errors.fetch_add(errors as u64, Ordering::Relaxed);
+    /// The sweep's metrics: per store (summed over tenants), and the sweep's result and time.
+    fn count(&self, r: &SweepReport, took: Duration) {
+        let mut per_store: Vec<(&str, u64, u64)> = Vec::new();
+        for u in &r.units {
+            match per_store.iter_mut().find(|(s, _, _)| *s == u.store) {
+                Some(entry) => {
+                    entry.1 += u.erased;
+                    entry.2 += u.held;
+                }
+                None => per_store.push((&u.store, u.erased, u.held)),
+            }
+        }
+        for (store, erased, held) in per_store {
+            self.metrics.retention_swept(store, erased, held);
+        }
+        let result = match () {
+            _ if r.interrupted.is_some() => "interrupted",
+            _ if !r.is_clean() => "failed",
+            _ => "clean",
+        };
+        self.metrics.retention_sweep(result, took, r.holds_ended);
     }
 
     async fn record_summary(&self, r: &SweepReport) -> anyhow::Result<()> {

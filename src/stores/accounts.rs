@@ -17,10 +17,11 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{identifier_columns, params, tenants, Expired, Ident, Key, Predicate},
-    CorrectionConflict, Erasure, ExpiredRecord, Expiry, Holdings, Rectification, StoreAdapter, StoreError,
-    StoreResult,
+    CorrectionConflict, Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter,
+    StoreError, StoreResult,
 };
 use crate::{
     clock::to_millis,
@@ -335,5 +336,14 @@ impl StoreAdapter for AccountsStore {
         let deleted = bind(&gone).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(erased + deleted)
+    }
+
+    /// An erased account (personal columns cleared, row kept for billing) holds nothing of the
+    /// subject any more, so it is not exported.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, NOT_ERASED, sink).await
     }
 }

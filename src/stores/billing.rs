@@ -15,12 +15,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{
         delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
         Predicate,
     },
-    Erasure, ExpiredRecord, Expiry, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
+    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter,
+    StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},
@@ -196,5 +198,13 @@ impl StoreAdapter for BillingStore {
             self.table, p.sql
         );
         Ok(p.query_as::<(String,)>(&sql).fetch_all(self.db.pool()).await?.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Restricted rows are exported too: a hold limits their use, not the subject's access.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, "", sink).await
     }
 }

@@ -13,6 +13,9 @@
 //! in place although it is under a legal hold (a hold forbids erasure, not accuracy). A store
 //! that holds none of the corrected fields is SKIPPED.
 //!
+//! On export every store writes its records as JSON objects (`export::export_rows`); recordings
+//! list their audio objects, which the archive copies in byte for byte (`read_file`).
+//!
 //! On the retention schedule (issue 9) each adapter lists, counts and erases its records that are
 //! past their period, one tenant and one bounded batch at a time (`Expiry`): call logs, transcripts
 //! and recordings by age, billing at 7 years (restricted rows of an erased subject as soon as the
@@ -26,6 +29,7 @@
 
 mod accounts;
 mod billing;
+mod export;
 mod objects;
 mod recordings;
 pub mod reference;
@@ -37,7 +41,8 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use objects::open_object_store;
+pub use export::{export_rows, row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
+pub use objects::{open_durable_object_store, open_object_store};
 
 use crate::{
     config::Settings,
@@ -224,6 +229,16 @@ pub trait StoreAdapter: Send + Sync + 'static {
     /// Reads back after a rectify: `true` only if the subject's records hold the new values and
     /// nothing of the subject is left under a corrected identifier's old value.
     async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool>;
+
+    /// Writes everything the store holds on the subject into `sink`: its records, and the files
+    /// that go into the archive as they are. Returns the number of records (files count as
+    /// records: a recording is one). Changes nothing.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64>;
+
+    /// Opens a file that `export` listed, by its key. Stores that list no files keep the default.
+    async fn read_file(&self, _key: &str) -> StoreResult<ByteStream> {
+        Err(StoreError::Fatal(format!("the {} store lists no files to read", self.name())))
+    }
 
     // Retention (issue 9). The defaults keep nothing on a schedule, so an adapter without
     // retention needs none of these.

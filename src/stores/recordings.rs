@@ -10,16 +10,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::future::try_join_all;
+use futures::{future::try_join_all, StreamExt, TryStreamExt};
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use sqlx::Row;
 
 use super::{
     reference::Tables,
+    row_json,
     sql::{
         delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
         Predicate,
     },
-    Erasure, ExpiredRecord, Expiry, Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
+    ByteStream, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Holdings, Rectification,
+    StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     clock::to_millis,
@@ -179,5 +182,64 @@ impl StoreAdapter for RecordingsStore {
         let sql = format!("SELECT id, object_key FROM {} WHERE {} LIMIT {limit}", self.table, e.sql);
         let rows: Vec<(String, String)> = e.query_as(&sql).fetch_all(self.db.pool()).await?;
         self.erase_rows(expiry.tenant, &rows).await
+    }
+
+    /// Lists each recording's audio object (read later through `read_file`), with its index row
+    /// as the file's record.
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "SELECT id, call_id, object_key, bytes, created_at FROM {} WHERE {} ORDER BY call_id, id",
+            self.table, p.sql
+        );
+        let mut rows = p.query(&sql).fetch(self.db.pool());
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await? {
+            let key: String = row.try_get("object_key")?;
+            let call_id: String = row.try_get("call_id")?;
+            let mut record = row_json(&row)?;
+            // Where the audio lives is the platform's business, not part of the subject's data.
+            record.remove("object_key");
+            sink.file(ExportFile {
+                name: format!("{call_id}.{}", extension(&key)),
+                bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
+                key,
+                record,
+            })
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
+        let found = self.objects.get(&Path::from(key)).await?;
+        Ok(found.into_stream().map_err(StoreError::from).boxed())
+    }
+}
+
+/// The audio format, from the object key's extension (`bin` when it has none that is plain).
+fn extension(key: &str) -> &str {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    match name.rsplit_once('.') {
+        Some((_, ext))
+            if !ext.is_empty() && ext.len() <= 8 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            ext
+        }
+        _ => "bin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_extension_comes_from_the_key() {
+        assert_eq!(super::extension("acme/c1.wav"), "wav");
+        assert_eq!(super::extension("acme/c1"), "bin");
+        assert_eq!(super::extension("a.b/c1"), "bin");
+        assert_eq!(super::extension("acme/c1.../x"), "bin");
     }
 }

@@ -4,12 +4,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
+    export_rows,
     reference::Tables,
     sql::{
         delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
         Predicate,
     },
-    Erasure, ExpiredRecord, Expiry, Holdings, Rectification, StoreAdapter, StoreResult,
+    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter, StoreResult,
 };
 use crate::{
     clock::to_millis,
@@ -150,5 +151,12 @@ impl StoreAdapter for RowStore {
 
     async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
         Ok(self.expired(expiry).delete_batch(&self.db, &self.table, limit).await?)
+    }
+
+    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+            return Ok(0);
+        };
+        export_rows(&self.db, &self.table, &p, "", sink).await
     }
 }

@@ -11,7 +11,10 @@ use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
     domain::{Corrections, Subject},
     startup::Overrides,
-    stores::{CorrectionConflict, Erasure, Holdings, Rectification, StoreAdapter, StoreError, StoreResult},
+    stores::{
+        ByteStream, CorrectionConflict, Erasure, ExportSink, Holdings, Rectification, StoreAdapter,
+        StoreError, StoreResult,
+    },
 };
 use tonic::Code;
 
@@ -70,6 +73,18 @@ impl StoreAdapter for FlakyStore {
     }
     async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
         self.inner.verify_rectified(s, c).await
+    }
+    /// Fails like `erase` does: an export is a store task like any other.
+    async fn export(&self, s: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.gate.acquire().await.expect("gate").forget();
+        self.erase_calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient("connection refused (injected)".into()));
+        }
+        self.inner.export(s, sink).await
+    }
+    async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
+        self.inner.read_file(key).await
     }
 }
 

@@ -35,6 +35,8 @@ max_attempts = 3
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `/metrics`, when the test's configuration has `[metrics] listen`.
+    pub metrics: Option<SocketAddr>,
     pub client: DataSubjectRightsClient<Channel>,
     pub settings: Settings,
     pub db: Db,
@@ -60,12 +62,13 @@ pub async fn spawn_on(settings: Settings, dir: TempDir, overrides: Overrides) ->
     let overrides = Overrides { listen: Some("127.0.0.1:0".parse().unwrap()), ..overrides };
     let app = Application::build_with(settings.clone(), overrides).await.expect("build app");
     let addr = app.local_addr();
+    let metrics = app.metrics_addr();
     let db = app.ledger().db().clone();
     let sweeper = app.sweeper();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let client = DataSubjectRightsClient::new(channel(addr).await);
-    TestApp { addr, client, settings, db, dir, sweeper, stop, handle: Some(handle) }
+    TestApp { addr, metrics, client, settings, db, dir, sweeper, stop, handle: Some(handle) }
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -75,7 +78,18 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 impl TestApp {
     /// Seeds `subjects` subjects with `calls` calls each into `tenant`.
     pub async fn seed(&self, tenant: &str, subjects: usize, calls: usize) -> Vec<SeededSubject> {
-        self.seed_at(tenant, subjects, calls, chrono::Utc::now()).await
+        self.seed_with(tenant, 0, subjects, calls, chrono::Utc::now()).await
+    }
+
+    /// Like `seed`, numbering subjects from `first` (distinct identifiers across tenants).
+    pub async fn seed_from(
+        &self,
+        tenant: &str,
+        first: usize,
+        subjects: usize,
+        calls: usize,
+    ) -> Vec<SeededSubject> {
+        self.seed_with(tenant, first, subjects, calls, chrono::Utc::now()).await
     }
 
     /// Like `seed`, with the data dated from `now` (the test's manual clock).
@@ -86,13 +100,24 @@ impl TestApp {
         calls: usize,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<SeededSubject> {
+        self.seed_with(tenant, 0, subjects, calls, now).await
+    }
+
+    pub async fn seed_with(
+        &self,
+        tenant: &str,
+        first: usize,
+        subjects: usize,
+        calls: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<SeededSubject> {
         let objects = open_object_store(&self.settings.recordings_url).unwrap();
         let spec = SeedSpec {
             tenant: dsr::domain::TenantId::parse("tenant", tenant).unwrap(),
             subjects,
             calls,
             recording_bytes: 512,
-            first: 0,
+            first,
         };
         let mut out = Vec::new();
         dsr::seed::seed(&self.db, &Tables::default(), objects, &spec, now, |s| out.push(s))

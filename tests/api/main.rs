@@ -8,9 +8,11 @@ mod helpers;
 
 mod audit;
 mod deletion;
+mod export;
 mod faults;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod protocol;
 mod rectification;
 mod retention;

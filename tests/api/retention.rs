@@ -19,8 +19,8 @@ use dsr::{
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
     stores::{
-        open_object_store, CorrectionConflict, Erasure, ExpiredRecord, Expiry, Holdings, Rectification,
-        StoreAdapter, StoreError, StoreResult,
+        open_object_store, ByteStream, CorrectionConflict, Erasure, ExpiredRecord, Expiry, ExportSink,
+        Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
     },
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
@@ -300,6 +300,12 @@ impl StoreAdapter for Probed {
     async fn retained_records(&self, s: &Subject) -> StoreResult<Vec<String>> {
         self.inner.retained_records(s).await
     }
+    async fn export(&self, s: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.inner.export(s, sink).await
+    }
+    async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
+        self.inner.read_file(key).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +427,8 @@ both!(a_tenant_period_changes_that_tenant_only);
 
 async fn a_backlog_larger_than_one_batch_goes_in_bounded_batches(backend: Backend) {
     let probe = Probe::quiet();
-    let (app, _clock) = manual_app(backend, &config("batch_size = 7"), Some(probe.clone())).await;
+    let toml = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", config("batch_size = 7"));
+    let (app, _clock) = manual_app(backend, &toml, Some(probe.clone())).await;
     let db = &app.db;
     let old = t0() - Duration::days(400);
     for i in 0..50 {
@@ -445,6 +452,13 @@ async fn a_backlog_larger_than_one_batch_goes_in_bounded_batches(backend: Backen
     assert_eq!(count_where(db, "SELECT COUNT(*) FROM recordings").await, 0);
     let left = std::fs::read_dir(app.dir.path().join("recordings/acme")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "every expired audio object is gone");
+    // The metrics count per store (never per tenant) and time the sweep.
+    let m = crate::metrics::scrape(app.metrics.expect("metrics endpoint")).await;
+    let value = |series: &str| crate::metrics::value(&m, series);
+    assert_eq!(value("dsr_retention_records_erased_total{store=\"call_logs\"}"), 50.0);
+    assert_eq!(value("dsr_retention_records_erased_total{store=\"recordings\"}"), 23.0);
+    assert_eq!(value("dsr_retention_sweep_duration_seconds_count{result=\"clean\"}"), 1.0);
+    assert!(!m.contains("acme"), "no tenant in the metrics");
     app.shutdown().await;
 }
 both!(a_backlog_larger_than_one_batch_goes_in_bounded_batches);

@@ -93,16 +93,12 @@ impl Rpc {
     /// The scope the RPC needs (for actions on a deletion request: dsr.delete).
     fn scope(self) -> &'static str {
         match self {
-            Rpc::SubmitExport => "dsr.export",
+            Rpc::SubmitExport | Rpc::DownloadExport => "dsr.export",
             Rpc::SubmitDeletion | Rpc::CancelRequest | Rpc::RetryRequest | Rpc::ExtendDeadline => {
                 "dsr.delete"
             }
             Rpc::SubmitRectification => "dsr.rectify",
-            Rpc::GetRequest
-            | Rpc::ListRequests
-            | Rpc::WatchRequest
-            | Rpc::PreviewSubject
-            | Rpc::DownloadExport => "dsr.read",
+            Rpc::GetRequest | Rpc::ListRequests | Rpc::WatchRequest | Rpc::PreviewSubject => "dsr.read",
             Rpc::ListAuditEvents
             | Rpc::VerifyAuditLog
             | Rpc::PlaceHold
@@ -119,8 +115,8 @@ impl Rpc {
     /// What a permitted caller gets in this version (the request is a fresh, pending deletion).
     fn permitted(self) -> Code {
         match self {
-            Rpc::SubmitExport | Rpc::DownloadExport => Code::Unimplemented,
-            Rpc::RetryRequest => Code::FailedPrecondition,
+            // A pending deletion: nothing to retry, no archive to download.
+            Rpc::RetryRequest | Rpc::DownloadExport => Code::FailedPrecondition,
             _ => Code::Ok,
         }
     }

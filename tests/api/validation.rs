@@ -89,9 +89,19 @@ async fn bad_submissions_are_refused_naming_the_field_and_write_nothing(backend:
         ("unknown regime", SubmitDeletionRequest { regime: 42, ..base.clone() }, "regime"),
     ];
     for (case, req, field) in cases {
+        // An export is validated exactly like a deletion.
+        let export = pb::SubmitExportRequest {
+            subject: req.subject.clone(),
+            regime: req.regime,
+            idempotency_key: req.idempotency_key.clone(),
+            requested_by: req.requested_by.clone(),
+        };
         let err = app.client.clone().submit_deletion(req).await.expect_err(case);
         assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
         assert!(err.message().starts_with(field), "{case}: message {:?} should name {field}", err.message());
+        let err = app.client.clone().submit_export(export).await.expect_err(case);
+        assert_eq!(err.code(), Code::InvalidArgument, "export, {case}: {err:?}");
+        assert!(err.message().starts_with(field), "export, {case}: {:?} should name {field}", err.message());
     }
     assert_eq!(app.count("dsr_requests").await, 0);
     assert_eq!(app.count("dsr_tasks").await, 0);
@@ -126,6 +136,9 @@ async fn malformed_and_unknown_request_ids_are_told_apart() {
     assert_eq!(err.code(), Code::NotFound);
     let err = c.watch_request(pb::WatchRequestRequest { id: "x".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c.download_export(pb::DownloadExportRequest { id: "x".into(), offset: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("id"), "{}", err.message());
     app.shutdown().await;
 }
 

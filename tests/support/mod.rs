@@ -67,6 +67,7 @@ pub fn settings(dir: &Path, database_url: String, recordings_url: Option<String>
         database_url: Some(database_url),
         recordings_url,
         config_file: None,
+        exports_url: None,
     };
     let mut s = Settings::load(&loc).expect("settings");
     s.file = FileConfig::from_toml(toml).expect("test config");

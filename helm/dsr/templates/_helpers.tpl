@@ -115,11 +115,14 @@ Included from the Deployment so it runs for install, upgrade, lint and template 
 {{- fail "dsr: no external database configured (database.url / database.existingSecret), so the ledger is an embedded SQLite file inside one pod: replicaCount must be 1 and autoscaling.enabled false. Configure a Postgres database to run several replicas." }}
 {{- end }}
 {{- end }}
+{{- if and (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (not (hasPrefix "s3://" .Values.exports.url)) }}
+{{- fail "dsr: exports.url must be an s3:// location when more than one replica runs: an export's archive is written by one pod and may be downloaded from any other." }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "dsr: autoscaling.maxReplicas must be >= autoscaling.minReplicas." }}
 {{- end }}
-{{- if regexMatch "(?m)^\\s*\\[\\s*(server|engine|metrics)\\s*\\]" .Values.config.extraToml }}
-{{- fail "dsr: config.extraToml must not redefine [server], [engine] or [metrics]; use the server.*, engine.* and metrics.* values." }}
+{{- if regexMatch "(?m)^\\s*\\[\\s*(server|engine|export|metrics)\\s*\\]" .Values.config.extraToml }}
+{{- fail "dsr: config.extraToml must not redefine [server], [engine], [export] or [metrics]; use the server.*, engine.*, exports.* and metrics.* values." }}
 {{- end }}
 {{- if regexMatch "(?m)^\\s*hmac_key\\s*=" .Values.config.extraToml }}
 {{- fail "dsr: config.extraToml must not contain hmac_key: the ConfigMap is not secret, use audit.key or audit.existingSecret." }}
@@ -146,6 +149,10 @@ Environment shared by the server and the migration Job.
 {{- end }}
 {{- with .Values.recordings.url }}
 - name: DSR_RECORDINGS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.exports.url }}
+- name: DSR_EXPORTS_URL
   value: {{ . | quote }}
 {{- end }}
 - name: RUST_LOG
@@ -177,6 +184,9 @@ lease_secs = {{ int .Values.engine.leaseSecs }}
 max_attempts = {{ int .Values.engine.maxAttempts }}
 backoff_base_ms = {{ int .Values.engine.backoffBaseMs }}
 backoff_max_ms = {{ int .Values.engine.backoffMaxMs }}
+
+[export]
+expiry_days = {{ int .Values.exports.expiryDays }}
 
 [metrics]
 listen = {{ printf "%s:%d" (include "dsr.listenHost" .) (int .Values.metrics.port) | quote }}

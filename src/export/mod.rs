@@ -1,0 +1,90 @@
+//! Exports (GDPR Art. 15 access, Art. 20 portability): each store's task writes a *part* into
+//! the export storage (`part`), then the request's `archive` task streams the parts and the
+//! recordings into one ZIP with a `manifest.json` (`archive`), which `DownloadExport` serves and
+//! the janitor deletes when it expires (`janitor`).
+//!
+//! Layout of the export storage (an object_store location: `<data-dir>/exports` by default):
+//!
+//! ```text
+//! <request id>/parts/<store>.json          the store's records, a JSON array
+//! <request id>/parts/<store>.summary.json  record count and the files to copy in
+//! <request id>/export.zip                  the archive
+//! ```
+mod archive;
+mod janitor;
+mod manifest;
+mod part;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+
+pub use archive::{assemble, ArchiveJob};
+pub use janitor::{erase, expire, expire_due, run_janitor};
+pub use manifest::{Manifest, ManifestFile, ManifestStore, MANIFEST_FORMAT};
+pub use part::{PartSummary, PartWriter};
+
+use crate::{
+    config::{ExportNotice, Settings},
+    stores::{open_durable_object_store, StoreError, StoreResult},
+};
+
+/// The archive format `ExportInfo.format` names.
+pub const ARCHIVE_FORMAT: &str = "zip";
+
+/// Where exports are written, for how long they are kept, and what their manifest says.
+pub struct ExportStorage {
+    objects: Arc<dyn ObjectStore>,
+    pub expiry: Duration,
+    pub notice: ExportNotice,
+}
+
+impl ExportStorage {
+    pub fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let x = &settings.file.export;
+        Ok(Self {
+            objects: open_durable_object_store(&settings.exports_url)?,
+            expiry: Duration::days(x.expiry_days.into()),
+            notice: x.notice.clone(),
+        })
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    pub fn part_path(request_id: &str, store: &str) -> Path {
+        Path::from(format!("{request_id}/parts/{store}.json"))
+    }
+
+    pub fn summary_path(request_id: &str, store: &str) -> Path {
+        Path::from(format!("{request_id}/parts/{store}.summary.json"))
+    }
+
+    pub fn archive_path(request_id: &str) -> Path {
+        Path::from(format!("{request_id}/export.zip"))
+    }
+
+    /// Deletes everything under `<request id>/` (a missing object is fine).
+    pub async fn delete_all(&self, request_id: &str) -> StoreResult<()> {
+        self.delete_under(&Path::from(request_id.to_owned())).await
+    }
+
+    /// Deletes the parts once the archive holds them.
+    pub async fn delete_parts(&self, request_id: &str) -> StoreResult<()> {
+        self.delete_under(&Path::from(format!("{request_id}/parts"))).await
+    }
+
+    async fn delete_under(&self, prefix: &Path) -> StoreResult<()> {
+        let found: Vec<_> = self.objects.list(Some(prefix)).map_ok(|m| m.location).try_collect().await?;
+        for path in found {
+            match self.objects.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::from(e)),
+            }
+        }
+        Ok(())
+    }
+}

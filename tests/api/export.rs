@@ -1,0 +1,409 @@
+//! Exports end to end: the archive's exact contents, nobody else's data in it, the deadline,
+//! downloads that resume, and the archive's expiry — through the real API, with the real stores.
+use std::collections::BTreeMap;
+
+use chrono::{Duration, Utc};
+use dsr::{
+    api::pb::{self, OutcomeState, RequestStatus},
+    clock::{ManualClock, SharedClock},
+    export::{Manifest, MANIFEST_FORMAT},
+    seed::SeededSubject,
+    startup::Overrides,
+};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use crate::{both, helpers::*};
+
+impl TestApp {
+    pub async fn export(&self, subject: pb::Subject, regime: pb::Regime) -> pb::DsrRequest {
+        self.client
+            .clone()
+            .submit_export(pb::SubmitExportRequest {
+                subject: Some(subject),
+                regime: regime as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("submit export")
+            .into_inner()
+    }
+
+    /// Every chunk of the archive from `offset`, checking offsets and chunk sizes on the way.
+    pub async fn download(&self, id: &str, offset: u64) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream = self
+            .client
+            .clone()
+            .download_export(pb::DownloadExportRequest { id: id.to_owned(), offset })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            assert_eq!(chunk.offset, offset + out.len() as u64, "chunks are contiguous");
+            assert!(
+                !chunk.data.is_empty() && chunk.data.len() <= 1024 * 1024,
+                "chunk of {}",
+                chunk.data.len()
+            );
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+}
+
+/// The archive's files: path → bytes (checking every entry's CRC on the way).
+fn unzip(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let zip = rawzip::ZipArchive::from_slice(archive).expect("a ZIP archive");
+    let mut entries = zip.entries();
+    let mut files = BTreeMap::new();
+    while let Some(entry) = entries.next_entry().expect("entry") {
+        let path = entry.file_path().try_normalize().expect("a safe path").as_ref().to_owned();
+        assert_eq!(entry.compression_method(), rawzip::CompressionMethod::STORE, "{path}");
+        let local = zip.get_entry(entry.wayfinder()).expect("local entry");
+        let mut data = Vec::new();
+        local.verifying_reader(local.data()).read_to_end(&mut data).expect("entry reads back with its CRC");
+        assert!(files.insert(path.clone(), data).is_none(), "{path} twice");
+    }
+    files
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn records(files: &BTreeMap<String, Vec<u8>>, name: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_slice(&files[name]).unwrap_or_else(|e| panic!("{name} is a JSON array of objects: {e}"))
+}
+
+async fn an_export_archive_holds_exactly_the_subjects_data(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 3, 4).await;
+    let globex = app.seed_from("globex", 100, 2, 4).await;
+    let target = &acme[1];
+
+    let submitted = app.export(by_email("acme", &target.email), pb::Regime::Gdpr).await;
+    assert_eq!(submitted.kind, pb::RequestKind::Export as i32);
+    assert_eq!(submitted.outcomes.len(), 5, "one outcome per store: {:?}", submitted.outcomes);
+    let due = submitted.due_at.as_ref().unwrap().seconds - submitted.created_at.as_ref().unwrap().seconds;
+    assert_eq!(due, Duration::days(30).num_seconds());
+    let done = app.wait_terminal(&submitted.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    assert_eq!(done.outcomes.len(), 5, "the archive step is not a store: {:?}", done.outcomes);
+    for (store, n) in &target.counts {
+        let o = outcome(&done, store);
+        assert_eq!(o.state, OutcomeState::Done as i32, "{store}: {o:?}");
+        assert_eq!(o.records_found, *n, "{store} found");
+        assert_eq!(o.records_affected, *n, "{store} exported");
+    }
+    let info = done.export.clone().expect("ExportInfo once COMPLETED");
+    assert_eq!(info.format, "zip");
+    let expires = info.expires_at.as_ref().unwrap().seconds - done.completed_at.as_ref().unwrap().seconds;
+    assert!((expires - Duration::days(7).num_seconds()).abs() <= 1, "expires 7 days after: {expires}");
+
+    let archive = app.download(&done.id, 0).await.expect("download");
+    assert_eq!(archive.len() as u64, info.size_bytes);
+    assert_eq!(sha256_hex(&archive), info.sha256, "ExportInfo.sha256 is of the archive downloaded");
+    let files = unzip(&archive);
+
+    // Exactly these files.
+    let mut expected: Vec<String> =
+        ["accounts.json", "billing.json", "call_logs.json", "manifest.json", "transcripts.json"]
+            .map(String::from)
+            .into();
+    let recordings_dir = app.dir.path().join("recordings/acme");
+    let mut audio: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&recordings_dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Seeded call ids carry the subject's number: acme-000001-…
+        if name.contains("-000001-") {
+            audio.insert(format!("recordings/{name}"), std::fs::read(entry.path()).unwrap());
+        }
+    }
+    assert_eq!(audio.len() as u64, target.counts["recordings"]);
+    expected.extend(audio.keys().cloned());
+    expected.sort();
+    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), expected);
+
+    // Recordings byte for byte as `dsr seed` wrote them; counts per store as found.
+    for (path, bytes) in &audio {
+        assert!(files[path] == *bytes, "{path} differs from the stored recording");
+    }
+    for store in ["accounts", "call_logs", "transcripts", "billing"] {
+        let rows = records(&files, &format!("{store}.json"));
+        assert_eq!(rows.len() as u64, target.counts[store], "{store}.json rows");
+        assert!(rows.iter().all(|r| r["tenant_id"] == "acme"), "{store}: only the tenant's rows");
+    }
+    assert_eq!(records(&files, "accounts.json")[0]["email"], target.email.as_str());
+
+    // The manifest: every file with its size and hash, every store, the Art. 15 information.
+    let manifest: Manifest = serde_json::from_slice(&files["manifest.json"]).expect("manifest.json parses");
+    assert_eq!(manifest.format, MANIFEST_FORMAT);
+    assert_eq!(manifest.request_id, done.id);
+    assert_eq!(manifest.tenant_id, "acme");
+    assert_eq!(manifest.regime, "gdpr");
+    assert_eq!(
+        manifest.stores.iter().map(|s| s.store.as_str()).collect::<Vec<_>>(),
+        ["accounts", "call_logs", "transcripts", "recordings", "billing"]
+    );
+    let mut listed = 0;
+    for store in &manifest.stores {
+        assert_eq!(store.state, "done");
+        assert_eq!(store.records, target.counts[store.store.as_str()], "{}", store.store);
+        assert!(!store.retention.is_empty(), "{} retention", store.store);
+        for f in &store.files {
+            assert_eq!(f.bytes, files[&f.path].len() as u64, "{}", f.path);
+            assert_eq!(f.sha256, sha256_hex(&files[&f.path]), "{}", f.path);
+            listed += 1;
+        }
+    }
+    assert_eq!(listed, files.len() - 1, "the manifest lists every other file");
+    let billing = manifest.stores.iter().find(|s| s.store == "billing").unwrap();
+    assert!(billing.legal_basis.as_deref().unwrap_or_default().contains("Legal obligation"));
+    assert!(billing.retention.contains("7 years"));
+    let recipients: Vec<&str> = manifest.recipients.iter().map(|r| r.name.as_str()).collect();
+    for sub in ["Speech-to-text", "Text-to-speech", "Language-model", "Database hosting", "Payment"] {
+        assert!(recipients.iter().any(|r| r.contains(sub)), "recipient {sub}: {recipients:?}");
+    }
+    assert!(!manifest.purposes.is_empty() && !manifest.categories.is_empty());
+
+    // Nothing of anyone else, in any file.
+    let everything: Vec<u8> = files.values().flatten().copied().collect();
+    let others: Vec<&SeededSubject> =
+        acme.iter().chain(&globex).filter(|s| s.account_id != target.account_id).collect();
+    for other in others {
+        for id in [&other.email, &other.phone, &other.account_id] {
+            assert!(
+                !contains(&everything, id.as_bytes()),
+                "another subject's identifier {id} is in the archive"
+            );
+        }
+    }
+    assert!(!contains(&everything, b"globex"), "another tenant's data is in the archive");
+}
+both!(an_export_archive_holds_exactly_the_subjects_data);
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn a_ccpa_export_is_due_in_45_days(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let r = app.export(by_phone("acme", &acme[0].phone), pb::Regime::Ccpa).await;
+    let due = r.due_at.as_ref().unwrap().seconds - r.created_at.as_ref().unwrap().seconds;
+    assert_eq!(due, Duration::days(45).num_seconds());
+    assert_eq!(r.regime, pb::Regime::Ccpa as i32);
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+}
+both!(a_ccpa_export_is_due_in_45_days);
+
+async fn a_download_resumes_from_an_offset(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 1, 3).await;
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id).await;
+    let whole = app.download(&done.id, 0).await.unwrap();
+    for offset in [1, 777, whole.len() as u64 / 2, whole.len() as u64 - 1] {
+        let rest = app.download(&done.id, offset).await.unwrap();
+        assert!(rest == whole[offset as usize..], "resuming at {offset} gives the same bytes");
+    }
+    assert!(app.download(&done.id, whole.len() as u64).await.unwrap().is_empty(), "at the end: nothing more");
+    let past = app.download(&done.id, whole.len() as u64 + 1).await.unwrap_err();
+    assert_eq!(past.code(), Code::InvalidArgument);
+    assert!(past.message().contains("offset"), "{}", past.message());
+    // Every download that reached the end is in the audit trail, with who and from where.
+    let events = app
+        .audit()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest { request_id: done.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let downloads: Vec<_> = events.iter().filter(|e| e.action == "export_downloaded").collect();
+    assert_eq!(downloads.len(), 6, "{downloads:#?}");
+    assert_eq!(downloads[0].detail, "offset=0");
+    assert_eq!(downloads[0].records_affected, whole.len() as u64);
+    assert_eq!(downloads[0].actor, "anonymous");
+}
+both!(a_download_resumes_from_an_offset);
+
+async fn a_download_before_completion_or_of_nothing_is_refused(backend: Backend) {
+    let app =
+        spawn_app_with(backend, TEST_CONFIG, Overrides { paused_engine: true, ..Default::default() }).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let pending = app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await;
+    assert!(pending.export.is_none());
+    let early = app.download(&pending.id, 0).await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert!(early.message().contains("COMPLETED"), "{}", early.message());
+
+    let unknown = app.download("0193b2a0-0000-7000-8000-000000000000", 0).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let malformed = app.download("not-an-id", 0).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+
+    let deletion = app.delete(by_phone("acme", &acme[0].phone)).await;
+    let not_export = app.download(&deletion.id, 0).await.unwrap_err();
+    assert_eq!(not_export.code(), Code::FailedPrecondition, "{not_export:?}");
+}
+both!(a_download_before_completion_or_of_nothing_is_refused);
+
+async fn an_expired_export_is_deleted_and_answers_not_found(backend: Backend) {
+    let clock = ManualClock::new(Utc::now());
+    let shared: SharedClock = clock.clone();
+    let app =
+        spawn_app_with(backend, TEST_CONFIG, Overrides { clock: Some(shared), ..Default::default() }).await;
+    let acme = app.seed("acme", 1, 2).await;
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let archive = app.dir.path().join("exports").join(&done.id).join("export.zip");
+    assert!(archive.exists(), "the archive is in the export storage");
+    let parts = app.dir.path().join("exports").join(&done.id).join("parts");
+    let left = std::fs::read_dir(&parts).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the parts go once they are in the archive");
+
+    // One second before the end it still downloads.
+    clock.advance(Duration::days(7) - Duration::seconds(1));
+    app.download(&done.id, 0).await.expect("still downloadable");
+    clock.advance(Duration::seconds(1));
+    let gone = app.download(&done.id, 0).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("expired"), "{}", gone.message());
+    assert!(!archive.exists(), "an expired archive is deleted");
+    let again = app.download(&done.id, 5).await.unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+
+    let events = app
+        .audit()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest { request_id: done.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.iter().filter(|e| e.action == "export_expired").count(), 1, "{events:#?}");
+    // The request still tells what there was.
+    assert!(app.get(&done.id).await.export.is_some());
+}
+both!(an_expired_export_is_deleted_and_answers_not_found);
+
+/// The janitor deletes archives nobody downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_deletes_expired_archives_nobody_asked_for() {
+    let clock = ManualClock::new(Utc::now());
+    let shared: SharedClock = clock.clone();
+    let toml = format!("{TEST_CONFIG}\n[export]\njanitor_interval_secs = 1\n");
+    let app =
+        spawn_app_with(Backend::Sqlite, &toml, Overrides { clock: Some(shared), ..Default::default() }).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id).await;
+    let archive = app.dir.path().join("exports").join(&done.id).join("export.zip");
+    assert!(archive.exists());
+    clock.advance(Duration::days(8));
+    // Polls for the janitor's pass (a safety net, not a timing assertion).
+    for _ in 0..200 {
+        if !archive.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!archive.exists(), "the janitor deleted the expired archive");
+}
+
+/// The production layout: recordings and archives on S3 (the archive big enough to go up as a
+/// multipart upload), the ledger on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_reads_recordings_from_s3_and_writes_its_archive_to_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::fresh_database(Backend::Postgres, dir.path()).await;
+    let recordings = crate::support::fresh_s3_bucket().await;
+    let mut settings = crate::support::settings(dir.path(), url, Some(recordings.clone()), TEST_CONFIG);
+    settings.exports_url = recordings.replace("/recordings", "/exports");
+    let app = spawn_on(settings, dir, Overrides::default()).await;
+    let objects = dsr::stores::open_object_store(&app.settings.recordings_url).unwrap();
+    let spec = dsr::seed::SeedSpec {
+        tenant: dsr::domain::TenantId::parse("tenant", "acme").unwrap(),
+        subjects: 1,
+        calls: 3,
+        recording_bytes: 3 * 1024 * 1024,
+        first: 0,
+    };
+    let mut seeded = Vec::new();
+    dsr::seed::seed(&app.db, &dsr::stores::reference::Tables::default(), objects, &spec, Utc::now(), |s| {
+        seeded.push(s)
+    })
+    .await
+    .unwrap();
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &seeded[0].phone), pb::Regime::Gdpr).await.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let info = done.export.clone().unwrap();
+    assert!(info.size_bytes > 9 * 1024 * 1024, "{}", info.size_bytes);
+    let archive = app.download(&done.id, 0).await.unwrap();
+    assert_eq!(sha256_hex(&archive), info.sha256);
+    let files = unzip(&archive);
+    let audio: Vec<_> = files.iter().filter(|(p, _)| p.starts_with("recordings/")).collect();
+    assert_eq!(audio.len(), 3);
+    for (path, bytes) in audio {
+        let call_id = path.trim_start_matches("recordings/").trim_end_matches(".wav");
+        assert!(**bytes == dsr::seed::recording_bytes(call_id, 3 * 1024 * 1024), "{path}");
+    }
+    let resumed = app.download(&done.id, 5 * 1024 * 1024 + 7).await.unwrap();
+    assert!(resumed == archive[5 * 1024 * 1024 + 7..]);
+}
+
+/// An archive is a copy of the subject's data: when the subject asks for erasure afterwards, it
+/// goes too, and the download says why.
+async fn a_later_deletion_of_the_subject_deletes_the_archive(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 2, 2).await;
+    let mine =
+        app.wait_terminal(&app.export(by_email("acme", &acme[0].email), pb::Regime::Gdpr).await.id).await;
+    let other =
+        app.wait_terminal(&app.export(by_email("acme", &acme[1].email), pb::Regime::Gdpr).await.id).await;
+    app.download(&mine.id, 0).await.expect("downloadable before the deletion");
+    // Named by another identifier than the export was: the tags of the resolved subject meet.
+    let deletion = app.delete(by_phone("acme", &acme[0].phone)).await;
+    app.wait_terminal(&deletion.id).await;
+    let gone = app.download(&mine.id, 0).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("erased"), "{}", gone.message());
+    assert!(!app.dir.path().join("exports").join(&mine.id).join("export.zip").exists());
+    app.download(&other.id, 0).await.expect("another subject's archive stays");
+    let events = app
+        .audit()
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest { request_id: mine.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.iter().filter(|e| e.action == "export_erased").count(), 1, "{events:#?}");
+}
+both!(a_later_deletion_of_the_subject_deletes_the_archive);
+
+/// The janitor deletes a superseded archive without anyone asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_deletes_archives_of_subjects_erased_since() {
+    let toml = format!("{TEST_CONFIG}\n[export]\njanitor_interval_secs = 1\n");
+    let app = spawn_app_with(Backend::Postgres, &toml, Overrides::default()).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let done =
+        app.wait_terminal(&app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id).await;
+    let archive = app.dir.path().join("exports").join(&done.id).join("export.zip");
+    assert!(archive.exists());
+    app.wait_terminal(&app.delete(by_email("acme", &acme[0].email)).await.id).await;
+    for _ in 0..200 {
+        if !archive.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!archive.exists(), "the janitor deleted the superseded archive");
+}

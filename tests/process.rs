@@ -879,6 +879,8 @@ async fn metrics_count_a_deletion_and_report_its_deadline_and_spans_survive_a_qu
     assert!(!text.contains("store task done"), "RUST_LOG=warn: info lines are not logged\n{text}");
     let tasks = received.spans().into_iter().filter(|s| s.name == "store_task").count();
     assert_eq!(tasks, 5, "RUST_LOG=warn does not drop the exported spans");
+}
+
 /// Runs a server-side `dsr` command on `dir` and `db`: (success, stdout, stderr).
 fn server_cmd(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)

@@ -33,7 +33,10 @@ pub async fn export(
     calls: usize,
     runs: usize,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(calls >= 1 && total_mib >= 1 && runs >= 1, "--calls, --total-mib and --runs must be at least 1");
+    anyhow::ensure!(
+        calls >= 1 && total_mib >= 1 && runs >= 1,
+        "--calls, --total-mib and --runs must be at least 1"
+    );
     let recordings_dir = local_dir(&settings.recordings_url).context(
         "the export benchmark compares with `cat`, so recordings must be a local directory (file://)",
     )?;

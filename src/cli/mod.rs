@@ -170,7 +170,6 @@ pub enum Command {
     },
 }
 
-
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
@@ -281,7 +280,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let settings = crate::config::Settings::load(&loc)?;
                 crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
             }
-            BenchCommand::Sweep { loc, rows } => crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await,
+            BenchCommand::Sweep { loc, rows } => {
+                crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
+            }
         },
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
         Command::Export { conn, subject, submit, output } => {

@@ -11,7 +11,8 @@ use crate::{
     domain::{Corrections, OutcomeState, RequestKind, Subject},
     export::{assemble, ArchiveJob, PartWriter},
     ledger::{
-        ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK, LITIGATION_HOLD_BASIS,
+        ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK,
+        LITIGATION_HOLD_BASIS,
     },
     stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
 };
@@ -187,6 +188,7 @@ impl Engine {
                 retained_until: None,
                 verified: false,
                 detail: Some("retained: litigation hold".into()),
+                export: None,
                 hold: Some(TaskHold::Litigation(hold)),
             });
         }

@@ -268,10 +268,11 @@ pub(super) async fn finish_in(
     // The hold was released between the check and now (the release and this transaction are
     // serialised by the chain lock): the task is due again, not kept.
     if let Some(hold) = litigation {
-        let active: Option<i64> = sqlx::query_scalar("SELECT 1 FROM dsr_holds WHERE id = $1 AND ended_at IS NULL")
-            .bind(hold)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let active: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM dsr_holds WHERE id = $1 AND ended_at IS NULL")
+                .bind(hold)
+                .fetch_optional(&mut **tx)
+                .await?;
         if active.is_none() {
             let n = sqlx::query(
                 "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt_limit + 1, next_run_at = $1, \
@@ -319,7 +320,8 @@ pub(super) async fn finish_in(
     }
     event.append(tx, now).await?;
     if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
-        record_legal_hold(tx, &task.task_id, &task.request_id, &task.tenant_id, &task.store, hold, now).await?;
+        record_legal_hold(tx, &task.task_id, &task.request_id, &task.tenant_id, &task.store, hold, now)
+            .await?;
     }
     let status = refresh_status(tx, &task.request_id, &task.tenant_id, now).await?;
     Ok(Fenced::Applied(status))

@@ -21,7 +21,8 @@ use super::{
         delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
         Predicate,
     },
-    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter, StoreResult,
+    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter,
+    StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},

@@ -21,8 +21,8 @@ use super::{
         delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
         Predicate,
     },
-    ByteStream, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Holdings, Rectification, StoreAdapter,
-    StoreError, StoreResult,
+    ByteStream, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Holdings, Rectification,
+    StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     clock::to_millis,

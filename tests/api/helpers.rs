@@ -82,7 +82,13 @@ impl TestApp {
     }
 
     /// Like `seed`, numbering subjects from `first` (distinct identifiers across tenants).
-    pub async fn seed_from(&self, tenant: &str, first: usize, subjects: usize, calls: usize) -> Vec<SeededSubject> {
+    pub async fn seed_from(
+        &self,
+        tenant: &str,
+        first: usize,
+        subjects: usize,
+        calls: usize,
+    ) -> Vec<SeededSubject> {
         self.seed_with(tenant, first, subjects, calls, chrono::Utc::now()).await
     }
 

@@ -270,6 +270,12 @@ impl StoreAdapter for Probed {
     async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
         self.inner.verify_rectified(s, c).await
     }
+    async fn export(&self, s: &Subject, sink: &mut dyn dsr::stores::ExportSink) -> StoreResult<u64> {
+        self.inner.export(s, sink).await
+    }
+    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        self.inner.read_file(key).await
+    }
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         self.probe.touch().await;
         self.inner.tenants(after, limit).await

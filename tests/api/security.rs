@@ -99,9 +99,11 @@ impl Rpc {
             }
             Rpc::SubmitRectification => "dsr.rectify",
             Rpc::GetRequest | Rpc::ListRequests | Rpc::WatchRequest | Rpc::PreviewSubject => "dsr.read",
-            Rpc::ListAuditEvents | Rpc::VerifyAuditLog | Rpc::PlaceHold | Rpc::ReleaseHold | Rpc::ListHolds => {
-                "dsr.admin"
-            }
+            Rpc::ListAuditEvents
+            | Rpc::VerifyAuditLog
+            | Rpc::PlaceHold
+            | Rpc::ReleaseHold
+            | Rpc::ListHolds => "dsr.admin",
         }
     }
 

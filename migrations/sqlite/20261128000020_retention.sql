@@ -28,6 +28,8 @@ CREATE TABLE dsr_holds (
 );
 CREATE INDEX dsr_holds_tenant ON dsr_holds (tenant_id, id);
 CREATE INDEX dsr_holds_due ON dsr_holds (kind, ended_at, until);
+-- "Does a litigation hold stand in this tenant?": asked by the sweep before every batch.
+CREATE INDEX dsr_holds_standing ON dsr_holds (tenant_id, kind, ended_at);
 
 CREATE TABLE dsr_hold_subjects (
     hold_id TEXT NOT NULL,

@@ -2,6 +2,12 @@
 //! the real gRPC API of an in-process server (ledger, engine, adapters, verification and all),
 //! and erases every subject of the second with hand-written SQL and object deletes — the least
 //! work that does the same erasure, without a ledger, retries or verification.
+//!
+//! `dsr bench sweep` (issue 9) seeds a million expired call-log rows (one `INSERT … SELECT`
+//! over `generate_series` on Postgres) and erases them four times over, re-seeding in between:
+//! by a retention sweep (lease, tenant discovery, the litigation-hold check before each batch,
+//! bounded batches, events), then twice by a hand-written batched `DELETE` of the same batch
+//! size (the floor), then by a sweep again, so drift in the run weighs on both alike.
 use std::{sync::Arc, time::Instant};
 
 use futures::{stream, StreamExt, TryStreamExt};

@@ -383,6 +383,18 @@ impl Ledger {
         Ok(litigation_hold_in(self.db.pool(), tenant, tags).await?)
     }
 
+    /// Whether a litigation hold stands in the tenant (one indexed probe: the sweep asks before
+    /// every batch).
+    pub async fn has_litigation_hold(&self, tenant: &str) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM dsr_holds WHERE tenant_id = $1 AND kind = 'litigation' AND ended_at IS NULL LIMIT 1",
+        )
+        .bind(tenant)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Every identifier tag the tenant's active litigation holds cover.
     pub async fn litigation_tags(&self, tenant: &str) -> Result<std::collections::HashSet<String>> {
         let tags: Vec<String> = sqlx::query_scalar(

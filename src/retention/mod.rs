@@ -8,7 +8,9 @@
 //!    logs that link them): the records older than the tenant's period are erased in bounded
 //!    batches, one short transaction each, recordings' objects before their index rows. In a
 //!    tenant with litigation holds the expired records are listed instead, each record's
-//!    identifiers are tagged (keyed hashes) and those a hold covers are kept.
+//!    identifiers are tagged (keyed hashes) and those a hold covers are kept. The tenant's holds
+//!    are read again before every batch, so a hold placed while a sweep runs protects its
+//!    subject from the next batch on.
 //!
 //! Each (store, tenant) with expired records gets a `retention_swept` event (counts, the
 //! cutoff; never an identifier) and the sweep a closing `retention_sweep` event. A store that
@@ -18,7 +20,6 @@
 mod report;
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -193,7 +194,6 @@ impl Sweeper {
             stop,
             report: SweepReport::new(started, dry_run),
             last_renewal: Instant::now(),
-            litigation: HashMap::new(),
         };
         let halted = match run.legal_holds().await {
             Ok(()) => run.stores().await.err(),
@@ -207,7 +207,8 @@ impl Sweeper {
         }
         let closing = self.record_summary(&report).await;
         if !matches!(halted, Some(Halt::LeaseLost)) {
-            let next = (self.config.sweep_interval_secs > 0)
+            // A sweep cut short leaves the schedule as it was: the next one is due at once.
+            let next = (halted.is_none() && self.config.sweep_interval_secs > 0)
                 .then(|| started + chrono::Duration::seconds(self.config.sweep_interval_secs as i64));
             if let Err(e) = self.ledger.release_named_lease(SWEEP_LEASE, &self.owner, next).await {
                 warn!(error = %e, "could not give the sweep lease back; it will expire");
@@ -282,8 +283,13 @@ struct Run<'a> {
     stop: &'a CancellationToken,
     report: SweepReport,
     last_renewal: Instant,
-    /// Each tenant's litigation-hold tags, read once per sweep.
-    litigation: HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// How erasing one store in one tenant ended.
+enum Flow {
+    Done,
+    /// A litigation hold appeared in the tenant: go on record by record.
+    HoldPlaced,
 }
 
 impl Run<'_> {
@@ -311,14 +317,6 @@ impl Run<'_> {
             }
         }
         Ok(())
-    }
-
-    async fn litigation_tags(&mut self, tenant: &str) -> anyhow::Result<&std::collections::HashSet<String>> {
-        if !self.litigation.contains_key(tenant) {
-            let tags = self.sweeper.ledger.litigation_tags(tenant).await?;
-            self.litigation.insert(tenant.to_owned(), tags);
-        }
-        Ok(&self.litigation[tenant])
     }
 
     /// Step 1: legal obligations whose end has come.
@@ -438,20 +436,17 @@ impl Run<'_> {
         };
         let expiry = Expiry { tenant, now, cutoff };
         let mut unit = SweepUnit::new(adapter.name(), tenant, cutoff, period);
-        let held = match self.litigation_tags(tenant).await {
-            Ok(tags) => tags.clone(),
-            Err(e) => {
-                unit.error = Some(format!("reading litigation holds: {e}"));
-                return self.close(unit).await;
-            }
+        let outcome = match s.ledger.has_litigation_hold(tenant).await {
+            Err(e) => Ok(Err(format!("reading litigation holds: {e}"))),
+            Ok(false) => self.erase_all(adapter, &expiry, &mut unit).await,
+            Ok(true) => Ok(Ok(Flow::HoldPlaced)),
         };
-        let outcome = if held.is_empty() {
-            self.erase_all(adapter, &expiry, &mut unit).await
-        } else {
-            self.erase_unheld(adapter, &expiry, &held, &mut unit).await
+        let outcome = match outcome {
+            Ok(Ok(Flow::HoldPlaced)) => self.erase_unheld(adapter, &expiry, &mut unit).await,
+            other => other,
         };
         match outcome {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(store_error)) => unit.error = Some(store_error),
             Err(halt) => {
                 let _ = self.close(unit).await;
@@ -461,20 +456,25 @@ impl Run<'_> {
         self.close(unit).await
     }
 
-    /// No litigation hold in the tenant: one statement per batch until none is left.
+    /// No litigation hold in the tenant: one statement per batch until none is left, or until
+    /// a hold is placed.
     async fn erase_all(
         &mut self,
         adapter: &dyn StoreAdapter,
         expiry: &Expiry<'_>,
         unit: &mut SweepUnit,
-    ) -> Result<Result<(), String>, Halt> {
+    ) -> Result<Result<Flow, String>, Halt> {
         if self.report.dry_run {
             return Ok(adapter
                 .count_expired(expiry)
                 .await
-                .map(|n| unit.expired = n)
+                .map(|n| {
+                    unit.expired = n;
+                    Flow::Done
+                })
                 .map_err(|e| e.to_string()));
         }
+        let s = self.sweeper;
         loop {
             let n = match adapter.erase_expired(expiry, self.batch()).await {
                 Ok(n) => n,
@@ -485,30 +485,38 @@ impl Run<'_> {
             self.report.batches += 1;
             self.checkpoint().await?;
             if (n as usize) < self.batch() {
-                return Ok(Ok(()));
+                return Ok(Ok(Flow::Done));
+            }
+            match s.ledger.has_litigation_hold(expiry.tenant).await {
+                Ok(false) => {}
+                Ok(true) => return Ok(Ok(Flow::HoldPlaced)),
+                Err(e) => return Ok(Err(format!("reading litigation holds: {e}"))),
             }
         }
     }
 
     /// Litigation holds in the tenant: list the expired records in key order, keep those whose
-    /// identifiers a hold covers, erase the rest by key.
+    /// identifiers a hold covers (the holds read again for every batch), erase the rest by key.
     async fn erase_unheld(
         &mut self,
         adapter: &dyn StoreAdapter,
         expiry: &Expiry<'_>,
-        held: &std::collections::HashSet<String>,
         unit: &mut SweepUnit,
-    ) -> Result<Result<(), String>, Halt> {
+    ) -> Result<Result<Flow, String>, Halt> {
         let Ok(tenant) = TenantId::parse("tenant", expiry.tenant) else {
             return Ok(Err("the tenant id does not parse; nothing erased while holds stand".into()));
         };
         let mut after: Option<String> = None;
         loop {
+            let held = match self.sweeper.ledger.litigation_tags(expiry.tenant).await {
+                Ok(tags) => tags,
+                Err(e) => return Ok(Err(format!("reading litigation holds: {e}"))),
+            };
             let batch = match adapter.list_expired(expiry, after.as_deref(), self.batch()).await {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e.to_string())),
             };
-            let Some(last) = batch.last() else { return Ok(Ok(())) };
+            let Some(last) = batch.last() else { return Ok(Ok(Flow::Done)) };
             after = Some(last.key.clone());
             let (keep, go): (Vec<&ExpiredRecord>, Vec<&ExpiredRecord>) = batch
                 .iter()
@@ -525,7 +533,7 @@ impl Run<'_> {
             }
             self.checkpoint().await?;
             if batch.len() < self.batch() {
-                return Ok(Ok(()));
+                return Ok(Ok(Flow::Done));
             }
         }
     }

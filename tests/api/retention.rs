@@ -15,6 +15,7 @@ use dsr::{
     clock::{to_millis, ManualClock, SharedClock},
     db::Db,
     domain::{Corrections, Subject},
+    ledger::Ledger,
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
     stores::{
@@ -722,8 +723,29 @@ async fn a_billing_hold_that_ends_completes_the_original_request(backend: Backen
         .unwrap();
     assert_eq!(billed as u64, target.counts["billing"]);
 
-    // A minute after: the records go and the request tells the whole story.
+    // A minute after, but a litigation hold now stands on the subject (named by phone: the
+    // account row no longer knows it): the obligation's end waits, and its records stay.
     clock.set(until + Duration::minutes(1));
+    let mut h = holds(&app).await;
+    let lit = h
+        .place_hold(pb::PlaceHoldRequest {
+            subject: Some(by_phone("acme", &target.phone)),
+            reason: "audit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let waiting = app.sweep().await;
+    assert_eq!((waiting.holds_ended, waiting.holds_waiting), (0, 1), "{waiting:#?}");
+    assert_eq!(
+        waiting.unit("billing", "acme").unwrap().held,
+        target.counts["billing"],
+        "the sweep keeps them too"
+    );
+    assert_eq!(outcome(&app.get(&r.id).await, "billing").state, OutcomeState::Retained as i32);
+
+    // Released: the records go and the request tells the whole story.
+    h.release_hold(pb::ReleaseHoldRequest { id: lit.id, reason: "closed".into() }).await.unwrap();
     let report = app.sweep().await;
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(report.holds_ended, 1);
@@ -754,8 +776,9 @@ async fn a_billing_hold_that_ends_completes_the_original_request(backend: Backen
     );
     assert!(list_holds(&app, "acme", true).await.is_empty());
     let closed = list_holds(&app, "acme", false).await;
-    assert_eq!(closed.len(), 1);
-    assert!(!closed[0].active && closed[0].ended_by == "retention-sweep", "{closed:#?}");
+    assert_eq!(closed.len(), 2, "the legal obligation and the litigation hold, both ended");
+    let legal = closed.iter().find(|x| x.kind == pb::HoldKind::LegalObligation as i32).unwrap();
+    assert!(!legal.active && legal.ended_by == "retention-sweep", "{closed:#?}");
     // Ending is once: the next sweep has nothing to end.
     assert_eq!(app.sweep().await.holds_ended, 0);
     verify_chain(&app).await;
@@ -836,6 +859,11 @@ async fn a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_t
     for s in app.preview(by_phone("acme", &target.phone)).await {
         assert_eq!(s.records, target.counts[s.store.as_str()], "{}: kept by the sweep", s.store);
     }
+    // Pruning the audit record of what ended long ago keeps the held request: it is not over.
+    let now = t0() + Duration::days(730);
+    let pruned = Ledger::new(app.db.clone()).prune_audit(now - Duration::days(1), "test", now).await.unwrap();
+    assert_eq!(pruned.events_pruned, 1, "only the hold_placed event before the held request: {pruned:?}");
+    assert!(subject_json(&app, &r.id).await.is_some(), "the held request survives pruning");
 
     // Release: refused without a reason, for an unknown id and for a legal obligation.
     let bad = h
@@ -901,12 +929,56 @@ async fn a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_t
         .await
         .unwrap();
     assert!(details.iter().all(|d| !d.contains("Zyxwvut") && !d.contains("Settled")));
-    assert_eq!(events(&app.db, "hold_placed").await.len(), 1);
     assert_eq!(events(&app.db, "hold_released").await.len(), 2, "the hold's and the request's");
     verify_chain(&app).await;
     app.shutdown().await;
 }
 both!(a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_through);
+
+async fn a_hold_placed_during_a_sweep_protects_its_subject_from_the_next_batch(backend: Backend) {
+    let (probe, gate, parked) = gate_after_first_batch();
+    let (app, _clock) = manual_app(backend, &config("batch_size = 10"), Some(probe)).await;
+    // Twenty strangers' calls, older, go in the first two batches; the hold is placed while the
+    // second is under way (the sweep parks just before it); the subject's five come after.
+    for i in 0..20 {
+        call_log(&app.db, "acme", &format!("a-{i:02}"), "acct-x", "+15559990000", t0() - Duration::days(500))
+            .await;
+    }
+    for i in 0..5 {
+        call_log(
+            &app.db,
+            "acme",
+            &format!("b-{i:02}"),
+            "acct-held",
+            "+15550000042",
+            t0() - Duration::days(400),
+        )
+        .await;
+    }
+    let sweep = {
+        let s = app.sweeper.clone();
+        tokio::spawn(async move { s.sweep(SweepMode::Now, &CancellationToken::new()).await })
+    };
+    parked.notified().await;
+    let hold = holds(&app)
+        .await
+        .place_hold(pb::PlaceHoldRequest {
+            subject: Some(by_phone("acme", "+15550000042")),
+            reason: "case".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gate.add_permits(1);
+    let SweepOutcome::Swept(report) = sweep.await.unwrap().unwrap() else { panic!("the sweep ran") };
+    let unit = report.unit("call_logs", "acme").unwrap();
+    assert_eq!((unit.erased, unit.held), (20, 5), "{unit:?}");
+    let left: i64 =
+        count_where(&app.db, "SELECT COUNT(*) FROM call_logs WHERE caller_phone = '+15550000042'").await;
+    assert_eq!(left, 5, "hold {} keeps the subject's calls", hold.id);
+    app.shutdown().await;
+}
+both!(a_hold_placed_during_a_sweep_protects_its_subject_from_the_next_batch);
 
 async fn extend(app: &TestApp, id: &str, reason: &str) -> Result<pb::DsrRequest, tonic::Status> {
     app.client

@@ -188,8 +188,8 @@ impl Engine {
                 retained_until: None,
                 verified: false,
                 detail: Some("retained: litigation hold".into()),
-                hold: Some(TaskHold::Litigation(hold)),
                 export: None,
+                hold: Some(TaskHold::Litigation(hold)),
             });
         }
         let first_count = self.first_count(adapter, task, subject).await?;

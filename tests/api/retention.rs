@@ -19,8 +19,8 @@ use dsr::{
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
     stores::{
-        open_object_store, ByteStream, CorrectionConflict, Erasure, ExpiredRecord, Expiry, ExportSink,
-        Holdings, Rectification, StoreAdapter, StoreError, StoreResult,
+        open_object_store, CorrectionConflict, Erasure, ExpiredRecord, Expiry, Holdings, Rectification,
+        StoreAdapter, StoreError, StoreResult,
     },
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
@@ -271,6 +271,12 @@ impl StoreAdapter for Probed {
     async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
         self.inner.verify_rectified(s, c).await
     }
+    async fn export(&self, s: &Subject, sink: &mut dyn dsr::stores::ExportSink) -> StoreResult<u64> {
+        self.inner.export(s, sink).await
+    }
+    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        self.inner.read_file(key).await
+    }
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         self.probe.touch().await;
         self.inner.tenants(after, limit).await
@@ -299,12 +305,6 @@ impl StoreAdapter for Probed {
     }
     async fn retained_records(&self, s: &Subject) -> StoreResult<Vec<String>> {
         self.inner.retained_records(s).await
-    }
-    async fn export(&self, s: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        self.inner.export(s, sink).await
-    }
-    async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
-        self.inner.read_file(key).await
     }
 }
 

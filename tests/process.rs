@@ -168,6 +168,59 @@ fn assert_no_canaries(log: &Path, canaries: &[String]) {
     }
 }
 
+/// Waits until the first request completes, then SIGKILLs the server; returns how many had
+/// completed, and fails if all `total` had (the kill would prove nothing).
+async fn kill_once_one_completes(
+    server: &mut Server,
+    c: &mut DataSubjectRightsClient<Channel>,
+    total: usize,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let done = statuses(c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
+        if done > 0 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "no request completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    assert!(done_at_kill < total, "everything finished before the kill; the test proved nothing");
+    done_at_kill
+}
+
+/// Polls until every request has ended (COMPLETED or FAILED); returns them by id.
+async fn wait_all_ended(c: &mut DataSubjectRightsClient<Channel>) -> HashMap<String, pb::DsrRequest> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let all = statuses(c).await;
+        if all
+            .values()
+            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
+        {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "requests did not finish after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fails if any (request, store) has more than one `outcome` event; returns how many there are.
+async fn outcomes_each_once(ledger: &dsr::db::Db) -> i64 {
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
+    )
+    .fetch_all(ledger.pool())
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
+    sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap()
+}
+
 async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = support::fresh_database(backend, dir.path()).await;
@@ -192,34 +245,11 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
         ids.push(r.id);
     }
     // Kill as soon as work is under way: some requests done, most not.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_at_kill = loop {
-        let done =
-            statuses(&mut c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
-        if done > 0 {
-            break done;
-        }
-        assert!(Instant::now() < deadline, "no request completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    first.child.kill().unwrap(); // SIGKILL
-    first.child.wait().unwrap();
-    assert!(done_at_kill < ids.len(), "everything finished before the kill; the test proved nothing");
+    let done_at_kill = kill_once_one_completes(&mut first, &mut c, ids.len()).await;
 
     let mut second = start_server(dir.path(), &db, &cfg, &log2);
     let mut c = client(second.addr).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let all = loop {
-        let all = statuses(&mut c).await;
-        if all
-            .values()
-            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
-        {
-            break all;
-        }
-        assert!(Instant::now() < deadline, "requests did not finish after the restart");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let all = wait_all_ended(&mut c).await;
     assert_eq!(all.len(), ids.len());
     for r in all.values() {
         assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
@@ -234,17 +264,7 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
         }
     }
     let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
-    let twice: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
-    )
-    .fetch_all(ledger.pool())
-    .await
-    .unwrap();
-    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
-    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
-        .fetch_one(ledger.pool())
-        .await
-        .unwrap();
+    let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 150 * 5);
     let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
         .fetch_one(ledger.pool())
@@ -292,34 +312,11 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
             c.submit_export(pb::SubmitExportRequest { subject: Some(subject), ..Default::default() }).await;
         ids.push(r.unwrap().into_inner().id);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_at_kill = loop {
-        let done =
-            statuses(&mut c).await.values().filter(|r| r.status == RequestStatus::Completed as i32).count();
-        if done > 0 {
-            break done;
-        }
-        assert!(Instant::now() < deadline, "no export completed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    first.child.kill().unwrap(); // SIGKILL
-    first.child.wait().unwrap();
-    assert!(done_at_kill < ids.len(), "everything finished before the kill; the test proved nothing");
+    let done_at_kill = kill_once_one_completes(&mut first, &mut c, ids.len()).await;
 
     let mut second = start_server(dir.path(), &db, &cfg, &log2);
     let mut c = client(second.addr).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let all = loop {
-        let all = statuses(&mut c).await;
-        if all
-            .values()
-            .all(|r| r.status == RequestStatus::Completed as i32 || r.status == RequestStatus::Failed as i32)
-        {
-            break all;
-        }
-        assert!(Instant::now() < deadline, "exports did not finish after the restart");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let all = wait_all_ended(&mut c).await;
     assert_eq!(all.len(), ids.len());
     for r in all.values() {
         assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
@@ -350,17 +347,7 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
         );
     }
     let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
-    let twice: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
-    )
-    .fetch_all(ledger.pool())
-    .await
-    .unwrap();
-    assert!(twice.is_empty(), "outcomes recorded more than once: {twice:?}");
-    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action = 'outcome'")
-        .fetch_one(ledger.pool())
-        .await
-        .unwrap();
+    let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
     eprintln!("{done_at_kill}/24 exports done at the kill");
     second.child.kill().unwrap();

@@ -59,6 +59,46 @@ pub struct FileConfig {
     pub metrics: MetricsConfig,
     pub export: ExportConfig,
     pub retention: RetentionConfig,
+    pub subjects: SubjectsConfig,
+}
+
+/// How subjects' identifiers are read. Phones stored in a national format (`(555) 000-0003`)
+/// are read in the tenant's region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubjectsConfig {
+    /// ISO 3166 region for national phone formats (default `US`).
+    pub default_region: String,
+    /// Per tenant: `[subjects.regions] acme-uk = "GB"`.
+    pub regions: BTreeMap<String, String>,
+}
+
+impl Default for SubjectsConfig {
+    fn default() -> Self {
+        Self { default_region: "US".into(), regions: BTreeMap::new() }
+    }
+}
+
+impl SubjectsConfig {
+    pub fn region_for(&self, tenant: &str) -> crate::resolve::Region {
+        let code = self.regions.get(tenant).unwrap_or(&self.default_region);
+        crate::resolve::Region::parse(code).unwrap_or_default()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            crate::resolve::Region::parse(&self.default_region).is_some(),
+            "subjects.default_region: {:?} is not an ISO 3166 region code (US, GB, DE, …)",
+            self.default_region
+        );
+        for (tenant, code) in &self.regions {
+            anyhow::ensure!(
+                crate::resolve::Region::parse(code).is_some(),
+                "subjects.regions.{tenant}: {code:?} is not an ISO 3166 region code (US, GB, DE, …)"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The retention schedule and its sweep (issue 9). Read at start: a change takes effect when the
@@ -580,6 +620,7 @@ impl FileConfig {
             }
         }
         self.retention.validate()?;
+        self.subjects.validate()?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
 //! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `resolve`   | the subject → one person, their identifiers and the keys of their records |
 //! | `retention` | the retention sweep: records past their period leave, holds are kept   |
 //! | `startup`   | building and running the server; graceful shutdown                     |
 //! | `cli`       | the `dsr` command line: server commands and a client for people        |
@@ -32,6 +33,7 @@ pub mod export;
 pub mod ledger;
 pub mod metrics;
 pub mod privacy;
+pub mod resolve;
 pub mod retention;
 pub mod seed;
 pub mod startup;

@@ -82,6 +82,23 @@ impl KeyedHasher {
         tags
     }
 
+    /// One identifier tag per identifier a resolved person has (normalised), sorted: what holds
+    /// and the audit log are matched on once a subject is resolved.
+    pub fn person_tags(&self, p: &crate::resolve::Person) -> Vec<String> {
+        let tenant = TenantId::parse("tenant", &p.tenant).ok();
+        let Some(tenant) = tenant else { return Vec::new() };
+        let mut tags: Vec<String> = p
+            .account_id
+            .iter()
+            .map(|a| self.identifier_tag(&tenant, IdentifierKind::Account, a))
+            .chain(p.emails.iter().map(|e| self.identifier_tag(&tenant, IdentifierKind::Email, e)))
+            .chain(p.phones.iter().map(|ph| self.identifier_tag(&tenant, IdentifierKind::Phone, ph)))
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        tags
+    }
+
     /// The tags one identifier of unknown kind may have: as a phone if it parses as E.164, as an
     /// email if it parses as one, and always as an account id (account ids are free-form, so
     /// `+14155550100` could be one). Empty when it is none of them.

@@ -108,6 +108,7 @@ impl From<&TaskRecord> for pb::StoreOutcome {
             state: outcome_state(t.state) as i32,
             records_found: t.records_found,
             records_affected: t.records_affected,
+            records_unattributed: t.records_unattributed,
             retention_basis: t.retention_basis.clone().unwrap_or_default(),
             retained_until: t.retained_until.map(timestamp),
             attempts: t.attempts,
@@ -149,6 +150,7 @@ pub fn holdings(store: &str, h: Holdings) -> pb::StoreHoldings {
         records: h.records,
         bytes: h.bytes,
         under_legal_hold: h.under_legal_hold,
+        records_unattributed: h.unattributed,
     }
 }
 

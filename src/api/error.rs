@@ -51,6 +51,21 @@ impl From<LedgerError> for ApiError {
     }
 }
 
+/// A subject that does not resolve to exactly one person is the caller's to fix (name the
+/// person by account id, one request per person); a store that cannot be read is worth a retry.
+impl From<crate::resolve::ResolveError> for ApiError {
+    fn from(e: crate::resolve::ResolveError) -> Self {
+        match e {
+            crate::resolve::ResolveError::Refused(r) => {
+                ApiError::FailedPrecondition(format!("{}: {}", r.field, r.reason))
+            }
+            crate::resolve::ResolveError::Store(store, e) => {
+                ApiError::Unavailable(format!("could not resolve the subject in the {store} store: {e}"))
+            }
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {

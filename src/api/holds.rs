@@ -110,20 +110,20 @@ impl pb::holds_server::Holds for HoldsService {
         let reason = parse_reason("reason", &reason).map_err(ApiError::from)?;
         caller.require_tenant(subject.tenant.as_str())?;
         let ctx = &self.ctx;
-        // The account row adds the identifiers it knows: a deletion naming the person by any one
-        // of them is held.
-        let resolved = ctx.stores.resolve(subject).await.map_err(|e| {
-            ApiError::Unavailable(format!("could not look the subject up in the accounts store: {e}"))
-        })?;
+        // The person's account adds the identifiers it holds: a deletion naming the person by any
+        // one of them is held. A subject that names several people is refused, as a submit is.
+        let region = ctx.config.subjects.region_for(subject.tenant.as_str());
+        let resolution =
+            crate::resolve::resolve(&ctx.stores, &subject, region).await.map_err(ApiError::from)?;
         let new = NewLitigationHold {
             id: RequestId::new().to_string(),
-            tenant_id: resolved.tenant.to_string(),
+            tenant_id: subject.tenant.to_string(),
             reason,
-            subject_tags: ctx.hasher.subject_tags(&resolved),
+            subject_tags: ctx.hasher.person_tags(&resolution.person),
             placed_by: caller.name.clone(),
         };
         let hold = ctx.ledger.place_hold(&new, ctx.clock.now()).await.map_err(hold_error)?;
-        let subject_tag = ctx.hasher.tag(&resolved.canonical_identifiers());
+        let subject_tag = ctx.hasher.tag(&subject.canonical_identifiers());
         info!(hold_id = %hold.id, tenant = %hold.tenant_id, subject = %&subject_tag[..16], identifiers = new.subject_tags.len(), "litigation hold placed");
         Ok(Response::new((&hold).into()))
     }

@@ -1,7 +1,7 @@
 //! `dsr.v1.DataSubjectRights`: submit, read, list, watch, cancel, retry and preview requests.
 use std::{pin::Pin, sync::Arc};
 
-use futures::{future::try_join_all, Stream};
+use futures::Stream;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -23,7 +23,8 @@ use crate::{
     ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted, ARCHIVE_TASK},
     metrics::Metrics,
     privacy::KeyedHasher,
-    stores::{CorrectionConflict, StoreRegistry},
+    resolve,
+    stores::{Holdings, StoreRegistry},
     telemetry::{grpc::record_request, propagation::current_traceparent},
 };
 
@@ -63,9 +64,9 @@ impl RightsService {
         Self { ctx }
     }
 
-    /// Validates nothing (that happened in the caller's `parse`); resolves the subject's other
-    /// identifiers, checks a rectification's corrections against the tenant's other accounts,
-    /// then commits the request and its tasks before answering.
+    /// Validates nothing (that happened in the caller's `parse`); resolves the subject to one
+    /// person (refusing ambiguity), checks a rectification's corrections against the tenant's
+    /// other accounts, then commits the request, its resolution and its tasks before answering.
     async fn submit(&self, s: Submission, actor: String) -> Result<pb::DsrRequest, ApiError> {
         let ctx = &self.ctx;
         let now = ctx.clock.now();
@@ -91,33 +92,28 @@ impl RightsService {
             }
         }
         let subject_tag = ctx.hasher.tag(&s.subject.canonical_identifiers());
-        let resolved = ctx.stores.resolve(s.subject.clone()).await.map_err(|e| {
-            ApiError::Unavailable(format!("could not look the subject up in the accounts store: {e}"))
-        })?;
-        if let Some(c) = &s.corrections {
-            let conflict = ctx.stores.correction_conflict(&resolved, c).await.map_err(|e| {
+        // One resolution, before any store acts: the one person, or a refusal that writes nothing.
+        let region = ctx.config.subjects.region_for(s.subject.tenant.as_str());
+        let resolution = resolve::resolve(&ctx.stores, &s.subject, region).await?;
+        if let (Some(c), Some(identity)) = (&s.corrections, ctx.stores.identity()) {
+            let taken = resolve::taken(identity.as_ref(), &resolution.person, c).await.map_err(|e| {
                 ApiError::Unavailable(format!(
                     "could not check the corrections against the accounts store: {e}"
                 ))
             })?;
-            match conflict {
-                None => {}
-                Some(CorrectionConflict::Taken(field)) => {
-                    return Err(ApiError::AlreadyExists(format!(
-                        "{field}: another subject of this tenant already has this value; nothing was changed"
-                    )))
-                }
-                Some(CorrectionConflict::Ambiguous) => {
-                    return Err(FieldError::new(
-                        "subject",
-                        "matches more than one account of the tenant; name the account by account_id",
-                    )
-                    .into())
-                }
+            if let Some(field) = taken {
+                return Err(ApiError::AlreadyExists(format!(
+                    "{field}: another subject of this tenant already has this value; nothing was changed"
+                )));
             }
         }
         let detail = s.corrections.as_ref().map(|c| format!("fields={}", c.field_names().join(",")));
-        let record = SubjectRecord { subject: resolved, corrections: s.corrections };
+        let subject_tags = ctx.hasher.person_tags(&resolution.person);
+        let record = SubjectRecord {
+            subject: s.subject.clone(),
+            corrections: s.corrections,
+            resolution: Some(resolution),
+        };
         let id = RequestId::new().to_string();
         let new = NewDsrRequest {
             id: id.clone(),
@@ -129,7 +125,7 @@ impl RightsService {
             idempotency_hash,
             payload_hash,
             subject_tag,
-            subject_tags: ctx.hasher.subject_tags(&record.subject),
+            subject_tags,
             subject_json: serde_json::to_string(&record).map_err(anyhow::Error::from)?,
             created_at: now,
             due_at: due_at(s.regime, now),
@@ -369,22 +365,28 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         let pb::PreviewSubjectRequest { subject } = req.into_inner();
         let subject = convert::subject("subject", subject).map_err(ApiError::from)?;
         caller.require_tenant(subject.tenant.as_str())?;
-        let subject = self
+        let region = self.ctx.config.subjects.region_for(subject.tenant.as_str());
+        let resolution =
+            resolve::resolve(&self.ctx.stores, &subject, region).await.map_err(ApiError::from)?;
+        let stores = self
             .ctx
             .stores
-            .resolve(subject)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("accounts: {e}")))?;
-        let stores = try_join_all(self.ctx.stores.all().iter().map(|a| {
-            let subject = &subject;
-            async move {
-                a.preview(subject)
-                    .await
-                    .map(|h| convert::holdings(a.name(), h))
-                    .map_err(|e| ApiError::Unavailable(format!("{}: {e}", a.name())))
-            }
-        }))
-        .await?;
+            .all()
+            .iter()
+            .map(|a| {
+                let scan = resolution.store(a.name()).cloned().unwrap_or_default();
+                let records = scan.held(a.keeps_under_legal_obligation());
+                convert::holdings(
+                    a.name(),
+                    Holdings {
+                        records,
+                        bytes: scan.bytes,
+                        under_legal_hold: a.keeps_under_legal_obligation() && records > 0,
+                        unattributed: scan.unattributed.len() as u64,
+                    },
+                )
+            })
+            .collect();
         Ok(Response::new(pb::PreviewSubjectResponse { stores }))
     }
 

@@ -381,8 +381,8 @@ pub fn render(r: &pb::DsrRequest) -> String {
         time(r.completed_at.as_ref()),
     );
     out.push_str(&format!(
-        "  {:<12} {:<10} {:>6} {:>9} {:>8}  {:<8} NOTE\n",
-        "STORE", "STATE", "FOUND", "AFFECTED", "ATTEMPTS", "VERIFIED"
+        "  {:<12} {:<10} {:>6} {:>9} {:>13} {:>8}  {:<8} NOTE\n",
+        "STORE", "STATE", "FOUND", "AFFECTED", "UNATTRIBUTED", "ATTEMPTS", "VERIFIED"
     ));
     for o in &r.outcomes {
         let note = if !o.retention_basis.is_empty() {
@@ -391,11 +391,12 @@ pub fn render(r: &pb::DsrRequest) -> String {
             o.last_error.clone()
         };
         out.push_str(&format!(
-            "  {:<12} {:<10} {:>6} {:>9} {:>8}  {:<8} {}\n",
+            "  {:<12} {:<10} {:>6} {:>9} {:>13} {:>8}  {:<8} {}\n",
             o.store,
             outcome_name(o.state),
             o.records_found,
             o.records_affected,
+            o.records_unattributed,
             o.attempts,
             if o.verified { "yes" } else { "no" },
             note
@@ -427,6 +428,7 @@ fn as_json(r: &pb::DsrRequest) -> serde_json::Value {
             "state": outcome_name(o.state),
             "records_found": o.records_found,
             "records_affected": o.records_affected,
+            "records_unattributed": o.records_unattributed,
             "attempts": o.attempts,
             "verified": o.verified,
             "retention_basis": o.retention_basis,

@@ -58,6 +58,11 @@ pub enum Command {
         /// Index of the first subject (to add more subjects to a seeded tenant).
         #[arg(long, default_value_t = 0)]
         first: usize,
+        /// Write production-like data instead (mixed-case and padded emails, national phone
+        /// formats, a shared family line, duplicate emails, anonymous calls, awkward object
+        /// keys); prints one JSON line per person with the keys of their records.
+        #[arg(long, conflicts_with_all = ["subjects", "calls", "recording_bytes", "first"])]
+        messy: bool,
     },
     /// Run one retention sweep now over every store and tenant, under the sweep lease (exits
     /// non-zero if another replica is sweeping or a store failed).
@@ -269,7 +274,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { loc, listen } => server::serve(&loc, listen).await,
         Command::Migrate { loc } => server::migrate(&loc).await,
-        Command::Seed { loc, tenant, subjects, calls, recording_bytes, first } => {
+        Command::Seed { loc, tenant, messy: true, .. } => server::seed_messy(&loc, &tenant).await,
+        Command::Seed { loc, tenant, subjects, calls, recording_bytes, first, messy: false } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
         Command::Bench { what } => match what {

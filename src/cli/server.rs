@@ -52,6 +52,26 @@ pub async fn seed(
     .await
 }
 
+/// `dsr seed --messy`: production-like data and, per person, the keys of their records.
+pub async fn seed_messy(loc: &Locations, tenant: &str) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let tenant = TenantId::parse("--tenant", tenant)?;
+    let ledger = open_ledger(&settings).await?;
+    let tables = reference::Tables::default();
+    reference::ensure_schema(ledger.db(), &tables).await?;
+    let objects = open_object_store(&settings.recordings_url)?;
+    let fixture =
+        crate::seed::seed_messy(ledger.db(), &tables, objects, tenant.as_str(), SystemClock.now()).await?;
+    for p in &fixture.people {
+        println!("{}", serde_json::to_string(p)?);
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "tenant_id": fixture.tenant_id, "unattributed": fixture.unattributed })
+    );
+    Ok(())
+}
+
 /// Prunes requests that ended more than `before_days` ago (see `Ledger::prune_audit`).
 pub async fn audit_prune(loc: &Locations, before_days: u32) -> anyhow::Result<()> {
     anyhow::ensure!(before_days >= 1, "--before-days: at least 1");

@@ -106,22 +106,27 @@ impl Email {
     }
 }
 
-/// A phone number in E.164: `+`, a non-zero digit, 7–15 digits in all.
+/// A phone number in E.164, as libphonenumber reads it: international (`+` and the country
+/// code), kept in its E.164 form (`+1 555-000-0003` becomes `+15550000003`).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Phone(String);
 redacted_debug!(Phone);
 
 impl Phone {
+    /// Longest input read (E.164 has at most 15 digits; separators may double that).
+    pub const MAX_LEN: usize = 40;
+
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
-        let digits = s.strip_prefix('+').unwrap_or("");
-        let ok = (7..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
-        if !ok {
-            return Err(FieldError::new(field, "is not an E.164 phone number (+ and 7 to 15 digits)"));
+        let bad =
+            || FieldError::new(field, "is not an E.164 phone number (+, the country code and the number)");
+        let s = s.trim();
+        if s.len() > Self::MAX_LEN || !s.starts_with('+') {
+            return Err(bad());
         }
-        Ok(Self(s.to_owned()))
+        // International input only: the region given to the library is never used for it.
+        let e164 = crate::resolve::normalize::phone(s, Default::default()).ok_or_else(bad)?;
+        Ok(Self(e164))
     }
 
     pub fn as_str(&self) -> &str {
@@ -275,7 +280,17 @@ mod tests {
     #[test]
     fn phones_must_be_e164() {
         assert!(Phone::parse("p", "+14155550100").is_ok());
-        for bad in ["14155550100", "+0123456789", "+1 415 555", "+123", "+1234567890123456", "", "+"] {
+        assert_eq!(Phone::parse("p", "+1 (415) 555-0100").unwrap().as_str(), "+14155550100");
+        for bad in [
+            "14155550100",
+            "+0123456789",
+            "+1 415",
+            "+123",
+            "+1234567890123456",
+            "",
+            "+",
+            "+1 415 555 0100 000 000 000",
+        ] {
             assert!(Phone::parse("p", bad).is_err(), "{bad}");
         }
     }

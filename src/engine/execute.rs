@@ -1,20 +1,27 @@
-//! What a task does, by request kind: the steps of an erasure (count, checkpoint, erase,
-//! verify), of a rectification (count, checkpoint, rectify, read back), of an export (the store's
-//! part, then the archive), and the result they add up to.
+//! What a task does, by request kind: the steps of an erasure (find, checkpoint, erase, check),
+//! of a rectification (find, checkpoint, rectify, read back), of an export (the store's part,
+//! then the archive), and the result they add up to.
+//!
+//! Every step acts on the request's resolution (`crate::resolve`): the one person it names and
+//! the keys of their records, found at submit. A store finds its candidate rows again (new
+//! records of the person count too), the resolution decides whose each is, and the store acts on
+//! the keys of the person's only. After an erase the store is checked by other queries than the
+//! erase's (`resolve::leftovers`): anything of the person left, and the outcome is not DONE.
 //!
 //! Before an erasure touches a store it asks the ledger whether a litigation hold covers any of
-//! the subject's identifiers (issue 9): then the store's records stay and the outcome is
-//! RETAINED with basis `litigation_hold`, until the hold is released and the task runs again. A
-//! store that keeps records under a legal obligation (billing) reports which, and they are
-//! recorded as a hold that the retention sweep ends.
+//! the person's identifiers: then the store's records stay and the outcome is RETAINED with
+//! basis `litigation_hold`, until the hold is released and the task runs again. A store that
+//! keeps records under a legal obligation (billing) reports which, and they are recorded as a
+//! hold that the retention sweep ends.
 use crate::{
-    domain::{Corrections, OutcomeState, RequestKind, Subject},
+    domain::{Corrections, OutcomeState, RequestKind},
     export::{assemble, ArchiveJob, PartWriter},
     ledger::{
         ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK,
         LITIGATION_HOLD_BASIS,
     },
-    stores::{Erasure, Rectification, StoreAdapter, StoreError, StoreResult},
+    resolve::{self, Resolution, ResolveError},
+    stores::{CandidateRow, Erasure, Probe, Rectification, StoreAdapter, StoreError, StoreResult},
 };
 
 use super::Engine;
@@ -28,55 +35,63 @@ impl Engine {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
         // serde_json's messages name positions and types, never the values.
-        let SubjectRecord { subject, corrections } = task
+        let SubjectRecord { subject, corrections, resolution } = task
             .subject_json
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| StoreError::Fatal(format!("the ledger's subject record does not parse: {e}")))?
             .ok_or_else(|| StoreError::Fatal("the request no longer holds its subject".into()))?;
-        if !adapter.applies_to(&subject) {
-            return Ok(skipped("the subject has no identifier this store is keyed on"));
-        }
+        let resolution = match resolution {
+            Some(r) => r,
+            // A request submitted before resolution existed: resolved now, by the same rules.
+            None => {
+                resolve::resolve(&self.stores, &subject, self.subjects.region_for(subject.tenant.as_str()))
+                    .await
+                    .map_err(|e| match e {
+                        ResolveError::Refused(r) => StoreError::Fatal(format!("{}: {}", r.field, r.reason)),
+                        ResolveError::Store(store, e) => {
+                            StoreError::Transient(format!("resolving in {store}: {e}"))
+                        }
+                    })?
+            }
+        };
         match task.kind {
-            RequestKind::Deletion => self.erase(adapter.as_ref(), task, &subject).await,
+            RequestKind::Deletion => self.erase(adapter.as_ref(), task, &resolution).await,
             RequestKind::Rectification => {
                 let corrections = corrections
                     .ok_or_else(|| StoreError::Fatal("the rectification holds no corrections".into()))?;
                 if !adapter.holds_any_of(&corrections) {
                     return Ok(skipped("the store holds none of the corrected fields"));
                 }
-                self.rectify(adapter.as_ref(), task, &subject, &corrections).await
+                self.rectify(adapter.as_ref(), task, &resolution, &corrections).await
             }
-            RequestKind::Export => self.export_part(adapter.as_ref(), task, &subject).await,
+            RequestKind::Export => self.export_part(adapter.as_ref(), task, &resolution).await,
         }
     }
 
-    /// Writes the store's part of an export. Changes nothing in the store, so a retry simply
-    /// writes the part again.
+    /// Writes the store's part of an export: the person's records, as resolved. Changes nothing
+    /// in the store, so a retry simply writes the part again.
     async fn export_part(
         &self,
         adapter: &dyn StoreAdapter,
         task: &ClaimedTask,
-        subject: &Subject,
+        resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
+        let scan = resolve::scan(adapter, resolution).await?;
+        let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
-        if let Err(e) = adapter.export(subject, &mut part).await {
+        if let Err(e) = adapter.export(&resolution.person.tenant, &keys, &mut part).await {
             part.abort().await;
             return Err(e);
         }
         let summary = part.finish().await?;
         let exported = summary.records + summary.files.len() as u64;
         Ok(TaskResult {
-            state: OutcomeState::Done,
             found: exported,
             affected: exported,
-            retention_basis: None,
-            retained_until: None,
-            verified: false,
-            detail: None,
-            export: None,
-            hold: None,
+            unattributed: scan.unattributed.len() as u64,
+            ..done()
         })
     }
 
@@ -88,27 +103,17 @@ impl Engine {
             ArchiveJob { request_id: &task.request_id, tenant_id: &task.tenant_id, now: self.clock.now() };
         let archive = assemble(&self.exports, &self.stores, &self.ledger, job).await?;
         Ok(TaskResult {
-            state: OutcomeState::Done,
             found: 1,
             affected: 1,
-            retention_basis: None,
-            retained_until: None,
-            verified: false,
             detail: Some(format!("archive: {} bytes", archive.size_bytes)),
             export: Some(archive),
-            hold: None,
+            ..done()
         })
     }
 
-    /// Records of the subject the store held before this attempt (or the first one) changed
+    /// Records of the person the store held before this attempt (or the first one) changed
     /// anything, remembered in the ledger so that an attempt after a crash reports them too.
-    async fn first_count(
-        &self,
-        adapter: &dyn StoreAdapter,
-        task: &ClaimedTask,
-        subject: &Subject,
-    ) -> StoreResult<u64> {
-        let before = adapter.preview(subject).await?.records;
+    async fn first_count(&self, task: &ClaimedTask, before: u64) -> StoreResult<u64> {
         Ok(match task.found_checkpoint {
             Some(n) => n,
             None => {
@@ -124,23 +129,29 @@ impl Engine {
         })
     }
 
-    /// Count, remember the count, rectify, read back. `found` means what it means for an
-    /// erasure (the records the store held on the subject); `affected` the records rewritten.
-    /// A retry after a crash reports only what it rewrote itself (the first attempt's rewrites
-    /// are no longer under the old identifier), while `found` still comes from the checkpoint.
-    /// The read-back failing is transient, like an erase that left data: the next attempt
-    /// finishes the move.
+    /// Find, remember the count, rectify, read back. `found` means what it means for an
+    /// erasure (the person's records in the store); `affected` the records rewritten. The
+    /// read-back failing is transient, like an erase that left data: the next attempt finishes.
     async fn rectify(
         &self,
         adapter: &dyn StoreAdapter,
         task: &ClaimedTask,
-        subject: &Subject,
+        resolution: &Resolution,
         corrections: &Corrections,
     ) -> StoreResult<TaskResult> {
-        let first_count = self.first_count(adapter, task, subject).await?;
+        let scan = resolve::scan(adapter, resolution).await?;
+        let keys: Vec<String> = scan.mine.iter().cloned().collect();
+        let first_count = self.first_count(task, keys.len() as u64).await?;
+        let mine: Vec<CandidateRow> = adapter
+            .candidates(&Probe {
+                tenant: &resolution.person.tenant,
+                keys: keys.clone(),
+                ..Default::default()
+            })
+            .await?;
         let Rectification { found, affected, hold } =
-            adapter.rectify(subject, corrections, self.clock.now()).await?;
-        if !adapter.verify_rectified(subject, corrections).await? {
+            adapter.rectify(&resolution.person, &mine, corrections, self.clock.now()).await?;
+        if !adapter.verify_rectified(&resolution.person, &keys, corrections).await? {
             return Err(StoreError::Transient(
                 "the store does not hold the corrected values, or still holds the old ones, after the correction"
                     .into(),
@@ -150,116 +161,120 @@ impl Engine {
         let detail =
             hold.as_ref().map(|_| "done: corrected under legal hold; the records stay retained".to_owned());
         Ok(TaskResult {
-            state: OutcomeState::Done,
             found: found.max(first_count),
             affected,
+            unattributed: scan.unattributed.len() as u64,
             retention_basis: hold.as_ref().map(|h| h.basis.clone()),
             retained_until: hold.map(|h| h.until),
             verified: true,
             detail,
-            export: None,
-            hold: None,
+            ..done()
         })
     }
 
-    /// Count, remember the count, erase, re-query. A crash between any two steps is harmless:
-    /// the next attempt erases what is left (maybe nothing) and still reports the first count.
+    /// Find, remember the count, erase, check. A crash between any two steps is harmless: the
+    /// next attempt erases what is left (maybe nothing) and still reports the first count.
     async fn erase(
         &self,
         adapter: &dyn StoreAdapter,
         task: &ClaimedTask,
-        subject: &Subject,
+        resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
-        let tags = self.hasher.subject_tags(subject);
+        let tags = self.hasher.person_tags(&resolution.person);
         let held = self
             .ledger
             .litigation_hold_for(&task.tenant_id, &tags)
             .await
             .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))?;
+        let scan = resolve::scan(adapter, resolution).await?;
+        let unattributed = scan.unattributed.len() as u64;
         if let Some(hold) = held {
-            let found = adapter.preview(subject).await?.records;
             return Ok(TaskResult {
                 state: OutcomeState::Retained,
-                found,
+                found: scan.held(adapter.keeps_under_legal_obligation()),
                 affected: 0,
+                unattributed,
                 retention_basis: Some(format!(
                     "{LITIGATION_HOLD_BASIS}: a litigation hold on the subject forbids erasure until it is released (hold {hold})"
                 )),
-                retained_until: None,
                 verified: false,
                 detail: Some("retained: litigation hold".into()),
-                export: None,
                 hold: Some(TaskHold::Litigation(hold)),
+                ..done()
             });
         }
-        let first_count = self.first_count(adapter, task, subject).await?;
-        let erasure = adapter.erase(subject, self.clock.now()).await?;
-        let verified = adapter.verify_erased(subject).await?;
+        let keys: Vec<String> = scan.mine.iter().cloned().collect();
+        let held = scan.held(adapter.keeps_under_legal_obligation());
+        let first_count = self.first_count(task, held).await?;
+        let erasure = adapter.erase(&resolution.person.tenant, &keys, self.clock.now()).await?;
+        let left = resolve::leftovers(adapter, resolution, &scan).await?;
+        if left > 0 {
+            return Err(StoreError::Transient(format!(
+                "{left} record(s) of the subject are left after the erase"
+            )));
+        }
+        let found = held.max(first_count);
         Ok(match erasure {
-            Erasure::Erased { found, affected } => {
-                if !verified {
-                    return Err(StoreError::Transient(
-                        "the store still holds data of the subject after the erase".into(),
-                    ));
-                }
-                let found = found.max(first_count);
-                TaskResult {
-                    state: OutcomeState::Done,
-                    found,
-                    // Verified empty: everything found is gone, whichever attempt removed it.
-                    affected: affected.max(found),
-                    retention_basis: None,
-                    retained_until: None,
-                    verified,
-                    detail: None,
-                    export: None,
-                    hold: None,
-                }
-            }
-            Erasure::Retained { found, affected, basis, until } => {
-                let records = adapter.retained_records(subject).await?;
+            Erasure::Erased { affected } => TaskResult {
+                found,
+                // Checked empty: everything found is gone, whichever attempt removed it.
+                affected: affected.max(found),
+                unattributed,
+                verified: true,
+                detail: (unattributed > 0)
+                    .then(|| format!("{unattributed} record(s) name the subject but not them alone: left")),
+                ..done()
+            },
+            Erasure::Retained { affected, basis, until } => {
                 // The outcome event records the hold (the hold's own id is the task's).
-                let detail = (!records.is_empty()).then(|| {
+                let detail = (!keys.is_empty()).then(|| {
                     format!(
                         "retained: legal_obligation hold on {} record(s) until {}",
-                        records.len(),
+                        keys.len(),
                         until.to_rfc3339()
                     )
                 });
-                let hold = (!records.is_empty()).then(|| {
+                let hold = (!keys.is_empty()).then(|| {
                     TaskHold::LegalObligation(NewLegalHold {
                         basis: basis.clone(),
                         until,
-                        records,
+                        records: keys.clone(),
                         subject_tags: tags,
                     })
                 });
                 TaskResult {
                     state: OutcomeState::Retained,
-                    found: found.max(first_count),
+                    found,
                     affected,
+                    unattributed,
                     retention_basis: Some(basis),
                     retained_until: Some(until),
-                    verified,
+                    verified: true,
                     detail,
                     hold,
-                    export: None,
+                    ..done()
                 }
             }
         })
     }
 }
 
-fn skipped(why: &str) -> TaskResult {
+/// A DONE result with nothing in it, for the steps to fill in.
+fn done() -> TaskResult {
     TaskResult {
-        state: OutcomeState::Skipped,
+        state: OutcomeState::Done,
         found: 0,
         affected: 0,
         retention_basis: None,
         retained_until: None,
         verified: false,
-        detail: Some(why.to_owned()),
+        unattributed: 0,
+        detail: None,
         export: None,
         hold: None,
     }
+}
+
+fn skipped(why: &str) -> TaskResult {
+    TaskResult { state: OutcomeState::Skipped, detail: Some(why.to_owned()), ..done() }
 }

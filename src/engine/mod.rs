@@ -22,7 +22,7 @@ pub use signals::Signals;
 
 use crate::{
     clock::SharedClock,
-    config::{EngineConfig, FileConfig},
+    config::{EngineConfig, FileConfig, SubjectsConfig},
     export::ExportStorage,
     ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
     metrics::{Metrics, TaskEnd},
@@ -40,6 +40,8 @@ pub struct Engine {
     exports: Arc<ExportStorage>,
     clock: SharedClock,
     config: EngineConfig,
+    /// How identifiers are read (the tenant's region), for requests resolved late.
+    subjects: SubjectsConfig,
     signals: Signals,
     /// Tags the subject's identifiers, to find litigation holds and to record legal ones.
     hasher: KeyedHasher,
@@ -79,6 +81,7 @@ impl Engine {
             exports,
             clock,
             config: file.engine.clone(),
+            subjects: file.subjects.clone(),
             signals,
             hasher,
             owner: format!(

@@ -67,6 +67,11 @@ pub struct SubjectRecord {
     pub subject: Subject,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrections: Option<Corrections>,
+    /// The one person the subject resolved to at submit, and the keys of their records in
+    /// every store (`crate::resolve`). Requests written before resolution existed have none:
+    /// the engine resolves them when it first runs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<crate::resolve::Resolution>,
 }
 
 /// A request as stored, with one outcome per store in store order.
@@ -95,6 +100,7 @@ pub struct TaskRecord {
     pub state: OutcomeState,
     pub records_found: u64,
     pub records_affected: u64,
+    pub records_unattributed: u64,
     pub retention_basis: Option<String>,
     pub retained_until: Option<DateTime<Utc>>,
     pub attempts: u32,
@@ -141,6 +147,7 @@ impl TaskRecord {
             state: decode_enum(row.try_get("state")?, OutcomeState::from_db)?,
             records_found: row.try_get::<i64, _>("records_found")? as u64,
             records_affected: row.try_get::<i64, _>("records_affected")? as u64,
+            records_unattributed: row.try_get::<i64, _>("records_unattributed")? as u64,
             retention_basis: row.try_get("retention_basis")?,
             retained_until: opt_time(row, "retained_until")?,
             attempts: row.try_get::<i64, _>("attempt")? as u32,
@@ -161,10 +168,10 @@ mod tests {
         let subject = Subject::parse("acme", "acct-1", "", "+14155550100").unwrap();
         let old = serde_json::to_string(&subject).unwrap();
         let record: SubjectRecord = serde_json::from_str(&old).unwrap();
-        assert_eq!(record, SubjectRecord { subject: subject.clone(), corrections: None });
+        assert_eq!(record, SubjectRecord { subject: subject.clone(), corrections: None, resolution: None });
         assert_eq!(serde_json::to_string(&record).unwrap(), old, "a deletion's record is unchanged");
         let corrections = Corrections::parse(None, Some("a@example.com"), None).unwrap();
-        let with = SubjectRecord { subject, corrections: Some(corrections) };
+        let with = SubjectRecord { subject, corrections: Some(corrections), resolution: None };
         let back: SubjectRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
         assert_eq!(back, with);
     }

@@ -308,7 +308,8 @@ enum Bind {
 pub(super) const REQUEST_COLUMNS: &str =
     "id, tenant_id, kind, status, regime, requested_by, created_at, due_at, \
      completed_at, deadline_extended, version";
-pub(super) const TASK_COLUMNS: &str = "store, state, records_found, records_affected, retention_basis, \
+pub(super) const TASK_COLUMNS: &str =
+    "store, state, records_found, records_affected, records_unattributed, retention_basis, \
      retained_until, attempt, last_error, verified, started_at, finished_at";
 
 fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
@@ -479,32 +480,50 @@ pub(super) async fn refresh_status(
             .execute(&mut **tx)
             .await?;
     }
+    // A later stage starts only once every earlier stage has succeeded: one that FAILED (or waits
+    // to retry) keeps it blocked, so nothing runs on a request whose earlier step is undone.
     sqlx::query(
         "UPDATE dsr_tasks SET next_run_at = $1 WHERE request_id = $2 AND state = 'pending' AND next_run_at = $3 \
          AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = $2 AND e.stage < dsr_tasks.stage \
-                         AND e.state IN ('pending', 'running'))",
+                         AND e.state NOT IN ('done', 'retained', 'skipped'))",
     )
     .bind(to_millis(now))
     .bind(id)
     .bind(BLOCKED)
     .execute(&mut **tx)
     .await?;
-    let rows = sqlx::query("SELECT state, attempt, hold_id FROM dsr_tasks WHERE request_id = $1")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
     // A store kept by a litigation hold runs again when the hold is released, and needs the
     // subject's identifiers then: they stay until it has (issue 9).
     let held = rows.iter().any(|r| r.try_get::<Option<String>, _>("hold_id").ok().flatten().is_some());
-    let outcomes = rows
+    let mut tasks = Vec::with_capacity(rows.len());
+    for r in &rows {
+        tasks.push((
+            r.try_get::<i64, _>("stage")?,
+            decode_enum(r.try_get("state")?, OutcomeState::from_db)?,
+            r.try_get::<i64, _>("attempt")? as u32,
+            r.try_get::<i64, _>("next_run_at")? == BLOCKED,
+        ));
+    }
+    // Stores blocked behind a stage that ended unsuccessfully cannot run until a retry: they stay
+    // PENDING, and the request ends FAILED (or CANCELLED) without them.
+    let stopped_at = tasks
         .iter()
-        .map(|r| {
-            Ok((
-                decode_enum(r.try_get("state")?, OutcomeState::from_db)?,
-                r.try_get::<i64, _>("attempt")? as u32,
-            ))
+        .filter(|t| matches!(t.1, OutcomeState::Failed | OutcomeState::Cancelled))
+        .map(|t| t.0)
+        .min();
+    let outcomes: Vec<(OutcomeState, u32)> = tasks
+        .iter()
+        .filter(|(stage, state, _, blocked)| {
+            !(*state == OutcomeState::Pending && *blocked && stopped_at.is_some_and(|s| s < *stage))
         })
-        .collect::<sqlx::Result<Vec<_>>>()?;
+        .map(|(_, state, attempt, _)| (*state, *attempt))
+        .collect();
     let status = derive_status(outcomes);
     let terminal = status.is_terminal();
     sqlx::query(

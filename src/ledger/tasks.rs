@@ -46,6 +46,8 @@ pub struct TaskResult {
     pub retention_basis: Option<String>,
     pub retained_until: Option<DateTime<Utc>>,
     pub verified: bool,
+    /// Records that name the subject but not them alone: left, and counted.
+    pub unattributed: u64,
     pub detail: Option<String>,
     /// The archive an export's `archive` task wrote: recorded with the task's end.
     pub export: Option<super::ExportRecord>,
@@ -290,7 +292,7 @@ pub(super) async fn finish_in(
     let n = sqlx::query(
         "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
          retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL, \
-         hold_id = $10 WHERE id = $8 AND attempt = $9 AND state = 'running'",
+         hold_id = $10, records_unattributed = $11 WHERE id = $8 AND attempt = $9 AND state = 'running'",
     )
     .bind(result.state.as_str())
     .bind(result.found as i64)
@@ -302,6 +304,7 @@ pub(super) async fn finish_in(
     .bind(&task.task_id)
     .bind(task.attempt as i64)
     .bind(litigation)
+    .bind(result.unattributed as i64)
     .execute(&mut **tx)
     .await?
     .rows_affected();

@@ -14,68 +14,60 @@
 //! schema has no unique index to close it fully).
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use super::{
-    export_rows,
     reference::Tables,
-    sql::{identifier_columns, params, tenants, Expired, Ident, Key, Predicate},
-    CorrectionConflict, Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter,
-    StoreError, StoreResult,
+    sql::{params, tenants, Expired},
+    table::SubjectTable,
+    CandidateRow, Erasure, ExpiredRecord, Expiry, ExportSink, Probe, Rectification, StoreAdapter, StoreError,
+    StoreResult,
 };
 use crate::{
     clock::to_millis,
-    db::{Db, Tx},
-    domain::{AccountId, Corrections, Email, Phone, Subject},
+    db::Db,
+    domain::Corrections,
+    resolve::{IdentKind, Person},
 };
 
 /// Rows that still hold personal data (an erased row keeps only its id and tenant).
 const NOT_ERASED: &str = " AND (email IS NOT NULL OR phone IS NOT NULL OR name IS NOT NULL)";
 
 pub struct AccountsStore {
-    db: Db,
-    table: String,
+    rows: SubjectTable,
     billing: String,
-    keys: Vec<Key>,
 }
 
 impl AccountsStore {
     pub fn new(db: Db, t: &Tables) -> Self {
         Self {
-            db,
-            table: t.accounts.clone(),
+            rows: SubjectTable {
+                db,
+                table: t.accounts.clone(),
+                key: "id",
+                identifiers: vec![
+                    ("id", IdentKind::AccountId),
+                    ("email", IdentKind::Email),
+                    ("phone", IdentKind::Phone),
+                ],
+                link: None,
+                bytes: None,
+                object: None,
+                cleared: Some("email IS NULL AND phone IS NULL AND name IS NULL"),
+            },
             billing: t.billing.clone(),
-            keys: vec![
-                Key::Column("id", Ident::AccountId),
-                Key::Column("email", Ident::Email),
-                Key::Column("phone", Ident::Phone),
-            ],
         }
     }
-}
 
-/// The account columns a correction sets: (column, field name in errors, new value).
-fn corrected_columns(c: &Corrections) -> Vec<(&'static str, &'static str, &str)> {
-    let mut v = Vec::new();
-    if let Some(n) = &c.name {
-        v.push(("name", "corrections.name", n.as_str()));
+    fn table(&self) -> &str {
+        &self.rows.table
     }
-    if let Some(e) = &c.email {
-        v.push(("email", "corrections.email", e.as_str()));
-    }
-    if let Some(p) = &c.phone {
-        v.push(("phone", "corrections.phone", p.as_str()));
-    }
-    v
-}
 
-impl AccountsStore {
-    /// `EXISTS` a billing record of the account row (of `self.table`, unaliased).
+    /// `EXISTS` a billing record of the account row (of the accounts table, unaliased).
     fn billed(&self) -> String {
         format!(
             "EXISTS (SELECT 1 FROM {b} WHERE {b}.tenant_id = {a}.tenant_id AND {b}.account_id = {a}.id)",
             b = self.billing,
-            a = self.table
+            a = self.table()
         )
     }
 
@@ -92,37 +84,38 @@ impl AccountsStore {
         )
     }
 
-    /// Live account rows the subject's identifiers match.
-    async fn matches<'c, E>(&self, executor: E, p: &Predicate) -> sqlx::Result<u64>
-    where
-        E: sqlx::Executor<'c, Database = sqlx::Any>,
-    {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE {}{NOT_ERASED}", self.table, p.sql);
-        let n: i64 = p.query_as::<(i64,)>(&sql).fetch_one(executor).await?.0;
-        Ok(n as u64)
-    }
-
-    /// The first corrected identifier (email, phone) that a live account other than the
-    /// subject's own already has.
-    async fn taken(&self, tx: &mut Tx, p: &Predicate, c: &Corrections) -> sqlx::Result<Option<&'static str>> {
-        for (column, field, value) in corrected_columns(c) {
-            if column == "name" {
-                continue; // names are not identifiers: two people may share one
-            }
-            // COALESCE: a row with a NULL key column makes the predicate NULL, not false, and
-            // `NOT NULL` would hide that row from the check.
-            let sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {column} = ${} AND NOT COALESCE({}, FALSE)",
-                self.table,
-                p.next_param(),
-                p.sql
-            );
-            let n: i64 = p.query_as::<(i64,)>(&sql).bind(value).fetch_one(&mut **tx).await?.0;
-            if n > 0 {
-                return Ok(Some(field));
-            }
+    /// Personal columns cleared where billing still references the row (and the row marked
+    /// terminated, so the sweep deletes it once nothing does), the row deleted where nothing
+    /// does. One transaction.
+    async fn erase_keys(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        terminated_at: Option<i64>,
+    ) -> StoreResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
         }
-        Ok(None)
+        let billed = self.billed();
+        let kept = format!(
+            "UPDATE {} SET email = NULL, phone = NULL, name = NULL, terminated_at = COALESCE(terminated_at, $2) \
+             WHERE tenant_id = $1 AND id IN ({}){NOT_ERASED} AND {billed}",
+            self.table(),
+            params(3, keys.len())
+        );
+        let gone = format!(
+            "DELETE FROM {} WHERE tenant_id = $1 AND id IN ({}) AND NOT {billed}",
+            self.table(),
+            params(2, keys.len())
+        );
+        let kept_q =
+            keys.iter().fold(sqlx::query(&kept).bind(tenant).bind(terminated_at), |q, k| q.bind(k.as_str()));
+        let gone_q = keys.iter().fold(sqlx::query(&gone).bind(tenant), |q, k| q.bind(k.as_str()));
+        let mut tx = self.rows.db.begin_write().await?;
+        let erased = kept_q.execute(&mut *tx).await?.rows_affected();
+        let deleted = gone_q.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(erased + deleted)
     }
 }
 
@@ -132,62 +125,16 @@ impl StoreAdapter for AccountsStore {
         "accounts"
     }
 
-    fn applies_to(&self, subject: &Subject) -> bool {
-        Predicate::applies(subject, &self.keys)
+    fn is_identity(&self) -> bool {
+        true
     }
 
-    /// When exactly one live account matches, the subject gains its id, email and phone: a person
-    /// named by email alone is still found in the stores keyed by phone or account.
-    async fn resolve(&self, subject: Subject) -> StoreResult<Subject> {
-        let Some(p) = Predicate::for_subject(&subject, &self.keys) else {
-            return Ok(subject);
-        };
-        let sql = format!("SELECT id, email, phone FROM {} WHERE {}{NOT_ERASED} LIMIT 2", self.table, p.sql);
-        let rows = p.query(&sql).fetch_all(self.db.pool()).await?;
-        let [row] = rows.as_slice() else {
-            return Ok(subject);
-        };
-        let id: String = row.try_get("id")?;
-        let email: Option<String> = row.try_get("email")?;
-        let phone: Option<String> = row.try_get("phone")?;
-        // Stored values that do not parse are left out rather than trusted.
-        Ok(subject.enriched_with(
-            AccountId::parse("accounts.id", &id).ok(),
-            email.and_then(|e| Email::parse("accounts.email", &e).ok()),
-            phone.and_then(|p| Phone::parse("accounts.phone", &p).ok()),
-        ))
+    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.rows.candidates(probe).await
     }
 
-    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Holdings::default());
-        };
-        let (records, _) = p.count(&self.db, &self.table, None, NOT_ERASED).await?;
-        Ok(Holdings { records, bytes: 0, under_legal_hold: false })
-    }
-
-    async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased { found: 0, affected: 0 });
-        };
-        let billed = self.billed();
-        let mut tx = self.db.begin_write().await?;
-        let kept = format!(
-            "UPDATE {} SET email = NULL, phone = NULL, name = NULL, terminated_at = COALESCE(terminated_at, ${}) \
-             WHERE {}{NOT_ERASED} AND {billed}",
-            self.table,
-            p.next_param(),
-            p.sql
-        );
-        let erased = p.query(&kept).bind(to_millis(now)).execute(&mut *tx).await?.rows_affected();
-        let gone = format!("DELETE FROM {} WHERE {} AND NOT {billed}", self.table, p.sql);
-        let deleted = p.query(&gone).execute(&mut *tx).await?.rows_affected();
-        tx.commit().await?;
-        Ok(Erasure::Erased { found: erased + deleted, affected: erased + deleted })
-    }
-
-    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
-        Ok(self.preview(subject).await?.records == 0)
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        Ok(Erasure::Erased { affected: self.erase_keys(tenant, keys, Some(to_millis(now))).await? })
     }
 
     /// Every correctable field is an account column.
@@ -195,116 +142,61 @@ impl StoreAdapter for AccountsStore {
         true
     }
 
-    async fn correction_conflict(
-        &self,
-        subject: &Subject,
-        corrections: &Corrections,
-    ) -> StoreResult<Option<CorrectionConflict>> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(None);
-        };
-        // A read-only look; a transaction only so both checks see one snapshot.
-        let mut tx = self.db.pool().begin().await?;
-        if self.matches(&mut *tx, &p).await? > 1 {
-            return Ok(Some(CorrectionConflict::Ambiguous));
-        }
-        let taken = self.taken(&mut tx, &p, corrections).await?;
-        tx.rollback().await?;
-        Ok(taken.map(CorrectionConflict::Taken))
-    }
-
+    /// Emails and phones identify an account holder, so a correction to a value another account
+    /// of the tenant has gained since the submit is refused here too (the reference schema has
+    /// no unique index to close that race fully).
     async fn rectify(
         &self,
-        subject: &Subject,
+        person: &Person,
+        mine: &[CandidateRow],
         corrections: &Corrections,
         _now: DateTime<Utc>,
     ) -> StoreResult<Rectification> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
+        let live: Vec<CandidateRow> = mine.iter().filter(|r| !r.cleared).cloned().collect();
+        if live.is_empty() {
             return Ok(Rectification { found: 0, affected: 0, hold: None });
-        };
-        let columns = corrected_columns(corrections);
-        let mut tx = self.db.begin_write().await?;
-        let found = self.matches(&mut *tx, &p).await?;
-        // Nothing matches: no account, or a retry after the identifiers it was found by changed.
-        if found == 0 || columns.is_empty() {
-            return Ok(Rectification { found, affected: 0, hold: None });
         }
-        if found > 1 {
-            return Err(StoreError::Fatal(
-                "subject: the identifiers match more than one account; name the account by account_id".into(),
-            ));
-        }
-        if let Some(field) = self.taken(&mut tx, &p, corrections).await? {
+        if let Some(field) = crate::resolve::taken(self, person, corrections).await? {
             return Err(StoreError::Fatal(format!(
                 "{field}: another account of the tenant has had this value since the request was submitted"
             )));
         }
-        let set = columns
-            .iter()
-            .enumerate()
-            .map(|(i, (column, _, _))| format!("{column} = ${}", p.next_param() + i))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("UPDATE {} SET {set} WHERE {}{NOT_ERASED}", self.table, p.sql);
-        let q = columns.iter().fold(p.query(&sql), |q, (_, _, value)| q.bind(*value));
-        let affected = q.execute(&mut *tx).await?.rows_affected();
-        tx.commit().await?;
+        let (mut found, mut affected) = self.rows.rectify(person, &live, corrections).await?;
+        if let Some(name) = &corrections.name {
+            let keys: Vec<String> = live.iter().map(|r| r.key.clone()).collect();
+            let n = self.rows.set_column(&person.tenant, &keys, "name", name.as_str()).await?;
+            found = found.max(keys.len() as u64);
+            affected = affected.max(n);
+        }
         Ok(Rectification { found, affected, hold: None })
     }
 
-    /// The account found under the corrected identifiers holds every new value, and no live
-    /// account of the tenant is left under an old email or phone that was corrected.
-    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
-        let tenant = subject.tenant.as_str();
-        for (column, old, new) in [
-            (
-                "email",
-                subject.email.as_ref().map(|e| e.as_str()),
-                corrections.email.as_ref().map(|e| e.as_str()),
-            ),
-            (
-                "phone",
-                subject.phone.as_ref().map(|p| p.as_str()),
-                corrections.phone.as_ref().map(|p| p.as_str()),
-            ),
-        ] {
-            let (Some(old), Some(new)) = (old, new) else { continue };
-            if old == new {
-                continue;
-            }
-            let sql = format!("SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {column} = $2", self.table);
-            let left: i64 = sqlx::query_scalar(&sql).bind(tenant).bind(old).fetch_one(self.db.pool()).await?;
-            if left > 0 {
-                return Ok(false);
-            }
+    async fn verify_rectified(&self, person: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        if !self.rows.rectified(person, keys, c).await? {
+            return Ok(false);
         }
-        let columns = corrected_columns(corrections);
-        let Some(p) = Predicate::for_subject(&corrections.apply_to(subject), &self.keys) else {
-            return Ok(true);
-        };
-        if columns.is_empty() {
+        let Some(name) = &c.name else { return Ok(true) };
+        if keys.is_empty() {
             return Ok(true);
         }
-        let all_new = columns
-            .iter()
-            .enumerate()
-            .map(|(i, (column, _, _))| format!("{column} = ${}", p.next_param() + i))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {}{NOT_ERASED} AND NOT COALESCE({all_new}, FALSE)",
-            self.table, p.sql
+            "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND id IN ({}){NOT_ERASED} AND (name IS NULL OR name <> ${})",
+            self.table(),
+            params(2, keys.len()),
+            keys.len() + 2
         );
-        let q = columns.iter().fold(p.query_as::<(i64,)>(&sql), |q, (_, _, value)| q.bind(*value));
-        Ok(q.fetch_one(self.db.pool()).await?.0 == 0)
+        let q = keys
+            .iter()
+            .fold(sqlx::query_as::<_, (i64,)>(&sql).bind(&person.tenant), |q, k| q.bind(k.as_str()));
+        Ok(q.bind(name.as_str()).fetch_one(self.rows.db.pool()).await?.0 == 0)
     }
 
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
-        Ok(tenants(&self.db, &self.table, after, limit).await?)
+        Ok(tenants(&self.rows.db, self.table(), after, limit).await?)
     }
 
     async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+        Ok(self.expired(expiry).count(&self.rows.db, self.table()).await?)
     }
 
     async fn list_expired(
@@ -313,37 +205,20 @@ impl StoreAdapter for AccountsStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let [a, e, p] = identifier_columns(&self.table, &self.keys);
-        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+        let t = self.table();
+        let (a, e, p) = (format!("{t}.id"), format!("{t}.email"), format!("{t}.phone"));
+        Ok(self.expired(expiry).list(&self.rows.db, t, [&a, &e, &p], after, limit).await?)
     }
 
     /// As a deletion erases: personal columns cleared where billing still references the row,
-    /// the row deleted where nothing does. One transaction.
+    /// the row deleted where nothing does.
     async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let (ids, billed) = (params(2, keys.len()), self.billed());
-        let bind = |sql| keys.iter().fold(sqlx::query(sql).bind(tenant), |q, k| q.bind(k.as_str()));
-        let kept = format!(
-            "UPDATE {} SET email = NULL, phone = NULL, name = NULL WHERE tenant_id = $1 AND id IN ({ids}){NOT_ERASED} AND {billed}",
-            self.table
-        );
-        let gone =
-            format!("DELETE FROM {} WHERE tenant_id = $1 AND id IN ({ids}) AND NOT {billed}", self.table);
-        let mut tx = self.db.begin_write().await?;
-        let erased = bind(&kept).execute(&mut *tx).await?.rows_affected();
-        let deleted = bind(&gone).execute(&mut *tx).await?.rows_affected();
-        tx.commit().await?;
-        Ok(erased + deleted)
+        self.erase_keys(tenant, keys, None).await
     }
 
     /// An erased account (personal columns cleared, row kept for billing) holds nothing of the
     /// subject any more, so it is not exported.
-    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(0);
-        };
-        export_rows(&self.db, &self.table, &p, NOT_ERASED, sink).await
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.rows.export(tenant, keys, NOT_ERASED, sink).await
     }
 }

@@ -15,19 +15,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 
 use super::{
-    export_rows,
     reference::Tables,
-    sql::{
-        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
-        Predicate,
-    },
-    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, LegalHold, Rectification, StoreAdapter,
+    sql::{delete_keys, params, tenants, Expired},
+    table::SubjectTable,
+    CandidateRow, Erasure, ExpiredRecord, Expiry, ExportSink, LegalHold, Probe, Rectification, StoreAdapter,
     StoreResult,
 };
 use crate::{
     clock::{from_millis, to_millis},
     db::Db,
-    domain::{legal_minimum, Corrections, Period, Subject, RETENTION_MONTHS_BILLING},
+    domain::{legal_minimum, Corrections, Period, RETENTION_MONTHS_BILLING},
+    resolve::{IdentKind, Person},
 };
 
 /// Stated on every billing outcome that keeps data.
@@ -39,25 +37,25 @@ pub const BILLING_RECTIFIED_BASIS: &str =
     "legal_obligation: billing records are kept 7 years from creation (tax and accounting law); corrected in place, they stay under the hold";
 
 pub struct BillingStore {
-    db: Db,
-    table: String,
-    keys: Vec<Key>,
+    rows: SubjectTable,
 }
 
 impl BillingStore {
     pub fn new(db: Db, t: &Tables) -> Self {
         Self {
-            db,
-            table: t.billing.clone(),
-            keys: vec![
-                Key::Column("account_id", Ident::AccountId),
-                Key::Column("caller_phone", Ident::Phone),
-            ],
+            rows: SubjectTable {
+                db,
+                table: t.billing.clone(),
+                key: "id",
+                identifiers: vec![("account_id", IdentKind::AccountId), ("caller_phone", IdentKind::Phone)],
+                link: None,
+                bytes: None,
+                object: None,
+                cleared: Some("restricted_at IS NOT NULL"),
+            },
         }
     }
-}
 
-impl BillingStore {
     fn expired(&self, e: &Expiry<'_>) -> Expired {
         let legal =
             legal_minimum("billing").unwrap_or(Period::Months(RETENTION_MONTHS_BILLING)).before(e.now);
@@ -67,6 +65,23 @@ impl BillingStore {
             vec![to_millis(e.cutoff), to_millis(legal)],
         )
     }
+
+    /// The newest `created_at` of these rows: the hold runs 7 years from it.
+    async fn newest(&self, tenant: &str, keys: &[String]) -> StoreResult<Option<i64>> {
+        let mut newest = None;
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT MAX(created_at) FROM {} WHERE tenant_id = $1 AND id IN ({})",
+                self.rows.table,
+                params(2, chunk.len())
+            );
+            let q = chunk
+                .iter()
+                .fold(sqlx::query_as::<_, (Option<i64>,)>(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
+            newest = newest.max(q.fetch_one(self.rows.db.pool()).await?.0);
+        }
+        Ok(newest)
+    }
 }
 
 #[async_trait]
@@ -75,37 +90,31 @@ impl StoreAdapter for BillingStore {
         "billing"
     }
 
-    fn applies_to(&self, subject: &Subject) -> bool {
-        Predicate::applies(subject, &self.keys)
+    fn keeps_under_legal_obligation(&self) -> bool {
+        true
     }
 
-    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Holdings::default());
-        };
-        let (records, _) = p.count(&self.db, &self.table, None, "").await?;
-        Ok(Holdings { records, bytes: 0, under_legal_hold: records > 0 })
+    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.rows.candidates(probe).await
     }
 
-    async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased { found: 0, affected: 0 });
-        };
-        let mut tx = self.db.begin_write().await?;
-        let sql = format!(
-            "UPDATE {} SET restricted_at = COALESCE(restricted_at, ${}) WHERE {}",
-            self.table,
-            p.next_param(),
-            p.sql
-        );
-        let restricted = p.query(&sql).bind(to_millis(now)).execute(&mut *tx).await?.rows_affected();
-        let newest_sql = format!("SELECT MAX(created_at) FROM {} WHERE {}", self.table, p.sql);
-        let newest: Option<i64> = p.query_as::<(Option<i64>,)>(&newest_sql).fetch_one(&mut *tx).await?.0;
-        tx.commit().await?;
-        match newest {
-            None => Ok(Erasure::Erased { found: 0, affected: 0 }),
+    /// Restricts the rows (the first restriction's time stays) and reports the hold.
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        let mut restricted = 0;
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "UPDATE {} SET restricted_at = COALESCE(restricted_at, $2) WHERE tenant_id = $1 AND id IN ({})",
+                self.rows.table,
+                params(3, chunk.len())
+            );
+            let q = chunk
+                .iter()
+                .fold(sqlx::query(&sql).bind(tenant).bind(to_millis(now)), |q, k| q.bind(k.as_str()));
+            restricted += q.execute(self.rows.db.pool()).await?.rows_affected();
+        }
+        match self.newest(tenant, keys).await? {
+            None => Ok(Erasure::Erased { affected: 0 }),
             Some(newest) => Ok(Erasure::Retained {
-                found: restricted,
                 affected: restricted,
                 basis: BILLING_RETENTION_BASIS.to_owned(),
                 until: from_millis(newest) + Months::new(RETENTION_MONTHS_BILLING),
@@ -113,44 +122,25 @@ impl StoreAdapter for BillingStore {
         }
     }
 
-    /// Every row left is restricted.
-    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(true);
-        };
-        let (unrestricted, _) = p.count(&self.db, &self.table, None, " AND restricted_at IS NULL").await?;
-        Ok(unrestricted == 0)
-    }
-
     /// Billing rows hold the caller's phone; names and emails live on the account.
     fn holds_any_of(&self, corrections: &Corrections) -> bool {
         corrections.phone.is_some()
     }
 
+    /// Corrected in place: the hold forbids erasure, not accuracy.
     async fn rectify(
         &self,
-        subject: &Subject,
+        person: &Person,
+        mine: &[CandidateRow],
         corrections: &Corrections,
         _now: DateTime<Utc>,
     ) -> StoreResult<Rectification> {
-        let Some((old, new)) = phone_move(subject, corrections) else {
-            return Ok(Rectification { found: 0, affected: 0, hold: None });
-        };
-        let mut tx = self.db.begin_write().await?;
-        let moved = move_phone(&mut *tx, &self.table, subject.tenant.as_str(), old, new).await?;
-        // The hold runs from the newest of the subject's records, as found after the correction
-        // (a retry that moves nothing still reports it).
-        let newest = match Predicate::for_subject(&corrections.apply_to(subject), &self.keys) {
-            Some(p) => {
-                let sql = format!("SELECT MAX(created_at) FROM {} WHERE {}", self.table, p.sql);
-                p.query_as::<(Option<i64>,)>(&sql).fetch_one(&mut *tx).await?.0
-            }
-            None => None,
-        };
-        tx.commit().await?;
+        let (found, affected) = self.rows.rectify(person, mine, corrections).await?;
+        let keys: Vec<String> = mine.iter().map(|r| r.key.clone()).collect();
+        let newest = self.newest(&person.tenant, &keys).await?;
         Ok(Rectification {
-            found: moved,
-            affected: moved,
+            found,
+            affected,
             hold: newest.map(|newest| LegalHold {
                 basis: BILLING_RECTIFIED_BASIS.to_owned(),
                 until: from_millis(newest) + Months::new(RETENTION_MONTHS_BILLING),
@@ -158,16 +148,16 @@ impl StoreAdapter for BillingStore {
         })
     }
 
-    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
-        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    async fn verify_rectified(&self, person: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.rows.rectified(person, keys, c).await
     }
 
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
-        Ok(tenants(&self.db, &self.table, after, limit).await?)
+        Ok(tenants(&self.rows.db, &self.rows.table, after, limit).await?)
     }
 
     async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+        Ok(self.expired(expiry).count(&self.rows.db, &self.rows.table).await?)
     }
 
     async fn list_expired(
@@ -176,35 +166,21 @@ impl StoreAdapter for BillingStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let [a, e, p] = identifier_columns(&self.table, &self.keys);
-        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+        let t = &self.rows.table;
+        let (account, phone) = (format!("{t}.account_id"), format!("{t}.caller_phone"));
+        Ok(self.expired(expiry).list(&self.rows.db, t, [&account, "NULL", &phone], after, limit).await?)
     }
 
     async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
-        Ok(delete_keys(self.db.pool(), &self.table, tenant, keys).await?)
+        Ok(delete_keys(self.rows.db.pool(), &self.rows.table, tenant, keys).await?)
     }
 
     async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
-        Ok(self.expired(expiry).delete_batch(&self.db, &self.table, limit).await?)
-    }
-
-    /// The subject's restricted rows, by id.
-    async fn retained_records(&self, subject: &Subject) -> StoreResult<Vec<String>> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT id FROM {} WHERE {} AND restricted_at IS NOT NULL ORDER BY id",
-            self.table, p.sql
-        );
-        Ok(p.query_as::<(String,)>(&sql).fetch_all(self.db.pool()).await?.into_iter().map(|r| r.0).collect())
+        Ok(self.expired(expiry).delete_batch(&self.rows.db, &self.rows.table, limit).await?)
     }
 
     /// Restricted rows are exported too: a hold limits their use, not the subject's access.
-    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(0);
-        };
-        export_rows(&self.db, &self.table, &p, "", sink).await
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.rows.export(tenant, keys, "", sink).await
     }
 }

@@ -1,18 +1,17 @@
 //! What an adapter hands over on an export: its rows, as JSON objects, into an `ExportSink`, and
 //! the files that go into the archive as they are (recordings' audio), read back later through
-//! `StoreAdapter::read_file`. `export_rows` streams any table's matching rows as JSON, whatever
-//! its columns, so every SQL adapter exports the same way.
+//! `StoreAdapter::read_file`. `row_json` turns any table's row into JSON, whatever its columns,
+//! so every SQL adapter exports the same way.
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{stream::BoxStream, TryStreamExt};
+use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 use sqlx::{
     any::{AnyRow, AnyTypeInfoKind},
     Column, Row, ValueRef,
 };
 
-use super::{sql::Predicate, StoreResult};
-use crate::db::Db;
+use super::StoreResult;
 
 /// A JSON object: one record of a store.
 pub type Record = Map<String, Value>;
@@ -41,25 +40,6 @@ pub trait ExportSink: Send {
     async fn record(&mut self, record: Record) -> StoreResult<()>;
     /// One file to copy into the archive.
     async fn file(&mut self, file: ExportFile) -> StoreResult<()>;
-}
-
-/// Streams `SELECT * FROM table WHERE <subject>{extra} ORDER BY id` into `sink`, one JSON object
-/// per row; returns the number of rows.
-pub async fn export_rows(
-    db: &Db,
-    table: &str,
-    p: &Predicate,
-    extra: &str,
-    sink: &mut dyn ExportSink,
-) -> StoreResult<u64> {
-    let sql = format!("SELECT * FROM {table} WHERE {}{extra} ORDER BY id", p.sql);
-    let mut rows = p.query(&sql).fetch(db.pool());
-    let mut n = 0;
-    while let Some(row) = rows.try_next().await? {
-        sink.record(row_json(&row)?).await?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// A row as a JSON object: column name → value (numbers, text, booleans, null; bytes as hex).

@@ -13,7 +13,7 @@
 //! in place although it is under a legal hold (a hold forbids erasure, not accuracy). A store
 //! that holds none of the corrected fields is SKIPPED.
 //!
-//! On export every store writes its records as JSON objects (`export::export_rows`); recordings
+//! On export every store writes its records as JSON objects (`export::row_json`); recordings
 //! list their audio objects, which the archive copies in byte for byte (`read_file`).
 //!
 //! On the retention schedule (issue 9) each adapter lists, counts and erases its records that are
@@ -35,20 +35,19 @@ mod recordings;
 pub mod reference;
 mod rows;
 mod sql;
+mod table;
 
 use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use export::{export_rows, row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
+pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::{open_durable_object_store, open_object_store};
+pub use recordings::object_path;
 
-use crate::{
-    config::Settings,
-    db::Db,
-    domain::{Corrections, Subject},
-};
+pub use crate::resolve::CandidateRow;
+use crate::{config::Settings, db::Db, domain::Corrections, resolve::Person};
 
 /// Every store, in the order outcomes are reported.
 pub const STORE_NAMES: &[&str] = &["accounts", "call_logs", "transcripts", "recordings", "billing"];
@@ -59,15 +58,17 @@ pub struct Holdings {
     pub records: u64,
     pub bytes: u64,
     pub under_legal_hold: bool,
+    /// Records that name the subject but not them alone (a shared line): nobody's erasure.
+    pub unattributed: u64,
 }
 
-/// What an erase did.
+/// What an erase did, to the records it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Erasure {
-    /// The subject's records are gone (or their personal data is).
-    Erased { found: u64, affected: u64 },
+    /// The records are gone (or their personal data is).
+    Erased { affected: u64 },
     /// Kept under a legal obligation, and restricted from any other use until `until`.
-    Retained { found: u64, affected: u64, basis: String, until: DateTime<Utc> },
+    Retained { affected: u64, basis: String, until: DateTime<Utc> },
 }
 
 /// Records that stay under a legal obligation (billing), stated on an outcome.
@@ -89,15 +90,18 @@ pub struct Rectification {
     pub hold: Option<LegalHold>,
 }
 
-/// Why a rectification cannot be accepted as asked. Found at submit, before anything is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CorrectionConflict {
-    /// Another subject of the tenant already has this value (`corrections.email`,
-    /// `corrections.phone`): emails and phones identify one account holder.
-    Taken(&'static str),
-    /// The identifiers match more than one account: correcting them all to one value would merge
-    /// two people.
-    Ambiguous,
+/// What to look up in a store: the tenant's rows found by any of these. Phones are E.164 (the
+/// store finds them however they are written); emails are in their compared form.
+#[derive(Debug, Clone, Default)]
+pub struct Probe<'a> {
+    pub tenant: &'a str,
+    pub account_ids: Vec<String>,
+    pub emails: Vec<String>,
+    pub phones: Vec<String>,
+    /// Keys of the linked store (`call_logs` ids, for transcripts and recordings).
+    pub links: Vec<String>,
+    /// The store's own keys.
+    pub keys: Vec<String>,
 }
 
 /// What a retention sweep looks at: one tenant's records dated before `cutoff`.
@@ -167,73 +171,79 @@ impl From<object_store::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// One store of subject data. Every operation is scoped to `subject.tenant` and idempotent:
-/// erasing twice is harmless, and a retry after a crash finishes what the first try began.
+/// One store of subject data. Every operation is scoped to one tenant and idempotent: erasing
+/// twice is harmless, and a retry after a crash finishes what the first try began.
+///
+/// Which records are the subject's is not the store's decision: the store finds candidates
+/// (`candidates`), the resolution (`crate::resolve`) decides whose each is, and the store then
+/// acts on the keys it is given.
 #[async_trait]
 pub trait StoreAdapter: Send + Sync + 'static {
     /// The store's name in outcomes (`accounts`, …).
     fn name(&self) -> &'static str;
 
-    /// Stores of stage 0 run first; a later stage waits for every earlier one to end (call logs
-    /// link transcripts and recordings to an account, so they go last).
+    /// Stores of stage 0 run first; a later stage starts only once every earlier one has
+    /// succeeded (DONE, RETAINED or SKIPPED).
     fn stage(&self) -> u8 {
         0
     }
 
-    /// Whether the store can find this subject at all by the identifiers given; when not, its
-    /// outcome is SKIPPED.
-    fn applies_to(&self, subject: &Subject) -> bool;
-
-    /// Fills identifiers of the subject that this store knows (the account row knows the
-    /// person's phone and email). Default: nothing to add.
-    async fn resolve(&self, subject: Subject) -> StoreResult<Subject> {
-        Ok(subject)
+    /// Whether this store holds the platform's accounts: its key is the account id, and its
+    /// rows say who holds an email or a phone.
+    fn is_identity(&self) -> bool {
+        false
     }
 
-    /// Counts what the store holds on the subject; changes nothing.
-    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings>;
+    /// The store whose keys this store's link column holds (transcripts → `call_logs`).
+    fn links_to(&self) -> Option<&'static str> {
+        None
+    }
 
-    /// Erases (or, under a legal hold, restricts) the subject's records.
-    async fn erase(&self, subject: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure>;
+    /// Whether a deletion keeps this store's records under a legal obligation (billing).
+    fn keeps_under_legal_obligation(&self) -> bool {
+        false
+    }
 
-    /// Queries again after an erase: `true` only if nothing of the subject is left (for a store
-    /// under a hold: everything left is restricted).
-    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool>;
+    /// The tenant's rows found by any part of the probe, with the identifiers they hold as
+    /// stored. May return rows that only look alike: the resolution confirms each.
+    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>>;
+
+    /// Erases (or, under a legal obligation, restricts) the tenant's records with these keys.
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure>;
+
+    /// How many of these object keys are still present in the object store (exact keys).
+    async fn objects_present(&self, _objects: &[String]) -> StoreResult<u64> {
+        Ok(0)
+    }
 
     /// Whether the store holds any of the corrected fields at all; when not, its rectification
     /// outcome is SKIPPED (call logs hold no name or email).
     fn holds_any_of(&self, corrections: &Corrections) -> bool;
 
-    /// Checked at submit, before anything is written: would the corrections collide with another
-    /// subject of the tenant in this store? Only stores where a value identifies one person
-    /// (accounts) have anything to say; a phone that appears as another call's `caller_phone`
-    /// is no conflict, because callers are not unique people.
-    async fn correction_conflict(
-        &self,
-        _subject: &Subject,
-        _corrections: &Corrections,
-    ) -> StoreResult<Option<CorrectionConflict>> {
-        Ok(None)
-    }
-
-    /// Rewrites the subject's records with the corrected values, so that the subject is found
-    /// under the new identifiers and nothing is left under the old ones. Idempotent: a second
-    /// call finds nothing under the old identifier and changes nothing.
+    /// Rewrites the person's records (`mine`, as found) with the corrected values: every column
+    /// that holds a corrected kind of identifier and names the person gets the new value.
+    /// Idempotent: a second call finds nothing under the old values and changes nothing.
     async fn rectify(
         &self,
-        subject: &Subject,
+        person: &Person,
+        mine: &[CandidateRow],
         corrections: &Corrections,
         now: DateTime<Utc>,
     ) -> StoreResult<Rectification>;
 
-    /// Reads back after a rectify: `true` only if the subject's records hold the new values and
-    /// nothing of the subject is left under a corrected identifier's old value.
-    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool>;
+    /// Reads back after a rectify: `true` only if none of these records still holds an old
+    /// value of a corrected identifier (and the account holds the new name).
+    async fn verify_rectified(
+        &self,
+        person: &Person,
+        keys: &[String],
+        corrections: &Corrections,
+    ) -> StoreResult<bool>;
 
-    /// Writes everything the store holds on the subject into `sink`: its records, and the files
+    /// Writes the tenant's records with these keys into `sink`: its records, and the files
     /// that go into the archive as they are. Returns the number of records (files count as
     /// records: a recording is one). Changes nothing.
-    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64>;
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64>;
 
     /// Opens a file that `export` listed, by its key. Stores that list no files keep the default.
     async fn read_file(&self, _key: &str) -> StoreResult<ByteStream> {
@@ -281,12 +291,6 @@ pub trait StoreAdapter: Send + Sync + 'static {
             return Ok(0);
         }
         self.erase_records(expiry.tenant, &keys).await
-    }
-
-    /// The keys of the subject's records that `erase` kept under a legal obligation, so that
-    /// they can be erased when it ends, after the request has dropped the subject's identifiers.
-    async fn retained_records(&self, _subject: &Subject) -> StoreResult<Vec<String>> {
-        Ok(Vec::new())
     }
 }
 
@@ -360,26 +364,32 @@ impl StoreRegistry {
         Self::new(self.adapters.into_iter().map(wrap).collect())
     }
 
-    /// The first store's objection to the corrections, if any (see
-    /// `StoreAdapter::correction_conflict`).
-    pub async fn correction_conflict(
-        &self,
-        subject: &Subject,
-        corrections: &Corrections,
-    ) -> StoreResult<Option<CorrectionConflict>> {
-        for a in &self.adapters {
-            if let Some(c) = a.correction_conflict(subject, corrections).await? {
-                return Ok(Some(c));
-            }
-        }
-        Ok(None)
+    /// The store that holds accounts (`StoreAdapter::is_identity`), if any.
+    pub fn identity(&self) -> Option<&Arc<dyn StoreAdapter>> {
+        self.adapters.iter().find(|a| a.is_identity())
     }
 
-    /// Lets every store add the identifiers it knows.
-    pub async fn resolve(&self, mut subject: Subject) -> StoreResult<Subject> {
-        for a in &self.adapters {
-            subject = a.resolve(subject).await?;
+    /// Every store, each after the store it links to (a linked store's records follow their
+    /// target's owner, so the target is resolved first).
+    pub fn in_link_order(&self) -> Vec<&Arc<dyn StoreAdapter>> {
+        let mut out: Vec<&Arc<dyn StoreAdapter>> = Vec::with_capacity(self.adapters.len());
+        let mut left: Vec<&Arc<dyn StoreAdapter>> = self.adapters.iter().collect();
+        while !left.is_empty() {
+            let before = left.len();
+            left.retain(|a| {
+                let ready =
+                    a.links_to().is_none_or(|t| out.iter().any(|o| o.name() == t) || self.get(t).is_none());
+                if ready {
+                    out.push(a);
+                }
+                !ready
+            });
+            if left.len() == before {
+                // A cycle of links: resolve the rest in store order; their links fall back to
+                // each record's own identifiers.
+                out.append(&mut left);
+            }
         }
-        Ok(subject)
+        out
     }
 }

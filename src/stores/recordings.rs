@@ -17,47 +17,61 @@ use sqlx::Row;
 use super::{
     reference::Tables,
     row_json,
-    sql::{
-        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
-        Predicate,
-    },
-    ByteStream, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Holdings, Rectification,
+    sql::{tenants, Expired},
+    table::SubjectTable,
+    ByteStream, CandidateRow, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Probe, Rectification,
     StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     clock::to_millis,
     db::Db,
-    domain::{Corrections, Subject},
+    domain::Corrections,
+    resolve::{IdentKind, Person},
 };
 
-/// Index rows handled per round: bounds memory and the size of each DELETE.
-const BATCH: usize = 256;
-/// Object deletions in flight at once.
+/// Object deletions and checks in flight at once.
 const OBJECT_CONCURRENCY: usize = 16;
 
 pub struct RecordingsStore {
-    db: Db,
-    table: String,
-    keys: Vec<Key>,
+    rows: SubjectTable,
+    call_logs: String,
     objects: Arc<dyn ObjectStore>,
+}
+
+/// The object store path of a key exactly as the platform stored it: no escaping (object_store's
+/// `Path::from` would percent-encode `#`, `%`, `?` and more, and so address another object). A
+/// leading `/` is relative to the recordings URL. A key the object store cannot address at all
+/// (a control character, an empty or `.` segment) is an error, never a silent miss.
+pub fn object_path(key: &str) -> StoreResult<Path> {
+    Path::parse(key).map_err(|_| {
+        StoreError::Fatal(
+            "a recording's object key cannot be addressed in the object store (control character or empty segment)"
+                .into(),
+        )
+    })
 }
 
 impl RecordingsStore {
     pub fn new(db: Db, t: &Tables, objects: Arc<dyn ObjectStore>) -> Self {
         Self {
-            db,
-            table: t.recordings.clone(),
-            keys: vec![
-                Key::Column("caller_phone", Ident::Phone),
-                Key::ViaCallLogs { column: "call_id", call_logs_table: t.call_logs.clone() },
-            ],
+            rows: SubjectTable {
+                db,
+                table: t.recordings.clone(),
+                key: "id",
+                identifiers: vec![("caller_phone", IdentKind::Phone)],
+                link: Some("call_id"),
+                bytes: Some("bytes"),
+                object: Some("object_key"),
+                cleared: None,
+            },
+            call_logs: t.call_logs.clone(),
             objects,
         }
     }
 
     /// Deletes one object and makes sure it is gone (`delete` of a missing object is fine).
     async fn delete_object(&self, key: &str) -> StoreResult<()> {
-        let path = Path::from(key);
+        let path = object_path(key)?;
         match self.objects.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -69,15 +83,20 @@ impl RecordingsStore {
         }
     }
 
-    /// Deletes the objects of these index rows `(id, object_key)`, then the rows; returns the
-    /// rows deleted. A failure leaves rows whose objects may be gone: a retry deletes the rest
-    /// (a missing object is fine), never an object without its row.
-    async fn erase_rows(&self, tenant: &str, rows: &[(String, String)]) -> StoreResult<u64> {
+    /// Deletes the objects of these index rows, then the rows; returns the rows deleted. A
+    /// failure leaves rows whose objects may be gone: a retry deletes the rest (a missing object
+    /// is fine), never an object without its row.
+    async fn erase_rows(&self, tenant: &str, rows: &[CandidateRow]) -> StoreResult<u64> {
         for chunk in rows.chunks(OBJECT_CONCURRENCY) {
-            try_join_all(chunk.iter().map(|(_, key)| self.delete_object(key))).await?;
+            try_join_all(chunk.iter().filter_map(|r| r.object.as_deref()).map(|key| self.delete_object(key)))
+                .await?;
         }
-        let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-        Ok(delete_keys(self.db.pool(), &self.table, tenant, &ids).await?)
+        let ids: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+        self.rows.delete(tenant, &ids).await
+    }
+
+    async fn rows_by_key(&self, tenant: &str, keys: &[String]) -> StoreResult<Vec<CandidateRow>> {
+        self.rows.candidates(&Probe { tenant, keys: keys.to_vec(), ..Default::default() }).await
     }
 
     fn expired(&self, e: &Expiry<'_>) -> Expired {
@@ -91,66 +110,62 @@ impl StoreAdapter for RecordingsStore {
         "recordings"
     }
 
-    fn applies_to(&self, subject: &Subject) -> bool {
-        Predicate::applies(subject, &self.keys)
+    fn links_to(&self) -> Option<&'static str> {
+        Some("call_logs")
     }
 
-    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Holdings::default());
-        };
-        let (records, bytes) = p.count(&self.db, &self.table, Some("bytes"), "").await?;
-        Ok(Holdings { records, bytes, under_legal_hold: false })
+    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.rows.candidates(probe).await
     }
 
-    async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased { found: 0, affected: 0 });
-        };
-        let select =
-            format!("SELECT id, object_key FROM {} WHERE {} ORDER BY id LIMIT {BATCH}", self.table, p.sql);
-        let mut total = 0;
-        loop {
-            let batch: Vec<(String, String)> = p.query_as(&select).fetch_all(self.db.pool()).await?;
-            if batch.is_empty() {
-                break;
-            }
-            total += self.erase_rows(subject.tenant.as_str(), &batch).await?;
+    async fn erase(&self, tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
+        let rows = self.rows_by_key(tenant, keys).await?;
+        Ok(Erasure::Erased { affected: self.erase_rows(tenant, &rows).await? })
+    }
+
+    /// A HEAD of each exact key: the check does not trust the index rows.
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        let mut present = 0;
+        for chunk in objects.chunks(OBJECT_CONCURRENCY) {
+            let found = try_join_all(chunk.iter().map(|key| async move {
+                match self.objects.head(&object_path(key)?).await {
+                    Ok(_) => Ok(1u64),
+                    Err(object_store::Error::NotFound { .. }) => Ok(0),
+                    Err(e) => Err(StoreError::from(e)),
+                }
+            }))
+            .await?;
+            present += found.iter().sum::<u64>();
         }
-        Ok(Erasure::Erased { found: total, affected: total })
-    }
-
-    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
-        Ok(self.preview(subject).await?.records == 0)
+        Ok(present)
     }
 
     fn holds_any_of(&self, corrections: &Corrections) -> bool {
         corrections.phone.is_some()
     }
 
+    /// Only the index rows change: objects are keyed by call id, which a correction keeps.
     async fn rectify(
         &self,
-        subject: &Subject,
+        person: &Person,
+        mine: &[CandidateRow],
         corrections: &Corrections,
         _now: DateTime<Utc>,
     ) -> StoreResult<Rectification> {
-        let Some((old, new)) = phone_move(subject, corrections) else {
-            return Ok(Rectification { found: 0, affected: 0, hold: None });
-        };
-        let moved = move_phone(self.db.pool(), &self.table, subject.tenant.as_str(), old, new).await?;
-        Ok(Rectification { found: moved, affected: moved, hold: None })
+        let (found, affected) = self.rows.rectify(person, mine, corrections).await?;
+        Ok(Rectification { found, affected, hold: None })
     }
 
-    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
-        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    async fn verify_rectified(&self, person: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.rows.rectified(person, keys, c).await
     }
 
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
-        Ok(tenants(&self.db, &self.table, after, limit).await?)
+        Ok(tenants(&self.rows.db, &self.rows.table, after, limit).await?)
     }
 
     async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+        Ok(self.expired(expiry).count(&self.rows.db, &self.rows.table).await?)
     }
 
     async fn list_expired(
@@ -159,63 +174,71 @@ impl StoreAdapter for RecordingsStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let [a, e, p] = identifier_columns(&self.table, &self.keys);
-        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+        let t = &self.rows.table;
+        let account = format!(
+            "(SELECT c.account_id FROM {c} c WHERE c.tenant_id = {t}.tenant_id AND c.id = {t}.call_id)",
+            c = self.call_logs
+        );
+        let phone = format!("{t}.caller_phone");
+        Ok(self.expired(expiry).list(&self.rows.db, t, [&account, "NULL", &phone], after, limit).await?)
     }
 
     async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let sql = format!(
-            "SELECT id, object_key FROM {} WHERE tenant_id = $1 AND id IN ({})",
-            self.table,
-            super::sql::params(2, keys.len())
-        );
-        let q = keys.iter().fold(sqlx::query_as(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
-        let rows: Vec<(String, String)> = q.fetch_all(self.db.pool()).await?;
+        let rows = self.rows_by_key(tenant, keys).await?;
         self.erase_rows(tenant, &rows).await
     }
 
     async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
         let e = self.expired(expiry);
-        let sql = format!("SELECT id, object_key FROM {} WHERE {} LIMIT {limit}", self.table, e.sql);
-        let rows: Vec<(String, String)> = e.query_as(&sql).fetch_all(self.db.pool()).await?;
-        self.erase_rows(expiry.tenant, &rows).await
+        let sql = format!("SELECT id FROM {} WHERE {} LIMIT {limit}", self.rows.table, e.sql);
+        let keys: Vec<String> = e
+            .query_as::<(String,)>(&sql)
+            .fetch_all(self.rows.db.pool())
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        self.erase_records(expiry.tenant, &keys).await
     }
 
     /// Lists each recording's audio object (read later through `read_file`), with its index row
     /// as the file's record.
-    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(0);
-        };
-        let sql = format!(
-            "SELECT id, call_id, object_key, bytes, created_at FROM {} WHERE {} ORDER BY call_id, id",
-            self.table, p.sql
-        );
-        let mut rows = p.query(&sql).fetch(self.db.pool());
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
         let mut n = 0;
-        while let Some(row) = rows.try_next().await? {
-            let key: String = row.try_get("object_key")?;
-            let call_id: String = row.try_get("call_id")?;
-            let mut record = row_json(&row)?;
-            // Where the audio lives is the platform's business, not part of the subject's data.
-            record.remove("object_key");
-            sink.file(ExportFile {
-                name: format!("{call_id}.{}", extension(&key)),
-                bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
-                key,
-                record,
-            })
-            .await?;
-            n += 1;
+        let mut keys = keys.to_vec();
+        keys.sort();
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT id, call_id, object_key, bytes, created_at FROM {} WHERE tenant_id = $1 AND id IN ({}) ORDER BY call_id, id",
+                self.rows.table,
+                super::sql::params(2, chunk.len())
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
+            let mut rows = q.fetch(self.rows.db.pool());
+            while let Some(row) = rows.try_next().await? {
+                let key: String = row.try_get("object_key")?;
+                let call_id: String = row.try_get("call_id")?;
+                let mut record = row_json(&row)?;
+                // Where the audio lives is the platform's business, not part of the subject's data.
+                record.remove("object_key");
+                sink.file(ExportFile {
+                    name: format!("{call_id}.{}", extension(&key)),
+                    bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
+                    key,
+                    record,
+                })
+                .await?;
+                n += 1;
+            }
         }
         Ok(n)
     }
 
     async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
-        let found = self.objects.get(&Path::from(key)).await?;
+        let found = self.objects.get(&object_path(key)?).await?;
         Ok(found.into_stream().map_err(StoreError::from).boxed())
     }
 }

@@ -72,9 +72,45 @@ pub async fn ensure_schema(db: &Db, t: &Tables) -> sqlx::Result<()> {
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_phone ON {0} (tenant_id, caller_phone)", t.billing),
         format!("CREATE INDEX IF NOT EXISTS {0}_tenant_created ON {0} (tenant_id, created_at)", t.billing),
     ];
+    // The compared forms of identifiers (`resolve::normalize`): a person's email or phone, however
+    // it was written, is one index lookup.
+    let email = |c| crate::resolve::normalize::email_key(db.backend(), c);
+    let phone = crate::resolve::normalize::phone_digits;
+    let statements = statements.into_iter().chain([
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_email_key ON {0} (tenant_id, ({1}))",
+            t.accounts,
+            email("email")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_phone_digits ON {0} (tenant_id, ({1}))",
+            t.accounts,
+            phone("phone")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_phone_digits ON {0} (tenant_id, ({1}))",
+            t.call_logs,
+            phone("caller_phone")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_phone_digits ON {0} (tenant_id, ({1}))",
+            t.transcripts,
+            phone("caller_phone")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_phone_digits ON {0} (tenant_id, ({1}))",
+            t.recordings,
+            phone("caller_phone")
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {0}_tenant_phone_digits ON {0} (tenant_id, ({1}))",
+            t.billing,
+            phone("caller_phone")
+        ),
+    ]);
     let mut tx = db.begin_write().await?;
-    for s in &statements {
-        sqlx::query(s).execute(&mut *tx).await?;
+    for s in statements {
+        sqlx::query(&s).execute(&mut *tx).await?;
     }
     tx.commit().await
 }

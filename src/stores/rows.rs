@@ -4,46 +4,50 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    export_rows,
     reference::Tables,
-    sql::{
-        delete_keys, identifier_columns, move_phone, phone_move, phone_moved, tenants, Expired, Ident, Key,
-        Predicate,
-    },
-    Erasure, ExpiredRecord, Expiry, ExportSink, Holdings, Rectification, StoreAdapter, StoreResult,
+    sql::{delete_keys, tenants, Expired},
+    table::SubjectTable,
+    CandidateRow, Erasure, ExpiredRecord, Expiry, ExportSink, Probe, Rectification, StoreAdapter,
+    StoreResult,
 };
 use crate::{
     clock::to_millis,
     db::Db,
-    domain::{Corrections, Subject},
+    domain::Corrections,
+    resolve::{IdentKind, Person},
 };
 
 pub struct RowStore {
     name: &'static str,
     stage: u8,
-    db: Db,
-    table: String,
-    keys: Vec<Key>,
-    /// What a row weighs in a preview (`LENGTH(text)` for transcripts).
-    bytes_expr: Option<&'static str>,
+    rows: SubjectTable,
+    /// The store this one's `link` column points into.
+    links_to: Option<&'static str>,
+    /// The account id of an expired row, as a SQL expression (for the sweep's holds).
+    account_expr: String,
     /// The time a row's retention runs from.
     aged_by: &'static str,
 }
 
 impl RowStore {
-    /// Call logs go last (stage 1): they link an account to its calls' transcripts and
-    /// recordings, which must be found through them first.
+    /// Call logs go last (stage 1): a deletion that fails in an earlier store leaves the
+    /// person's calls, the records everything else hangs from, for the retry.
     pub fn call_logs(db: Db, t: &Tables) -> Self {
         Self {
             name: "call_logs",
             stage: 1,
-            db,
-            table: t.call_logs.clone(),
-            keys: vec![
-                Key::Column("account_id", Ident::AccountId),
-                Key::Column("caller_phone", Ident::Phone),
-            ],
-            bytes_expr: None,
+            rows: SubjectTable {
+                db,
+                table: t.call_logs.clone(),
+                key: "id",
+                identifiers: vec![("account_id", IdentKind::AccountId), ("caller_phone", IdentKind::Phone)],
+                link: None,
+                bytes: None,
+                object: None,
+                cleared: None,
+            },
+            links_to: None,
+            account_expr: format!("{}.account_id", t.call_logs),
             aged_by: "started_at",
         }
     }
@@ -52,13 +56,22 @@ impl RowStore {
         Self {
             name: "transcripts",
             stage: 0,
-            db,
-            table: t.transcripts.clone(),
-            keys: vec![
-                Key::Column("caller_phone", Ident::Phone),
-                Key::ViaCallLogs { column: "call_id", call_logs_table: t.call_logs.clone() },
-            ],
-            bytes_expr: Some("LENGTH(text)"),
+            rows: SubjectTable {
+                db,
+                table: t.transcripts.clone(),
+                key: "id",
+                identifiers: vec![("caller_phone", IdentKind::Phone)],
+                link: Some("call_id"),
+                bytes: Some("LENGTH(text)"),
+                object: None,
+                cleared: None,
+            },
+            links_to: Some("call_logs"),
+            account_expr: format!(
+                "(SELECT c.account_id FROM {c} c WHERE c.tenant_id = {t}.tenant_id AND c.id = {t}.call_id)",
+                c = t.call_logs,
+                t = t.transcripts
+            ),
             aged_by: "created_at",
         }
     }
@@ -67,6 +80,10 @@ impl RowStore {
 impl RowStore {
     fn expired(&self, e: &Expiry<'_>) -> Expired {
         Expired::new(e.tenant, &format!("{} < $2", self.aged_by), vec![to_millis(e.cutoff)])
+    }
+
+    fn phone_expr(&self) -> String {
+        format!("{}.caller_phone", self.rows.table)
     }
 }
 
@@ -80,29 +97,16 @@ impl StoreAdapter for RowStore {
         self.stage
     }
 
-    fn applies_to(&self, subject: &Subject) -> bool {
-        Predicate::applies(subject, &self.keys)
+    fn links_to(&self) -> Option<&'static str> {
+        self.links_to
     }
 
-    async fn preview(&self, subject: &Subject) -> StoreResult<Holdings> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Holdings::default());
-        };
-        let (records, bytes) = p.count(&self.db, &self.table, self.bytes_expr, "").await?;
-        Ok(Holdings { records, bytes, under_legal_hold: false })
+    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.rows.candidates(probe).await
     }
 
-    async fn erase(&self, subject: &Subject, _now: DateTime<Utc>) -> StoreResult<Erasure> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(Erasure::Erased { found: 0, affected: 0 });
-        };
-        let sql = format!("DELETE FROM {} WHERE {}", self.table, p.sql);
-        let affected = p.query(&sql).execute(self.db.pool()).await?.rows_affected();
-        Ok(Erasure::Erased { found: affected, affected })
-    }
-
-    async fn verify_erased(&self, subject: &Subject) -> StoreResult<bool> {
-        Ok(self.preview(subject).await?.records == 0)
+    async fn erase(&self, tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
+        Ok(Erasure::Erased { affected: self.rows.delete(tenant, keys).await? })
     }
 
     /// Call logs and transcripts hold the caller's phone, nothing else a correction touches.
@@ -112,27 +116,25 @@ impl StoreAdapter for RowStore {
 
     async fn rectify(
         &self,
-        subject: &Subject,
+        person: &Person,
+        mine: &[CandidateRow],
         corrections: &Corrections,
         _now: DateTime<Utc>,
     ) -> StoreResult<Rectification> {
-        let Some((old, new)) = phone_move(subject, corrections) else {
-            return Ok(Rectification { found: 0, affected: 0, hold: None });
-        };
-        let moved = move_phone(self.db.pool(), &self.table, subject.tenant.as_str(), old, new).await?;
-        Ok(Rectification { found: moved, affected: moved, hold: None })
+        let (found, affected) = self.rows.rectify(person, mine, corrections).await?;
+        Ok(Rectification { found, affected, hold: None })
     }
 
-    async fn verify_rectified(&self, subject: &Subject, corrections: &Corrections) -> StoreResult<bool> {
-        Ok(phone_moved(&self.db, &self.table, subject, corrections).await?)
+    async fn verify_rectified(&self, person: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.rows.rectified(person, keys, c).await
     }
 
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
-        Ok(tenants(&self.db, &self.table, after, limit).await?)
+        Ok(tenants(&self.rows.db, &self.rows.table, after, limit).await?)
     }
 
     async fn count_expired(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        Ok(self.expired(expiry).count(&self.db, &self.table).await?)
+        Ok(self.expired(expiry).count(&self.rows.db, &self.rows.table).await?)
     }
 
     async fn list_expired(
@@ -141,22 +143,20 @@ impl StoreAdapter for RowStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let [a, e, p] = identifier_columns(&self.table, &self.keys);
-        Ok(self.expired(expiry).list(&self.db, &self.table, [&a, &e, &p], after, limit).await?)
+        let phone = self.phone_expr();
+        let cols = [self.account_expr.as_str(), "NULL", phone.as_str()];
+        Ok(self.expired(expiry).list(&self.rows.db, &self.rows.table, cols, after, limit).await?)
     }
 
     async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
-        Ok(delete_keys(self.db.pool(), &self.table, tenant, keys).await?)
+        Ok(delete_keys(self.rows.db.pool(), &self.rows.table, tenant, keys).await?)
     }
 
     async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
-        Ok(self.expired(expiry).delete_batch(&self.db, &self.table, limit).await?)
+        Ok(self.expired(expiry).delete_batch(&self.rows.db, &self.rows.table, limit).await?)
     }
 
-    async fn export(&self, subject: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        let Some(p) = Predicate::for_subject(subject, &self.keys) else {
-            return Ok(0);
-        };
-        export_rows(&self.db, &self.table, &p, "", sink).await
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.rows.export(tenant, keys, "", sink).await
     }
 }

@@ -52,7 +52,7 @@ impl TestApp {
 }
 
 /// The archive's files: path → bytes (checking every entry's CRC on the way).
-fn unzip(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn unzip(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
     use std::io::Read;
     let zip = rawzip::ZipArchive::from_slice(archive).expect("a ZIP archive");
     let mut entries = zip.entries();
@@ -72,7 +72,10 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-fn records(files: &BTreeMap<String, Vec<u8>>, name: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn records(
+    files: &BTreeMap<String, Vec<u8>>,
+    name: &str,
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
     serde_json::from_slice(&files[name]).unwrap_or_else(|e| panic!("{name} is a JSON array of objects: {e}"))
 }
 

@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
-    domain::{Corrections, Subject},
+    domain::Corrections,
+    resolve::Person,
     startup::Overrides,
     stores::{
-        ByteStream, CorrectionConflict, Erasure, ExportSink, Holdings, Rectification, StoreAdapter,
-        StoreError, StoreResult,
+        ByteStream, CandidateRow, Erasure, ExportSink, Probe, Rectification, StoreAdapter, StoreError,
+        StoreResult,
     },
 };
 use tonic::Code;
@@ -38,13 +39,37 @@ impl StoreAdapter for FlakyStore {
     fn stage(&self) -> u8 {
         self.inner.stage()
     }
-    fn applies_to(&self, s: &Subject) -> bool {
-        self.inner.applies_to(s)
+    fn is_identity(&self) -> bool {
+        self.inner.is_identity()
     }
-    async fn preview(&self, s: &Subject) -> StoreResult<Holdings> {
-        self.inner.preview(s).await
+    fn links_to(&self) -> Option<&'static str> {
+        self.inner.links_to()
     }
-    async fn erase(&self, s: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
+    fn keeps_under_legal_obligation(&self) -> bool {
+        self.inner.keeps_under_legal_obligation()
+    }
+    async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.inner.candidates(p).await
+    }
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        self.inner.objects_present(objects).await
+    }
+    fn holds_any_of(&self, c: &Corrections) -> bool {
+        self.inner.holds_any_of(c)
+    }
+    async fn rectify(
+        &self,
+        p: &Person,
+        mine: &[CandidateRow],
+        c: &Corrections,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        self.inner.rectify(p, mine, c, now).await
+    }
+    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(p, keys, c).await
+    }
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         self.gate.acquire().await.expect("gate").forget();
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
@@ -53,35 +78,16 @@ impl StoreAdapter for FlakyStore {
         if self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(StoreError::Transient("timeout (injected)".into()));
         }
-        self.inner.erase(s, now).await
-    }
-    async fn verify_erased(&self, s: &Subject) -> StoreResult<bool> {
-        self.inner.verify_erased(s).await
-    }
-    fn holds_any_of(&self, c: &Corrections) -> bool {
-        self.inner.holds_any_of(c)
-    }
-    async fn correction_conflict(
-        &self,
-        s: &Subject,
-        c: &Corrections,
-    ) -> StoreResult<Option<CorrectionConflict>> {
-        self.inner.correction_conflict(s, c).await
-    }
-    async fn rectify(&self, s: &Subject, c: &Corrections, now: DateTime<Utc>) -> StoreResult<Rectification> {
-        self.inner.rectify(s, c, now).await
-    }
-    async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(s, c).await
+        self.inner.erase(tenant, keys, now).await
     }
     /// Fails like `erase` does: an export is a store task like any other.
-    async fn export(&self, s: &Subject, sink: &mut dyn ExportSink) -> StoreResult<u64> {
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
         self.gate.acquire().await.expect("gate").forget();
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Transient("connection refused (injected)".into()));
         }
-        self.inner.export(s, sink).await
+        self.inner.export(tenant, keys, sink).await
     }
     async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
         self.inner.read_file(key).await
@@ -228,3 +234,59 @@ async fn watching_sends_the_state_then_each_change_and_ends_after_the_terminal_o
     app.shutdown().await;
 }
 both!(watching_sends_the_state_then_each_change_and_ends_after_the_terminal_one);
+
+/// Transcripts are down while a deletion runs: the request ends FAILED with call logs (the later
+/// stage) still PENDING — they were never erased, so nothing the transcripts hang from is gone.
+/// After RetryRequest the transcripts, which carry no phone (found by their call only), are
+/// erased, then the call logs; every count is the seed's, read back from the tables.
+async fn a_failed_store_holds_back_the_later_stage_until_a_retry_erases_everything(backend: Backend) {
+    let (fault, overrides) = flaky("transcripts", 0, true);
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 2, 3).await;
+    sqlx::query("UPDATE transcripts SET caller_phone = NULL WHERE tenant_id = 'acme'")
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    let rows = |table: &'static str, account: String| {
+        let db = app.db.clone();
+        async move {
+            let sql = format!(
+                "SELECT COUNT(*) FROM {table} WHERE tenant_id = 'acme' AND call_id IN \
+                 (SELECT id FROM call_logs WHERE account_id = $1)"
+            );
+            let n: i64 = sqlx::query_scalar(&sql).bind(account).fetch_one(db.pool()).await.unwrap();
+            n
+        }
+    };
+    let r = app.delete(by_email("acme", &s[0].email)).await;
+    let failed = app.wait_terminal(&r.id).await;
+    assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
+    assert_eq!(outcome(&failed, "transcripts").state, OutcomeState::Failed as i32);
+    let calls = outcome(&failed, "call_logs");
+    assert_eq!((calls.state, calls.attempts), (OutcomeState::Pending as i32, 0), "the later stage never ran");
+    assert_eq!(
+        rows("transcripts", s[0].account_id.clone()).await,
+        3,
+        "transcripts still linked to their calls"
+    );
+
+    fault.down.store(false, Ordering::SeqCst);
+    let mut c = app.client.clone();
+    c.retry_request(pb::RetryRequestRequest { id: r.id.clone() }).await.unwrap();
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    for store in ["transcripts", "call_logs"] {
+        let o = outcome(&done, store);
+        assert_eq!((o.state, o.records_found, o.verified), (OutcomeState::Done as i32, 3, true), "{store}");
+    }
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM transcripts WHERE tenant_id = 'acme' AND call_id LIKE $1")
+            .bind(format!("acme-call-{:06}-%", 0))
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "the subject's transcripts are gone, read directly");
+    assert_eq!(rows("transcripts", s[1].account_id.clone()).await, 3, "the neighbour's stay");
+    app.shutdown().await;
+}
+both!(a_failed_store_holds_back_the_later_stage_until_a_retry_erases_everything);

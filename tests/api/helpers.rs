@@ -221,6 +221,10 @@ pub fn by_phone(tenant: &str, phone: &str) -> pb::Subject {
     pb::Subject { tenant_id: tenant.into(), phone: phone.into(), ..Default::default() }
 }
 
+pub fn by_account(tenant: &str, account_id: &str) -> pb::Subject {
+    pb::Subject { tenant_id: tenant.into(), account_id: account_id.into(), ..Default::default() }
+}
+
 pub fn by_email(tenant: &str, email: &str) -> pb::Subject {
     pb::Subject { tenant_id: tenant.into(), email: email.into(), ..Default::default() }
 }

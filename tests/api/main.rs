@@ -8,6 +8,7 @@ mod helpers;
 
 mod audit;
 mod deletion;
+mod exactness;
 mod export;
 mod faults;
 mod idempotency;

@@ -14,13 +14,14 @@ use dsr::{
     api::pb::{self, holds_client::HoldsClient, OutcomeState, RequestStatus},
     clock::{to_millis, ManualClock, SharedClock},
     db::Db,
-    domain::{Corrections, Subject},
+    domain::Corrections,
     ledger::Ledger,
+    resolve::Person,
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
     stores::{
-        open_object_store, CorrectionConflict, Erasure, ExpiredRecord, Expiry, Holdings, Rectification,
-        StoreAdapter, StoreError, StoreResult,
+        open_object_store, CandidateRow, Erasure, ExpiredRecord, Expiry, Rectification, StoreAdapter,
+        StoreError, StoreResult,
     },
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
@@ -240,39 +241,46 @@ impl StoreAdapter for Probed {
     fn stage(&self) -> u8 {
         self.inner.stage()
     }
-    fn applies_to(&self, s: &Subject) -> bool {
-        self.inner.applies_to(s)
+    fn is_identity(&self) -> bool {
+        self.inner.is_identity()
     }
-    async fn resolve(&self, s: Subject) -> StoreResult<Subject> {
-        self.inner.resolve(s).await
+    fn links_to(&self) -> Option<&'static str> {
+        self.inner.links_to()
     }
-    async fn preview(&self, s: &Subject) -> StoreResult<Holdings> {
-        self.inner.preview(s).await
+    fn keeps_under_legal_obligation(&self) -> bool {
+        self.inner.keeps_under_legal_obligation()
     }
-    async fn erase(&self, s: &Subject, now: DateTime<Utc>) -> StoreResult<Erasure> {
-        self.inner.erase(s, now).await
+    async fn candidates(&self, p: &dsr::stores::Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.inner.candidates(p).await
     }
-    async fn verify_erased(&self, s: &Subject) -> StoreResult<bool> {
-        self.inner.verify_erased(s).await
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        self.inner.objects_present(objects).await
     }
     fn holds_any_of(&self, c: &Corrections) -> bool {
         self.inner.holds_any_of(c)
     }
-    async fn correction_conflict(
+    async fn rectify(
         &self,
-        s: &Subject,
+        p: &Person,
+        mine: &[CandidateRow],
         c: &Corrections,
-    ) -> StoreResult<Option<CorrectionConflict>> {
-        self.inner.correction_conflict(s, c).await
+        now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        self.inner.rectify(p, mine, c, now).await
     }
-    async fn rectify(&self, s: &Subject, c: &Corrections, now: DateTime<Utc>) -> StoreResult<Rectification> {
-        self.inner.rectify(s, c, now).await
+    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(p, keys, c).await
     }
-    async fn verify_rectified(&self, s: &Subject, c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(s, c).await
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.inner.erase(tenant, keys, now).await
     }
-    async fn export(&self, s: &Subject, sink: &mut dyn dsr::stores::ExportSink) -> StoreResult<u64> {
-        self.inner.export(s, sink).await
+    async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        sink: &mut dyn dsr::stores::ExportSink,
+    ) -> StoreResult<u64> {
+        self.inner.export(tenant, keys, sink).await
     }
     async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
         self.inner.read_file(key).await
@@ -302,9 +310,6 @@ impl StoreAdapter for Probed {
         let erased = self.inner.erase_expired(e, limit).await?;
         self.probe.calls.lock().unwrap().push((self.inner.name(), limit, erased));
         Ok(erased)
-    }
-    async fn retained_records(&self, s: &Subject) -> StoreResult<Vec<String>> {
-        self.inner.retained_records(s).await
     }
 }
 
@@ -918,7 +923,7 @@ async fn a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_t
     }
     assert_eq!(outcome(&done, "billing").state, OutcomeState::Retained as i32);
     assert!(outcome(&done, "billing").retention_basis.starts_with("legal_obligation"));
-    for s in app.preview(by_phone("acme", &target.phone)).await {
+    for s in app.preview(by_account("acme", &target.account_id)).await {
         let left = if s.store == "billing" { target.counts["billing"] } else { 0 };
         assert_eq!(s.records, left, "{}", s.store);
     }

@@ -37,8 +37,21 @@ async fn bad_submissions_are_refused_naming_the_field_and_write_nothing(backend:
             "subject.phone",
         ),
         (
-            "phone with spaces",
-            SubmitDeletionRequest { subject: subject("acme", "", "", "+1 415 555 0100"), ..base.clone() },
+            "phone in a national format",
+            SubmitDeletionRequest { subject: subject("acme", "", "", "(415) 555-0100"), ..base.clone() },
+            "subject.phone",
+        ),
+        (
+            "phone too short",
+            SubmitDeletionRequest { subject: subject("acme", "", "", "+1 415"), ..base.clone() },
+            "subject.phone",
+        ),
+        (
+            "phone with an extra group",
+            SubmitDeletionRequest {
+                subject: subject("acme", "", "", "+1 415 555 0100 000 000"),
+                ..base.clone()
+            },
             "subject.phone",
         ),
         (

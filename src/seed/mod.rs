@@ -8,6 +8,10 @@ use futures::{stream, StreamExt, TryStreamExt};
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
+mod messy;
+
+pub use messy::{seed_messy, MessyFixture, MessyPerson};
+
 use crate::{clock::to_millis, db::Db, domain::TenantId, stores::reference::Tables};
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,129 @@
+//! Identifiers as people write them: emails compared case-insensitively without surrounding
+//! whitespace, phones by their E.164 meaning (national formats read with the tenant's region).
+//! The SQL side of the same rules (`email_key`, `phone_digits`) lets a lookup stay one index
+//! scan; every row it finds is confirmed here, in Rust, before it counts.
+use std::str::FromStr;
+
+use phonenumber::{country, Mode};
+
+use crate::db::Backend;
+
+/// A region for national phone formats (ISO 3166 alpha-2, `US`, `GB`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region(country::Id);
+
+impl Region {
+    pub fn parse(s: &str) -> Option<Self> {
+        country::Id::from_str(&s.to_ascii_uppercase()).ok().map(Self)
+    }
+
+    pub fn code(&self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+
+impl Default for Region {
+    fn default() -> Self {
+        Self(country::Id::US)
+    }
+}
+
+/// A stored email as compared: trimmed, lower case. `None` when nothing is left.
+pub fn email(stored: &str) -> Option<String> {
+    let t = stored.trim();
+    (!t.is_empty()).then(|| t.to_lowercase())
+}
+
+/// A stored phone as compared: its E.164 form, reading national formats in `region`. `None`
+/// when the library cannot read it as a phone number.
+pub fn phone(stored: &str, region: Region) -> Option<String> {
+    let t = stored.trim();
+    if t.is_empty() {
+        return None;
+    }
+    let n = phonenumber::parse(Some(region.0), t).ok()?;
+    let e164 = n.format().mode(Mode::E164).to_string();
+    let digits = e164.strip_prefix('+')?;
+    ((7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(e164)
+}
+
+/// The digit strings a stored phone of this E.164 meaning may leave once its separators are
+/// removed (`phone_digits`): with the country code, national, with the national prefix, and
+/// dialled with an international prefix. A lookup by these finds every candidate; `phone`
+/// then keeps only those that really mean this number.
+pub fn phone_digit_forms(e164: &str) -> Vec<String> {
+    let Ok(n) = phonenumber::parse(None, e164) else {
+        return vec![e164.trim_start_matches('+').to_owned()];
+    };
+    let cc = n.code().value().to_string();
+    let national = n.national().to_string();
+    let full = format!("{cc}{national}");
+    let mut forms = vec![full.clone(), national.clone(), format!("0{national}"), format!("00{full}")];
+    forms.push(format!("011{full}"));
+    if let Some(prefix) = n.metadata(&phonenumber::metadata::DATABASE).and_then(|m| m.national_prefix()) {
+        forms.push(format!("{prefix}{national}"));
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// SQL: the compared form of an email column (same expression in lookups and in the index
+/// that serves them).
+pub fn email_key(backend: Backend, column: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("lower(btrim({column}, E' \\t\\r\\n'))"),
+        Backend::Sqlite => format!("lower(trim({column}, ' ' || char(9) || char(13) || char(10)))"),
+    }
+}
+
+/// SQL: a phone column with the usual separators removed (spaces, `-`, `(`, `)`, `.`, `+`, `/`).
+/// Plain `replace` calls, so the same expression indexes on Postgres and SQLite.
+pub fn phone_digits(column: &str) -> String {
+    let mut e = column.to_owned();
+    for sep in [" ", "-", "(", ")", ".", "+", "/"] {
+        e = format!("replace({e}, '{sep}', '')");
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_compare_without_case_or_padding() {
+        assert_eq!(email(" Subject1@Example.COM \n").as_deref(), Some("subject1@example.com"));
+        assert_eq!(email("  \t"), None);
+    }
+
+    #[test]
+    fn phones_compare_by_their_meaning() {
+        let us = Region::default();
+        for stored in ["+15550000003", "(555) 000-0003", "+1 555-000-0003", "15550000003", "555.000.0003"] {
+            assert_eq!(phone(stored, us).as_deref(), Some("+15550000003"), "{stored}");
+        }
+        let gb = Region::parse("gb").unwrap();
+        assert_eq!(phone("07700 900123", gb).as_deref(), Some("+447700900123"));
+        assert_ne!(phone("07700 900123", us).as_deref(), Some("+447700900123"));
+        assert_eq!(phone("not a phone", us), None);
+        assert_eq!(phone("", us), None);
+    }
+
+    #[test]
+    fn digit_forms_cover_the_usual_ways_of_writing_a_number() {
+        let forms = phone_digit_forms("+15550000003");
+        for f in ["15550000003", "5550000003", "01115550000003"] {
+            assert!(forms.contains(&f.to_owned()), "{f} in {forms:?}");
+        }
+        let uk = phone_digit_forms("+447700900123");
+        assert!(uk.contains(&"07700900123".to_owned()), "{uk:?}");
+    }
+
+    #[test]
+    fn regions_parse_from_their_codes() {
+        assert_eq!(Region::parse("US"), Some(Region::default()));
+        assert_eq!(Region::parse("de").unwrap().code(), "DE");
+        assert_eq!(Region::parse("XX"), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! The look-ups behind a resolution: who the identifiers name (the identity store, where an
+//! account's key is its id), then what every store holds of that person, links followed; and the
+//! independent check after an erase.
+use std::collections::BTreeSet;
+
+use super::{
+    attribute, names_person, Attribution, CandidateRow, IdentKind, Person, Region, Resolution, StoreScan,
+};
+use crate::{
+    domain::Subject,
+    stores::{Probe, StoreAdapter, StoreError, StoreRegistry, StoreResult},
+};
+
+/// Why a subject cannot be resolved to exactly one person: the field and the reason, never
+/// the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{}: {}", .0.field, .0.reason)]
+    Refused(Refusal),
+    #[error("{0}: {1}")]
+    Store(String, StoreError),
+}
+
+fn refuse(field: &'static str, reason: impl Into<String>) -> ResolveError {
+    ResolveError::Refused(Refusal { field, reason: reason.into() })
+}
+
+fn store_err(adapter: &dyn StoreAdapter) -> impl FnOnce(StoreError) -> ResolveError + '_ {
+    move |e| ResolveError::Store(adapter.name().to_owned(), e)
+}
+
+/// Resolves `subject` within its tenant (`region` reads national phone formats): refuses
+/// identifiers that name different people or one identifier that names several accounts, then
+/// records what every store holds of the one person left.
+pub async fn resolve(
+    stores: &StoreRegistry,
+    subject: &Subject,
+    region: Region,
+) -> Result<Resolution, ResolveError> {
+    let tenant = subject.tenant.as_str();
+    let mut person = Person::new(tenant, &region.code());
+    let given: Vec<(&'static str, IdentKind, String)> = [
+        subject
+            .account_id
+            .as_ref()
+            .map(|a| ("subject.account_id", IdentKind::AccountId, a.as_str().to_owned())),
+        subject.email.as_ref().map(|e| ("subject.email", IdentKind::Email, e.as_str().to_owned())),
+        subject.phone.as_ref().map(|p| ("subject.phone", IdentKind::Phone, p.as_str().to_owned())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let mut account: Option<CandidateRow> = None;
+    if let Some(identity) = stores.identity() {
+        let mut named: Vec<(&'static str, Vec<CandidateRow>)> = Vec::new();
+        for (field, kind, value) in &given {
+            let accounts = accounts_named(identity.as_ref(), &person, *kind, value).await?;
+            if accounts.len() > 1 {
+                let what = match kind {
+                    IdentKind::Email => "a duplicate email",
+                    IdentKind::Phone => "a shared phone",
+                    IdentKind::AccountId => "a duplicate id",
+                };
+                return Err(refuse(
+                    field,
+                    format!(
+                        "matches {} accounts of the tenant ({what}); name the person by account_id. Nothing was written",
+                        accounts.len()
+                    ),
+                ));
+            }
+            named.push((field, accounts));
+        }
+        let ids: BTreeSet<&str> = named.iter().flat_map(|(_, a)| a.iter().map(|r| r.key.as_str())).collect();
+        // An identifier that names no account beside one that names an account names another
+        // person (an anonymous caller is a subject of their own), or an outdated one: either
+        // way, not one person for certain.
+        let unmatched = named.iter().any(|(_, a)| a.is_empty());
+        if ids.len() > 1 || (unmatched && !ids.is_empty()) {
+            let fields: Vec<&str> = named.iter().map(|(f, _)| *f).collect();
+            return Err(refuse(
+                "subject",
+                format!(
+                    "the identifiers name different people ({} do not belong to one account); submit one request per person. Nothing was written",
+                    fields.join(", ")
+                ),
+            ));
+        }
+        account = named.into_iter().flat_map(|(_, a)| a).next();
+    }
+
+    // The person: their account's identifiers as stored, and what the caller gave.
+    if let Some(row) = &account {
+        person.account_id = Some(row.key.clone());
+        for (kind, value) in &row.identifiers {
+            let Some(value) = value.as_deref() else { continue };
+            match kind {
+                IdentKind::Email => person.emails.extend(super::normalize::email(value)),
+                IdentKind::Phone => person.phones.extend(super::normalize::phone(value, region)),
+                IdentKind::AccountId => {}
+            }
+        }
+    }
+    for (_, kind, value) in &given {
+        match kind {
+            IdentKind::AccountId => {
+                person.account_id.get_or_insert_with(|| value.clone());
+            }
+            IdentKind::Email => {
+                person.emails.insert(value.clone());
+            }
+            IdentKind::Phone => {
+                person.phones.insert(value.clone());
+            }
+        }
+    }
+
+    // Which of their identifiers another account also holds.
+    if let Some(identity) = stores.identity() {
+        for (kind, value) in person.identifiers() {
+            if kind == IdentKind::AccountId {
+                continue;
+            }
+            let holders = accounts_named(identity.as_ref(), &person, kind, &value).await?;
+            if holders.iter().any(|r| Some(&r.key) != person.account_id.as_ref()) {
+                match kind {
+                    IdentKind::Email => person.shared_emails.insert(value),
+                    _ => person.shared_phones.insert(value),
+                };
+            }
+        }
+    }
+
+    // Every store, link targets first; a linked record whose target the identifiers did not
+    // find is looked up by key in the target store, so it follows its owner.
+    let mut resolution = Resolution { person, stores: Default::default() };
+    for adapter in stores.in_link_order() {
+        let rows =
+            candidates(adapter.as_ref(), &resolution, &[]).await.map_err(store_err(adapter.as_ref()))?;
+        if let Some(target) = adapter.links_to().and_then(|t| stores.get(t)) {
+            let known = resolution.stores.get(target.name()).cloned().unwrap_or_default();
+            let unknown: BTreeSet<String> = rows
+                .iter()
+                .filter_map(|r| r.link.clone())
+                .filter(|l| known.attribution_of(l).is_none())
+                .collect();
+            if !unknown.is_empty() {
+                let probe = Probe { tenant, keys: unknown.into_iter().collect(), ..Default::default() };
+                let targets = target.candidates(&probe).await.map_err(store_err(target.as_ref()))?;
+                let scan = resolution.stores.entry(target.name().to_owned()).or_default();
+                for t in &targets {
+                    scan.add(t, attribute(&resolution.person, t, None));
+                }
+            }
+        }
+        let scan = classify(adapter.as_ref(), &resolution, &rows);
+        resolution.stores.insert(adapter.name().to_owned(), scan);
+    }
+    Ok(resolution)
+}
+
+/// The live accounts (rows of the identity store) whose `kind` column means `value`.
+async fn accounts_named(
+    identity: &dyn StoreAdapter,
+    person: &Person,
+    kind: IdentKind,
+    value: &str,
+) -> Result<Vec<CandidateRow>, ResolveError> {
+    let mut probe = Probe { tenant: &person.tenant, ..Default::default() };
+    let mut alone = Person::new(&person.tenant, &person.region);
+    match kind {
+        IdentKind::AccountId => {
+            probe.account_ids.push(value.to_owned());
+            alone.account_id = Some(value.to_owned());
+        }
+        IdentKind::Email => {
+            probe.emails.push(value.to_owned());
+            alone.emails.insert(value.to_owned());
+        }
+        IdentKind::Phone => {
+            probe.phones.push(value.to_owned());
+            alone.phones.insert(value.to_owned());
+        }
+    }
+    let rows = identity.candidates(&probe).await.map_err(store_err(identity))?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| {
+            r.identifiers
+                .iter()
+                .any(|(k, v)| *k == kind && v.as_deref().is_some_and(|v| names_person(&alone, kind, v)))
+        })
+        .collect())
+}
+
+/// Every row of the store that may be the person's: by each identifier, by link to their
+/// records in the store it links to, by the keys the resolution recorded, and by `also`.
+async fn candidates(
+    adapter: &dyn StoreAdapter,
+    res: &Resolution,
+    also: &[String],
+) -> StoreResult<Vec<CandidateRow>> {
+    let p = &res.person;
+    let mut keys: Vec<String> =
+        res.store(adapter.name()).map(|s| s.mine.iter().cloned().collect()).unwrap_or_default();
+    keys.extend(also.iter().cloned());
+    let probe = Probe {
+        tenant: &p.tenant,
+        account_ids: p.account_id.iter().cloned().collect(),
+        emails: p.emails.iter().cloned().collect(),
+        phones: p.phones.iter().cloned().collect(),
+        links: adapter
+            .links_to()
+            .and_then(|t| res.store(t))
+            .map(|s| s.mine.iter().cloned().collect())
+            .unwrap_or_default(),
+        keys,
+    };
+    adapter.candidates(&probe).await
+}
+
+fn classify(adapter: &dyn StoreAdapter, res: &Resolution, rows: &[CandidateRow]) -> StoreScan {
+    let link_scan = adapter.links_to().and_then(|t| res.store(t));
+    let mut scan = StoreScan::default();
+    for row in rows {
+        let linked = row.link.as_deref().and_then(|l| link_scan.and_then(|s| s.attribution_of(l)));
+        scan.add(row, attribute(&res.person, row, linked));
+    }
+    scan
+}
+
+/// What the store holds of the person now, by the resolution: the rows an erase acts on.
+pub async fn scan(adapter: &dyn StoreAdapter, res: &Resolution) -> StoreResult<StoreScan> {
+    let rows = candidates(adapter, res, &[]).await?;
+    Ok(classify(adapter, res, &rows))
+}
+
+/// The check after an erase, by other queries than the erase's own (which acts on keys):
+/// the keys the resolution and the erase named, each identifier of the person alone, the rows
+/// linked to their records, and the exact object keys. Returns how many of the person's
+/// records still hold their data.
+pub async fn leftovers(adapter: &dyn StoreAdapter, res: &Resolution, erased: &StoreScan) -> StoreResult<u64> {
+    let p = &res.person;
+    let recorded = res.store(adapter.name()).cloned().unwrap_or_default();
+    let link_scan = adapter.links_to().and_then(|t| res.store(t));
+    let mut left: BTreeSet<String> = BTreeSet::new();
+    let keys: Vec<String> = recorded.mine.union(&erased.mine).cloned().collect();
+    let by_key = adapter.candidates(&Probe { tenant: &p.tenant, keys, ..Default::default() }).await?;
+    left.extend(by_key.into_iter().filter(|r| !r.cleared).map(|r| r.key));
+
+    let mut probes: Vec<Probe> = p
+        .identifiers()
+        .into_iter()
+        .map(|(kind, v)| {
+            let mut probe = Probe { tenant: &p.tenant, ..Default::default() };
+            match kind {
+                IdentKind::AccountId => probe.account_ids.push(v),
+                IdentKind::Email => probe.emails.push(v),
+                IdentKind::Phone => probe.phones.push(v),
+            }
+            probe
+        })
+        .collect();
+    if let Some(s) = link_scan {
+        probes.push(Probe {
+            tenant: &p.tenant,
+            links: s.mine.iter().cloned().collect(),
+            ..Default::default()
+        });
+    }
+    for probe in probes {
+        for row in adapter.candidates(&probe).await? {
+            if row.cleared {
+                continue;
+            }
+            let linked = row.link.as_deref().and_then(|l| link_scan.and_then(|s| s.attribution_of(l)));
+            if attribute(p, &row, linked) == Attribution::Mine {
+                left.insert(row.key);
+            }
+        }
+    }
+    let objects: Vec<String> = recorded.objects.union(&erased.objects).cloned().collect();
+    let objects_left = adapter.objects_present(&objects).await?;
+    Ok(left.len() as u64 + objects_left)
+}
+
+/// The first corrected identifier (`corrections.email`, `corrections.phone`) that a live account
+/// other than the person's own already holds: emails and phones identify one account holder.
+pub async fn taken(
+    identity: &dyn StoreAdapter,
+    person: &Person,
+    corrections: &crate::domain::Corrections,
+) -> StoreResult<Option<&'static str>> {
+    for (field, kind, value) in [
+        ("corrections.email", IdentKind::Email, corrections.email.as_ref().map(|e| e.as_str())),
+        ("corrections.phone", IdentKind::Phone, corrections.phone.as_ref().map(|p| p.as_str())),
+    ] {
+        let Some(value) = value else { continue };
+        let holders = match accounts_named(identity, person, kind, value).await {
+            Ok(h) => h,
+            Err(ResolveError::Store(_, e)) => return Err(e),
+            Err(ResolveError::Refused(_)) => unreachable!("a look-up refuses nothing"),
+        };
+        if holders.iter().any(|r| !r.cleared && Some(&r.key) != person.account_id.as_ref()) {
+            return Ok(Some(field));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,255 @@
+//! A SQL table of subject records, described by its columns: what each identifier column holds,
+//! which column links to another store's key, what a record weighs. Every subject-facing query
+//! of the SQL adapters is built here from that description:
+//!
+//! - `candidates`: one index lookup per part of a `Probe` (account ids, emails by their compared
+//!   form, phones by their digits, links, keys), each scoped to the tenant, in chunks;
+//! - `delete`, `export`, `set_column`: by key, after the resolution has decided whose a row is.
+//!
+//! Identifiers are bound, never spliced into SQL; table and column names come from the code or
+//! from a validated configuration.
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use sqlx::{any::AnyRow, Row};
+
+use super::{export::row_json, ExportSink, Probe, StoreResult};
+use crate::{
+    db::{Backend, Db},
+    domain::Corrections,
+    resolve::{names_person, normalize, CandidateRow, IdentKind, Person},
+};
+
+/// Values bound per statement: well under SQLite's 32766 and Postgres' 65535 parameters.
+const CHUNK: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct SubjectTable {
+    pub db: Db,
+    pub table: String,
+    /// The primary key (TEXT).
+    pub key: &'static str,
+    /// Identifier columns and what each holds.
+    pub identifiers: Vec<(&'static str, IdentKind)>,
+    /// The column holding another store's key (`call_id`).
+    pub link: Option<&'static str>,
+    /// What a record weighs, as a SQL expression (`LENGTH(text)`, `bytes`).
+    pub bytes: Option<&'static str>,
+    /// The column holding an object key, for object-backed stores.
+    pub object: Option<&'static str>,
+    /// A SQL condition that is true once the erasure has been applied to a row that stays
+    /// (personal columns blanked; restricted).
+    pub cleared: Option<&'static str>,
+}
+
+impl SubjectTable {
+    fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+
+    fn select_list(&self) -> String {
+        let mut cols = vec![format!("{} AS k", self.key)];
+        for (i, (col, _)) in self.identifiers.iter().enumerate() {
+            cols.push(format!("{col} AS i{i}"));
+        }
+        cols.push(self.link.map_or("NULL".to_owned(), |l| l.to_owned()) + " AS l");
+        cols.push(format!("CAST(COALESCE({}, 0) AS BIGINT) AS b", self.bytes.unwrap_or("0")));
+        cols.push(self.object.map_or("NULL".to_owned(), |o| o.to_owned()) + " AS o");
+        cols.push(format!("CASE WHEN {} THEN 1 ELSE 0 END AS c", self.cleared.unwrap_or("1 = 0")));
+        cols.join(", ")
+    }
+
+    fn row(&self, row: &AnyRow) -> sqlx::Result<CandidateRow> {
+        let mut identifiers = Vec::with_capacity(self.identifiers.len());
+        for (i, (_, kind)) in self.identifiers.iter().enumerate() {
+            identifiers.push((*kind, row.try_get::<Option<String>, _>(format!("i{i}").as_str())?));
+        }
+        Ok(CandidateRow {
+            key: row.try_get("k")?,
+            identifiers,
+            link: row.try_get("l")?,
+            bytes: row.try_get::<i64, _>("b")?.max(0) as u64,
+            object: row.try_get("o")?,
+            cleared: row.try_get::<i64, _>("c")? != 0,
+        })
+    }
+
+    /// The conditions (one SQL expression over the row, and its values) a probe asks for.
+    fn lookups(&self, probe: &Probe<'_>) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for (col, kind) in &self.identifiers {
+            match kind {
+                IdentKind::AccountId if !probe.account_ids.is_empty() => {
+                    out.push((col.to_string(), probe.account_ids.clone()))
+                }
+                IdentKind::Email if !probe.emails.is_empty() => {
+                    out.push((normalize::email_key(self.backend(), col), probe.emails.clone()))
+                }
+                IdentKind::Phone if !probe.phones.is_empty() => {
+                    let forms = probe.phones.iter().flat_map(|p| normalize::phone_digit_forms(p)).collect();
+                    out.push((normalize::phone_digits(col), forms))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(link), false) = (self.link, probe.links.is_empty()) {
+            out.push((link.to_owned(), probe.links.clone()));
+        }
+        if !probe.keys.is_empty() {
+            out.push((self.key.to_owned(), probe.keys.clone()));
+        }
+        out
+    }
+
+    /// Rows of the tenant found by any part of the probe, once each, in key order. Each part is
+    /// its own statement (an index lookup on `(tenant_id, <expression>)`): SQLite does not use
+    /// an index for `tenant AND (a OR b)`.
+    pub async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
+        let select = self.select_list();
+        for (expr, values) in self.lookups(probe) {
+            for chunk in values.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT {select} FROM {} WHERE tenant_id = $1 AND {expr} IN ({})",
+                    self.table,
+                    super::sql::params(2, chunk.len())
+                );
+                let q = chunk.iter().fold(sqlx::query(&sql).bind(probe.tenant), |q, v| q.bind(v.as_str()));
+                let rows = q.fetch_all(self.db.pool()).await?;
+                for row in &rows {
+                    let r = self.row(row)?;
+                    found.entry(r.key.clone()).or_insert(r);
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Deletes the tenant's rows with these keys; returns how many there were.
+    pub async fn delete(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
+        let mut n = 0;
+        for chunk in keys.chunks(CHUNK) {
+            n += super::sql::delete_keys(self.db.pool(), &self.table, tenant, chunk).await?;
+        }
+        Ok(n)
+    }
+
+    /// Streams the rows with these keys (`extra`: a further condition) into `sink` as JSON
+    /// objects, in key order; returns how many.
+    pub async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        extra: &str,
+        sink: &mut dyn ExportSink,
+    ) -> StoreResult<u64> {
+        let mut n = 0;
+        let mut keys = keys.to_vec();
+        keys.sort();
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT * FROM {} WHERE tenant_id = $1 AND {} IN ({}){extra} ORDER BY {}",
+                self.table,
+                self.key,
+                super::sql::params(2, chunk.len()),
+                self.key
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, v| q.bind(v.as_str()));
+            let mut rows = q.fetch(self.db.pool());
+            while let Some(row) = rows.try_next().await? {
+                sink.record(row_json(&row)?).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sets `column` to `value` on the tenant's rows with these keys that do not hold it yet;
+    /// returns how many changed (a second call changes none).
+    pub async fn set_column(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        column: &str,
+        value: &str,
+    ) -> StoreResult<u64> {
+        let mut n = 0;
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {} SET {column} = $2 WHERE tenant_id = $1 AND {} IN ({}) AND ({column} IS NULL OR {column} <> $2)",
+                self.table,
+                self.key,
+                super::sql::params(3, chunk.len())
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant).bind(value), |q, v| q.bind(v.as_str()));
+            n += q.execute(self.db.pool()).await?.rows_affected();
+        }
+        Ok(n)
+    }
+}
+
+impl SubjectTable {
+    /// The corrected identifier columns of the person's rows: every email or phone column of a
+    /// corrected kind whose value names the person gets the new value. Returns (rows that held
+    /// an old value, rows rewritten).
+    pub async fn rectify(
+        &self,
+        person: &Person,
+        mine: &[CandidateRow],
+        corrections: &Corrections,
+    ) -> StoreResult<(u64, u64)> {
+        let mut touched: BTreeSet<&str> = BTreeSet::new();
+        let mut affected = 0;
+        for (i, (col, kind)) in self.identifiers.iter().enumerate() {
+            let Some(new) = corrected(corrections, *kind) else { continue };
+            let keys: Vec<String> = mine
+                .iter()
+                .filter(|r| holds_old_value(person, r, i, *kind, new))
+                .map(|r| r.key.clone())
+                .collect();
+            touched.extend(mine.iter().filter(|r| keys.contains(&r.key)).map(|r| r.key.as_str()));
+            affected += self.set_column(&person.tenant, &keys, col, new).await?;
+        }
+        Ok((touched.len() as u64, affected))
+    }
+
+    /// `true` when none of these rows still holds an old value of a corrected identifier.
+    pub async fn rectified(
+        &self,
+        person: &Person,
+        keys: &[String],
+        corrections: &Corrections,
+    ) -> StoreResult<bool> {
+        let rows = self
+            .candidates(&Probe { tenant: &person.tenant, keys: keys.to_vec(), ..Default::default() })
+            .await?;
+        Ok(!rows.iter().any(|r| {
+            self.identifiers.iter().enumerate().any(|(i, (_, kind))| {
+                corrected(corrections, *kind).is_some_and(|new| holds_old_value(person, r, i, *kind, new))
+            })
+        }))
+    }
+}
+
+/// The new value of a corrected identifier kind.
+fn corrected(c: &Corrections, kind: IdentKind) -> Option<&str> {
+    match kind {
+        IdentKind::Email => c.email.as_ref().map(|e| e.as_str()),
+        IdentKind::Phone => c.phone.as_ref().map(|p| p.as_str()),
+        IdentKind::AccountId => None,
+    }
+}
+
+/// Whether identifier `i` of the row names the person by a value other than `new`.
+fn holds_old_value(person: &Person, row: &CandidateRow, i: usize, kind: IdentKind, new: &str) -> bool {
+    let Some((_, Some(value))) = row.identifiers.get(i) else { return false };
+    if !names_person(person, kind, value) {
+        return false;
+    }
+    let now = match kind {
+        IdentKind::Email => normalize::email(value),
+        IdentKind::Phone => normalize::phone(value, person.region()),
+        IdentKind::AccountId => None,
+    };
+    now.as_deref() != Some(new) || value != new
+}

@@ -223,13 +223,14 @@ pub async fn preview(conn: &Connection, s: &SubjectArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    println!("{:<12} {:>8} {:>12}  LEGAL HOLD", "STORE", "RECORDS", "BYTES");
+    println!("{:<12} {:>8} {:>12} {:>13}  LEGAL HOLD", "STORE", "RECORDS", "BYTES", "UNATTRIBUTED");
     for h in r.stores {
         println!(
-            "{:<12} {:>8} {:>12}  {}",
+            "{:<12} {:>8} {:>12} {:>13}  {}",
             h.store,
             h.records,
             h.bytes,
+            h.records_unattributed,
             if h.under_legal_hold { "yes" } else { "" }
         );
     }

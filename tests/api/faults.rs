@@ -290,3 +290,82 @@ async fn a_failed_store_holds_back_the_later_stage_until_a_retry_erases_everythi
     app.shutdown().await;
 }
 both!(a_failed_store_holds_back_the_later_stage_until_a_retry_erases_everything);
+
+/// An eraser that says it erased and did nothing.
+struct LyingStore {
+    inner: Arc<dyn StoreAdapter>,
+}
+
+#[async_trait]
+impl StoreAdapter for LyingStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn stage(&self) -> u8 {
+        self.inner.stage()
+    }
+    fn is_identity(&self) -> bool {
+        self.inner.is_identity()
+    }
+    fn links_to(&self) -> Option<&'static str> {
+        self.inner.links_to()
+    }
+    async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.inner.candidates(p).await
+    }
+    async fn erase(&self, _tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
+        Ok(Erasure::Erased { affected: keys.len() as u64 })
+    }
+    fn holds_any_of(&self, c: &Corrections) -> bool {
+        self.inner.holds_any_of(c)
+    }
+    async fn rectify(
+        &self,
+        p: &Person,
+        mine: &[CandidateRow],
+        c: &Corrections,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        self.inner.rectify(p, mine, c, now).await
+    }
+    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(p, keys, c).await
+    }
+    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
+        self.inner.export(tenant, keys, sink).await
+    }
+}
+
+/// The check after an erase does not take the eraser's word: a store that reports its records
+/// erased while they are all still there is not DONE and not verified; it is retried, and ends
+/// FAILED saying how many records are left.
+async fn an_erase_that_leaves_data_is_never_verified(backend: Backend) {
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(|inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            if inner.name() == "call_logs" {
+                Arc::new(LyingStore { inner })
+            } else {
+                inner
+            }
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 4).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let failed = app.wait_terminal(&r.id).await;
+    assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
+    let calls = outcome(&failed, "call_logs");
+    assert_eq!(calls.state, OutcomeState::Failed as i32);
+    assert!(!calls.verified);
+    assert_eq!(calls.attempts, 3, "retried up to the limit");
+    assert_eq!(calls.last_error, "4 record(s) of the subject are left after the erase");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_logs WHERE account_id = $1")
+        .bind(&s[0].account_id)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 4, "read directly: the calls are all there");
+    app.shutdown().await;
+}
+both!(an_erase_that_leaves_data_is_never_verified);

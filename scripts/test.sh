@@ -68,3 +68,5 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 echo "== tests"
 cargo test --locked "$@"
+echo "== exact erasure on messy data, judged by reading the stores directly"
+python3 scripts/messy-audit.py --seed-bin target/debug/dsr

@@ -310,8 +310,11 @@ if mode == "external":
     a = j["metadata"]["annotations"]
     need(a.get("helm.sh/hook") == "pre-install,pre-upgrade", "migration Job is a pre-install,pre-upgrade hook")
     need(a.get("helm.sh/hook-delete-policy") == "before-hook-creation,hook-succeeded", "migration hook delete policy")
-    jc = j["spec"]["template"]["spec"]["containers"][0]
-    need(jc.get("args") == ["migrate"], "migration Job runs `dsr migrate`")
+    pod = j["spec"]["template"]["spec"]
+    jc = pod["initContainers"][0]
+    need(jc.get("args") == ["migrate"], "migration Job runs `dsr migrate` first")
+    need(pod["containers"][0].get("args") == ["stores", "check"], "then `dsr stores check` (a mismatched catalog fails the upgrade)")
+    need(pod["containers"][0]["env"] == jc["env"], "`dsr stores check` sees what `dsr migrate` sees")
     need("DATABASE_URL" in {e["name"] for e in jc["env"]}, "migration Job gets DATABASE_URL")
     # Everything a pre-install hook uses must exist before the release's own resources do.
     for e in jc["env"]:

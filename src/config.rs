@@ -42,6 +42,9 @@ pub struct Settings {
     pub recordings_url: String,
     /// The export storage (object_store URL).
     pub exports_url: String,
+    /// No database URL was given: the embedded default (a SQLite file in the data directory),
+    /// where dsr creates the reference schema itself so it can be tried at once.
+    pub embedded: bool,
     pub file: FileConfig,
 }
 
@@ -441,16 +444,17 @@ impl EngineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct StoresConfig {
-    /// Create the reference schema's tables if missing (embedded default and tests). Turn off
-    /// when the adapters point at the platform's real tables.
-    pub create_reference_schema: bool,
+    /// No longer supported: dsr never creates tables in a database it was pointed at (empty
+    /// reference tables made every deletion "succeed" while the platform's data stayed). The
+    /// reference schema comes from `dsr seed` and the embedded default. `false` is accepted.
+    pub create_reference_schema: Option<bool>,
     #[serde(flatten)]
     pub each: BTreeMap<String, StoreConfig>,
 }
 
 impl Default for StoresConfig {
     fn default() -> Self {
-        Self { create_reference_schema: true, each: BTreeMap::new() }
+        Self { create_reference_schema: None, each: BTreeMap::new() }
     }
 }
 
@@ -512,11 +516,9 @@ impl Settings {
         }
         file.validate()?;
         let data_dir = loc.data_dir.clone();
-        let database_url = loc
-            .database_url
-            .clone()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| crate::db::sqlite_url(&data_dir.join("dsr.db")));
+        let given = loc.database_url.clone().filter(|u| !u.is_empty());
+        let embedded = given.is_none();
+        let database_url = given.unwrap_or_else(|| crate::db::sqlite_url(&data_dir.join("dsr.db")));
         let recordings_url = match loc.recordings_url.clone().filter(|u| !u.is_empty()) {
             Some(u) => u,
             None => file_url(&data_dir.join("recordings"))?,
@@ -525,7 +527,7 @@ impl Settings {
             Some(u) if !u.is_empty() => u,
             _ => file_url(&data_dir.join("exports"))?,
         };
-        Ok(Self { data_dir, database_url, recordings_url, exports_url, file })
+        Ok(Self { data_dir, database_url, recordings_url, exports_url, embedded, file })
     }
 
     /// Makes the data directory (the embedded default lives there).
@@ -605,6 +607,12 @@ impl FileConfig {
                 crate::stores::STORE_NAMES.join(", ")
             );
         }
+        anyhow::ensure!(
+            self.stores.create_reference_schema != Some(true),
+            "stores.create_reference_schema = true is no longer supported: dsr does not create tables in a database \
+             it is pointed at. Point [stores.<name>] at the platform's tables, or run `dsr seed` to create the \
+             reference schema for a trial"
+        );
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
                 crate::stores::STORE_NAMES.contains(&name.as_str()),
@@ -651,7 +659,9 @@ mod tests {
         let cfg = FileConfig::from_toml("[stores]\ncreate_reference_schema = false\n[stores.recordings]\nconcurrency = 2\ntable = \"recs\"\n").unwrap();
         assert_eq!(cfg.store("recordings").concurrency, 2);
         assert_eq!(cfg.store("recordings").table.as_deref(), Some("recs"));
-        assert!(!cfg.stores.create_reference_schema);
+        assert_eq!(cfg.stores.create_reference_schema, Some(false));
+        let err = FileConfig::from_toml("[stores]\ncreate_reference_schema = true\n").unwrap_err();
+        assert!(format!("{err:#}").contains("no longer supported"), "{err:#}");
         let err = FileConfig::from_toml("[stores.recordings]\nconcurency = 2\n").unwrap_err();
         assert!(format!("{err:#}").contains("concurency"), "{err:#}");
     }
@@ -698,7 +708,7 @@ mod tests {
         let cfg = FileConfig::from_toml("").unwrap();
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(cfg.store("billing").concurrency, 4);
-        assert!(cfg.stores.create_reference_schema);
+        assert_eq!(cfg.stores.create_reference_schema, None);
         assert_eq!(cfg.export.expiry_days, 7);
         assert_eq!(cfg.export.notice.recipients.len(), 5, "the five sub-processors");
     }

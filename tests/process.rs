@@ -223,7 +223,7 @@ async fn outcomes_each_once(ledger: &dsr::db::Db) -> i64 {
 
 async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(backend, dir.path()).await;
+    let db = support::fresh_platform_database(backend, dir.path()).await;
     let cfg = config(dir.path());
     let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
     let seeded = seed(dir.path(), &db, "acme", 150, 3);
@@ -295,7 +295,7 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
     let seeded = seed(dir.path(), &db, "acme", 24, 3);
@@ -359,7 +359,7 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 20, 2);
@@ -429,7 +429,7 @@ fn a_config_file_with_a_typo_stops_the_server_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_commands_preview_delete_watch_and_show_status() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
@@ -467,7 +467,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_and_download_commands_fetch_a_verified_archive_and_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
@@ -523,7 +523,7 @@ async fn the_export_and_download_commands_fetch_a_verified_archive_and_resume() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rectify_command_corrects_a_subject_and_the_log_holds_neither_old_nor_new_values() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
@@ -575,7 +575,7 @@ async fn the_rectify_command_corrects_a_subject_and_the_log_holds_neither_old_no
 async fn migrate_applies_the_ledger_schema_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        let db = support::fresh_database(backend, dir.path()).await;
+        let db = support::fresh_platform_database(backend, dir.path()).await;
         for _ in 0..2 {
             let out = Command::new(BIN)
                 .args(["migrate", "--database-url", &db])
@@ -595,7 +595,7 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let seeded = seed(dir.path(), &db, "acme", 2, 2);
     let canary_token = "canary-token-7f3e9b1c2d4a6f80";
     let wrong_token = "canary-wrong-token-55aa66bb77cc";
@@ -679,7 +679,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_is_one_trace_from_the_call_through_every_store_and_names_no_one() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     let log = dir.path().join("server.log");
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
@@ -802,7 +802,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_deletion_and_report_its_deadline_and_spans_survive_a_quiet_log() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let cfg = config(dir.path());
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "[metrics]\nlisten = \"127.0.0.1:0\"\n")
         .unwrap();
@@ -888,7 +888,7 @@ fn server_cmd(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test]
 async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it() {
     let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let seeded = seed(dir.path(), &db, "acme", 2, 3);
     let old = &seeded[0];
     let conn = dsr::db::Db::connect(&db, 1).await.unwrap();
@@ -952,4 +952,60 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
     let (ok, _, err) = server_cmd(dir.path(), &db, &["sweep", "--config", cfg.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("retention.tenants.acme.billing_years") && err.contains("legal minimum"), "{err}");
+}
+
+// ------------------------------------------------------------------ the store catalog ----
+
+/// Pointed at a platform database whose tables do not match, `dsr serve` refuses to start,
+/// naming the store, the table and the column, and creates nothing there; `dsr stores check`
+/// prints the same and exits non-zero; with the tables fixed both pass. On Postgres and SQLite.
+#[tokio::test]
+async fn a_start_against_a_mismatched_platform_database_fails_naming_the_store_and_column() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = support::fresh_platform_database(backend, dir.path()).await;
+        let platform = dsr::db::Db::connect(&db, 2).await.unwrap();
+        sqlx::query("ALTER TABLE billing_records DROP COLUMN restricted_at")
+            .execute(platform.pool())
+            .await
+            .unwrap();
+        sqlx::query("DROP TABLE transcripts").execute(platform.pool()).await.unwrap();
+
+        let (ok, out, err) = server_cmd(dir.path(), &db, &["stores", "check"]);
+        assert!(!ok, "{backend:?}: {out}{err}");
+        assert!(out.contains("accounts     ok") && out.contains("call_logs    ok"), "{out}");
+        assert!(
+            out.contains("billing      table billing_records: column \"restricted_at\" is missing"),
+            "{out}"
+        );
+        assert!(out.contains("transcripts  table transcripts cannot be read"), "{out}");
+        assert!(err.contains("2 problem(s)"), "{err}");
+
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{backend:?}: serve started against a mismatched schema");
+        assert!(
+            err.contains("store billing: table billing_records: column \"restricted_at\" is missing"),
+            "{err}"
+        );
+        assert!(err.contains("store transcripts: table transcripts cannot be read"), "{err}");
+        let recreated: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM transcripts").fetch_one(platform.pool()).await;
+        assert!(recreated.is_err(), "{backend:?}: dsr created a table in the platform's database");
+
+        sqlx::query("ALTER TABLE billing_records ADD COLUMN restricted_at BIGINT")
+            .execute(platform.pool())
+            .await
+            .unwrap();
+        dsr::stores::reference::ensure_schema(&platform, &Default::default()).await.unwrap();
+        let (ok, out, err) = server_cmd(dir.path(), &db, &["stores", "check"]);
+        assert!(ok, "{backend:?}: {out}{err}");
+        assert_eq!(out.matches(" ok").count(), 5, "{out}");
+        platform.close().await;
+    }
 }

@@ -42,7 +42,7 @@ struct Fixture {
 
 async fn fixture(backend: Backend, s3: bool, messy: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let url = support::fresh_database(backend, dir.path()).await;
+    let url = support::fresh_platform_database(backend, dir.path()).await;
     let recordings = if s3 { Some(support::fresh_s3_bucket().await) } else { None };
     let settings = support::settings(dir.path(), url, recordings, "");
     let ledger = open_ledger(&settings).await.unwrap();

@@ -173,6 +173,21 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The store catalog against the live schemas.
+    Stores {
+        #[command(subcommand)]
+        command: StoresCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoresCommand {
+    /// Print every store against its live table (ok, or what is missing); exit non-zero when
+    /// one does not match, so a deployment's CI (and the chart's migration job) can run it.
+    Check {
+        #[command(flatten)]
+        loc: Locations,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,5 +327,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             AuditCommand::Prune { loc, before_days } => server::audit_prune(&loc, before_days).await,
         },
+        Command::Stores { command: StoresCommand::Check { loc } } => server::stores_check(&loc).await,
     }
 }

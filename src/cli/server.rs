@@ -52,6 +52,31 @@ pub async fn seed(
     .await
 }
 
+/// `dsr stores check`: every store against its live schema; an error (non-zero exit) when one
+/// does not match.
+pub async fn stores_check(loc: &Locations) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let db = crate::db::Db::connect(&settings.database_url, 2).await?;
+    let stores = StoreRegistry::open(&settings, &db).await?;
+    let problems = stores.check().await;
+    println!("{:<12} RESULT", "STORE");
+    for a in stores.all() {
+        let mine: Vec<&String> = problems.iter().filter(|(s, _)| *s == a.name()).map(|(_, p)| p).collect();
+        if mine.is_empty() {
+            println!("{:<12} ok", a.name());
+        }
+        for p in mine {
+            println!("{:<12} {p}", a.name());
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{} problem(s): the catalog does not match the live schema; `dsr serve` would refuse to start",
+        problems.len()
+    );
+    Ok(())
+}
+
 /// `dsr seed --messy`: production-like data and, per person, the keys of their records.
 pub async fn seed_messy(loc: &Locations, tenant: &str) -> anyhow::Result<()> {
     let settings = Settings::load(loc)?;

@@ -133,6 +133,10 @@ impl StoreAdapter for AccountsStore {
         self.rows.candidates(probe).await
     }
 
+    async fn check_schema(&self) -> Vec<String> {
+        self.rows.check(&["tenant_id", "name", "terminated_at"]).await
+    }
+
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         Ok(Erasure::Erased { affected: self.erase_keys(tenant, keys, Some(to_millis(now))).await? })
     }

@@ -98,6 +98,10 @@ impl StoreAdapter for BillingStore {
         self.rows.candidates(probe).await
     }
 
+    async fn check_schema(&self) -> Vec<String> {
+        self.rows.check(&["tenant_id", "created_at", "restricted_at"]).await
+    }
+
     /// Restricts the rows (the first restriction's time stays) and reports the hold.
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         let mut restricted = 0;

@@ -204,6 +204,11 @@ pub trait StoreAdapter: Send + Sync + 'static {
         false
     }
 
+    /// What is wrong with the store's live schema against what the adapter uses (a missing
+    /// table or column, a key without a unique index), each naming the table and column. Empty
+    /// when it fits. Checked at start and by `dsr stores check`.
+    async fn check_schema(&self) -> Vec<String>;
+
     /// The tenant's rows found by any part of the probe, with the identifiers they hold as
     /// stored. May return rows that only look alike: the resolution confirms each.
     async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>>;
@@ -305,9 +310,36 @@ impl StoreRegistry {
         Self { adapters }
     }
 
-    /// The five reference-schema adapters, each on its configured database (default: `db`) and
-    /// the recordings on the configured object store.
+    /// The stores, each checked against its live schema: a missing table, column or key index
+    /// refuses the start, naming the store, the table and the column. Never creates a table
+    /// outside the embedded default (`dsr seed` creates the reference schema for trying dsr).
     pub async fn from_settings(settings: &Settings, default_db: &Db) -> anyhow::Result<Self> {
+        let stores = Self::open(settings, default_db).await?;
+        let problems = stores.check().await;
+        if !problems.is_empty() {
+            let lines: Vec<String> =
+                problems.iter().map(|(store, p)| format!("  store {store}: {p}")).collect();
+            anyhow::bail!(
+                "the store catalog does not match the live schema (nothing was changed; `dsr stores check` prints this too):\n{}",
+                lines.join("\n")
+            );
+        }
+        Ok(stores)
+    }
+
+    /// Every store's schema problems, in store order: (store, problem).
+    pub async fn check(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for a in &self.adapters {
+            out.extend(a.check_schema().await.into_iter().map(|p| (a.name(), p)));
+        }
+        out
+    }
+
+    /// The five reference-schema adapters, each on its configured database (default: `db`) and
+    /// the recordings on the configured object store, unchecked. The embedded default (no
+    /// database URL given) gets the reference schema created in its own SQLite file.
+    pub async fn open(settings: &Settings, default_db: &Db) -> anyhow::Result<Self> {
         let mut pools: HashMap<String, Db> = HashMap::new();
         let mut dbs = Vec::with_capacity(STORE_NAMES.len());
         for name in STORE_NAMES {
@@ -336,10 +368,8 @@ impl StoreRegistry {
             recordings: table("recordings", "recordings"),
             billing: table("billing", "billing_records"),
         };
-        if settings.file.stores.create_reference_schema {
-            for db in [&accounts_db, &calls_db, &transcripts_db, &recordings_db, &billing_db] {
-                reference::ensure_schema(db, &t).await?;
-            }
+        if settings.embedded {
+            reference::ensure_schema(default_db, &t).await?;
         }
         let objects = open_object_store(&settings.recordings_url)?;
         Ok(Self::new(vec![

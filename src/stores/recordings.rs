@@ -118,6 +118,10 @@ impl StoreAdapter for RecordingsStore {
         self.rows.candidates(probe).await
     }
 
+    async fn check_schema(&self) -> Vec<String> {
+        self.rows.check(&["tenant_id", "call_id", "bytes", "created_at"]).await
+    }
+
     async fn erase(&self, tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
         let rows = self.rows_by_key(tenant, keys).await?;
         Ok(Erasure::Erased { affected: self.erase_rows(tenant, &rows).await? })

@@ -105,6 +105,12 @@ impl StoreAdapter for RowStore {
         self.rows.candidates(probe).await
     }
 
+    async fn check_schema(&self) -> Vec<String> {
+        let text = if self.name == "transcripts" { Some("text") } else { None };
+        let extra: Vec<&str> = ["tenant_id", self.aged_by].into_iter().chain(text).collect();
+        self.rows.check(&extra).await
+    }
+
     async fn erase(&self, tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
         Ok(Erasure::Erased { affected: self.rows.delete(tenant, keys).await? })
     }

@@ -253,3 +253,78 @@ fn holds_old_value(person: &Person, row: &CandidateRow, i: usize, kind: IdentKin
     };
     now.as_deref() != Some(new) || value != new
 }
+
+impl SubjectTable {
+    /// What is wrong with the live table, against what the adapter uses: the table itself, each
+    /// column (`extra`: columns beyond the key, identifiers, link, object), and a unique index
+    /// on the key. Empty when it fits.
+    pub async fn check(&self, extra: &[&str]) -> Vec<String> {
+        let probe =
+            |sql: String| async move { sqlx::query(&sql).fetch_optional(self.db.pool()).await.map(drop) };
+        if let Err(e) = probe(format!("SELECT 1 FROM {} WHERE 1 = 0", self.table)).await {
+            return vec![format!("table {} cannot be read: {}", self.table, schema_error(&e))];
+        }
+        let mut columns: Vec<&str> = vec![self.key];
+        columns.extend(self.identifiers.iter().map(|(c, _)| *c));
+        columns.extend(self.link);
+        columns.extend(self.object);
+        columns.extend(extra.iter().copied());
+        columns.dedup();
+        let mut problems = Vec::new();
+        for col in columns {
+            if let Err(e) = probe(format!("SELECT {col} FROM {} WHERE 1 = 0", self.table)).await {
+                problems.push(format!(
+                    "table {}: column {col:?} is missing ({})",
+                    self.table,
+                    schema_error(&e)
+                ));
+            }
+        }
+        if problems.is_empty() {
+            match self.key_is_unique().await {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!(
+                    "table {}: the key column {:?} has no unique index or primary key; a record could not be named by its key",
+                    self.table, self.key
+                )),
+                Err(e) => problems.push(format!("table {}: could not read its indexes ({})", self.table, schema_error(&e))),
+            }
+        }
+        problems
+    }
+
+    /// Whether a primary key or unique index covers exactly the key column.
+    async fn key_is_unique(&self) -> sqlx::Result<bool> {
+        match self.backend() {
+            Backend::Postgres => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2",
+                )
+                .bind(&self.table)
+                .bind(self.key)
+                .fetch_one(self.db.pool())
+                .await?;
+                Ok(n > 0)
+            }
+            Backend::Sqlite => {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM pragma_index_list('{t}') l \
+                     WHERE l.\"unique\" = 1 AND (SELECT COUNT(*) FROM pragma_index_info(l.name)) = 1 \
+                     AND (SELECT name FROM pragma_index_info(l.name)) = $1",
+                    t = self.table
+                );
+                let n: i64 = sqlx::query_scalar(&sql).bind(self.key).fetch_one(self.db.pool()).await?;
+                Ok(n > 0)
+            }
+        }
+    }
+}
+
+/// A database's own words for a schema problem (table and column names, never values).
+fn schema_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}

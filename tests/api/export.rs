@@ -324,7 +324,7 @@ async fn the_janitor_deletes_expired_archives_nobody_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_reads_recordings_from_s3_and_writes_its_archive_to_s3() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::support::fresh_database(Backend::Postgres, dir.path()).await;
+    let url = crate::support::fresh_platform_database(Backend::Postgres, dir.path()).await;
     let recordings = crate::support::fresh_s3_bucket().await;
     let mut settings = crate::support::settings(dir.path(), url, Some(recordings.clone()), TEST_CONFIG);
     settings.exports_url = recordings.replace("/recordings", "/exports");

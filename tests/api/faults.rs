@@ -45,6 +45,9 @@ impl StoreAdapter for FlakyStore {
     fn links_to(&self) -> Option<&'static str> {
         self.inner.links_to()
     }
+    async fn check_schema(&self) -> Vec<String> {
+        self.inner.check_schema().await
+    }
     fn keeps_under_legal_obligation(&self) -> bool {
         self.inner.keeps_under_legal_obligation()
     }
@@ -309,6 +312,9 @@ impl StoreAdapter for LyingStore {
     }
     fn links_to(&self) -> Option<&'static str> {
         self.inner.links_to()
+    }
+    async fn check_schema(&self) -> Vec<String> {
+        self.inner.check_schema().await
     }
     async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
         self.inner.candidates(p).await

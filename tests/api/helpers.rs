@@ -53,7 +53,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, toml: &str, overrides: Overrides) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = support::fresh_database(backend, dir.path()).await;
+    let url = support::fresh_platform_database(backend, dir.path()).await;
     let settings = support::settings(dir.path(), url, None, toml);
     spawn_on(settings, dir, overrides).await
 }

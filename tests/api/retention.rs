@@ -247,6 +247,9 @@ impl StoreAdapter for Probed {
     fn links_to(&self) -> Option<&'static str> {
         self.inner.links_to()
     }
+    async fn check_schema(&self) -> Vec<String> {
+        self.inner.check_schema().await
+    }
     fn keeps_under_legal_obligation(&self) -> bool {
         self.inner.keeps_under_legal_obligation()
     }

@@ -328,7 +328,7 @@ async fn health_and_reflection_need_no_credentials() {
 #[tokio::test]
 async fn with_credentials_configured_the_server_may_listen_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::support::fresh_database(Backend::Sqlite, dir.path()).await;
+    let url = crate::support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
     let settings = crate::support::settings(dir.path(), url, None, &config());
     let app = dsr::startup::Application::build_with(
         settings,
@@ -422,7 +422,7 @@ mod mtls {
             dir.path().join("ca.pem"),
         );
         let db_dir = tempfile::tempdir().unwrap();
-        let url = crate::support::fresh_database(Backend::Sqlite, db_dir.path()).await;
+        let url = crate::support::fresh_platform_database(Backend::Sqlite, db_dir.path()).await;
         let settings = crate::support::settings(db_dir.path(), url, None, &toml);
         let app = dsr::startup::Application::build_with(
             settings,

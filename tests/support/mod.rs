@@ -39,6 +39,21 @@ pub async fn fresh_database(backend: Backend, dir: &Path) -> String {
     }
 }
 
+/// `fresh_database` with the platform's reference tables in it.
+pub async fn fresh_platform_database(backend: Backend, dir: &Path) -> String {
+    let url = fresh_database(backend, dir).await;
+    platform_schema(&url).await;
+    url
+}
+
+/// The platform's tables in the reference schema, as a platform would have them before dsr is
+/// pointed at its database (dsr itself creates tables only in the embedded default).
+pub async fn platform_schema(database_url: &str) {
+    let db = dsr::db::Db::connect(database_url, 2).await.expect("connect to the platform database");
+    dsr::stores::reference::ensure_schema(&db, &Default::default()).await.expect("reference schema");
+    db.close().await;
+}
+
 /// A bucket on the test S3 server (`DSR_TEST_S3_ENDPOINT`), with the `AWS_*` variables set so the
 /// service's S3 backend reaches it. Returns the `s3://bucket/prefix` URL.
 pub async fn fresh_s3_bucket() -> String {

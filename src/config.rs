@@ -441,7 +441,7 @@ impl EngineConfig {
 /// Per-store settings, keyed by store name (`accounts`, `call_logs`, `transcripts`,
 /// `recordings`, `billing`). (No `deny_unknown_fields` here: serde cannot combine it with the
 /// flattened map; `validate` refuses unknown store names instead.)
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct StoresConfig {
     /// No longer supported: dsr never creates tables in a database it was pointed at (empty
@@ -452,11 +452,6 @@ pub struct StoresConfig {
     pub each: BTreeMap<String, StoreConfig>,
 }
 
-impl Default for StoresConfig {
-    fn default() -> Self {
-        Self { create_reference_schema: None, each: BTreeMap::new() }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

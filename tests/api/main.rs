@@ -17,4 +17,5 @@ mod protocol;
 mod rectification;
 mod retention;
 mod security;
+mod streams;
 mod validation;

@@ -325,6 +325,46 @@ pub struct AuthConfig {
     pub certificates: Vec<CertificateConfig>,
 }
 
+impl AuthConfig {
+    /// Two entries with the same token hash, name or certificate name would leave one of them
+    /// silently in charge (a token configured as a tenant-bound reader and as an unbound admin
+    /// acted as the admin), so each must be unique. The message names the entries, never the hash.
+    fn refuse_duplicates(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut hashes: BTreeMap<String, &str> = BTreeMap::new();
+        for t in &self.tokens {
+            anyhow::ensure!(
+                names.insert(t.name.as_str()),
+                "auth.tokens: the name {:?} is used by more than one token; each token needs its own name",
+                t.name
+            );
+            if let Some(first) = hashes.insert(t.token_sha256.to_ascii_lowercase(), &t.name) {
+                anyhow::bail!(
+                    "auth.tokens {first:?} and {:?} have the same token_sha256: one token cannot be two \
+                     identities; remove one of them",
+                    t.name
+                );
+            }
+        }
+        let mut cert_names = std::collections::BTreeSet::new();
+        let mut cns = std::collections::BTreeSet::new();
+        for c in &self.certificates {
+            anyhow::ensure!(
+                cert_names.insert(c.name.as_str()),
+                "auth.certificates: the name {:?} is used by more than one certificate identity",
+                c.name
+            );
+            anyhow::ensure!(
+                cns.insert(c.subject_cn.as_str()),
+                "auth.certificates: subject_cn {:?} is mapped more than once (entry {:?})",
+                c.subject_cn,
+                c.name
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A bearer token, stored only as the SHA-256 of the token (lowercase hex).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -379,8 +419,21 @@ pub struct ServerConfig {
     /// On SIGTERM: how long running store tasks may take to finish before their leases are
     /// released for another replica.
     pub shutdown_grace_secs: u64,
-    /// Most concurrent WatchRequest streams.
+    /// Most concurrent WatchRequest streams, all callers together.
     pub max_watchers: usize,
+    /// Most WatchRequest streams one caller (token or certificate identity) may hold open: its
+    /// share of `max_watchers`, so that one tenant cannot take every slot.
+    pub max_watchers_per_caller: usize,
+    /// Most concurrent DownloadExport streams, all callers together. A stream whose client stops
+    /// reading holds at most a few chunks (64 KiB each) until it is cancelled, so this bounds the
+    /// memory stalled downloads can take.
+    pub max_downloads: usize,
+    /// Most DownloadExport streams one caller may hold open.
+    pub max_downloads_per_caller: usize,
+    /// This pod's traffic is encrypted by a service mesh (an mTLS sidecar such as Istio's or
+    /// Linkerd's), so serving without `[tls]` is deliberate: start-up says so at INFO instead of
+    /// warning that bearer tokens and archives travel in clear.
+    pub mesh_tls: bool,
     /// Per caller (token or certificate identity): sustained RPCs per second, and the burst
     /// allowed above it. Over it: RESOURCE_EXHAUSTED with a retry hint. 0 turns it off.
     pub rate_limit_per_second: u32,
@@ -396,6 +449,10 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace_secs: 20,
             max_watchers: 1024,
+            max_watchers_per_caller: 64,
+            max_downloads: 64,
+            max_downloads_per_caller: 4,
+            mesh_tls: false,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
         }
@@ -451,7 +508,6 @@ pub struct StoresConfig {
     #[serde(flatten)]
     pub each: BTreeMap<String, StoreConfig>,
 }
-
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -525,10 +581,9 @@ impl Settings {
         Ok(Self { data_dir, database_url, recordings_url, exports_url, embedded, file })
     }
 
-    /// Makes the data directory (the embedded default lives there).
+    /// Makes the data directory (the embedded default lives there), readable by this user only.
     pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating the data directory {}", self.data_dir.display()))
+        crate::files::create_private_dir(&self.data_dir)
     }
 }
 
@@ -562,6 +617,15 @@ impl FileConfig {
             s.rate_limit_per_second == 0 || s.rate_limit_burst >= 1,
             "server.rate_limit_burst must be at least 1"
         );
+        for (key, n) in [
+            ("max_watchers", s.max_watchers),
+            ("max_watchers_per_caller", s.max_watchers_per_caller),
+            ("max_downloads", s.max_downloads),
+            ("max_downloads_per_caller", s.max_downloads_per_caller),
+        ] {
+            anyhow::ensure!(n >= 1, "server.{key} must be at least 1");
+        }
+        self.auth.refuse_duplicates()?;
         for t in &self.auth.tokens {
             anyhow::ensure!(!t.name.is_empty(), "auth.tokens: every token needs a name");
             anyhow::ensure!(
@@ -696,6 +760,36 @@ mod tests {
         let err = format!("{:#}", FileConfig::from_toml("[retention]\nbilling_years = 6\n").unwrap_err());
         assert!(err.contains("legal minimum"), "{err}");
         FileConfig::from_toml("[retention.tenants.acme]\nbilling_years = 7\nrecordings_days = 1\n").unwrap();
+    }
+
+    fn token(name: &str, hash_byte: char, scopes: &str, tenant: Option<&str>) -> String {
+        let tenant = tenant.map(|t| format!("tenant = {t:?}\n")).unwrap_or_default();
+        format!(
+            "[[auth.tokens]]\nname = {name:?}\ntoken_sha256 = \"{}\"\nscopes = [{scopes}]\n{tenant}",
+            hash_byte.to_string().repeat(64)
+        )
+    }
+
+    #[test]
+    fn a_duplicate_token_hash_or_name_is_refused_naming_the_entries_not_the_hash() {
+        let reader = token("acme-reader", 'a', "\"dsr.read\"", Some("acme"));
+        let admin = token("root", 'a', "\"dsr.admin\"", None);
+        let err = format!("{:#}", FileConfig::from_toml(&format!("{reader}{admin}")).unwrap_err());
+        assert!(err.contains("\"acme-reader\" and \"root\" have the same token_sha256"), "{err}");
+        assert!(!err.contains(&"a".repeat(64)), "{err}");
+        // The same hash in upper case is the same token.
+        let upper = token("root", 'A', "\"dsr.admin\"", None);
+        assert!(FileConfig::from_toml(&format!("{reader}{upper}")).is_err());
+        let twice = token("ops", 'b', "\"dsr.read\"", None) + &token("ops", 'c', "\"dsr.delete\"", None);
+        let err = format!("{:#}", FileConfig::from_toml(&twice).unwrap_err());
+        assert!(err.contains("the name \"ops\" is used by more than one token"), "{err}");
+        FileConfig::from_toml(&format!("{reader}{}", token("root", 'b', "\"dsr.admin\"", None))).unwrap();
+    }
+
+    #[test]
+    fn stream_limits_must_be_positive() {
+        let err = FileConfig::from_toml("[server]\nmax_downloads_per_caller = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("server.max_downloads_per_caller"), "{err:#}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | `cli`       | the `dsr` command line: server commands and a client for people        |
 //! | `config`    | flags, environment and TOML configuration                              |
 //! | `db`        | one handle over SQLite or Postgres                                     |
+//! | `files`     | private files: data directory 0700, files 0600 whatever the umask      |
 //! | `seed`      | deterministic synthetic data in the reference schema                   |
 //! | `bench`     | `dsr bench`: measurements next to a floor from the same run            |
 //! | `privacy`   | keyed hashes: the only way an identifier reaches a log                 |
@@ -30,6 +31,7 @@ pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod export;
+pub mod files;
 pub mod ledger;
 pub mod metrics;
 pub mod privacy;

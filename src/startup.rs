@@ -5,14 +5,17 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    api::{pb, AuditService, AuthInterceptor, Authenticator, HoldsService, RightsService, ServiceContext},
+    api::{
+        pb, AuditService, AuthInterceptor, Authenticator, HoldsService, RightsService, ServiceContext,
+        StreamSlots,
+    },
     clock::{SharedClock, SystemClock},
     config::{Settings, TlsConfig},
     db::Db,
@@ -71,6 +74,9 @@ impl Application {
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let listen = overrides.listen.unwrap_or(settings.file.server.listen);
         install_crypto_provider();
+        // Everything the server writes holds personal data (cli::main does this too; an
+        // embedder gets it here).
+        crate::files::restrict_umask();
         let auth = Arc::new(Authenticator::new(&settings.file.auth, &settings.file.server)?);
         // Development mode: no credentials are configured, so the server must not be reachable
         // from other machines.
@@ -138,7 +144,16 @@ impl Application {
             hasher,
             signals,
             config: settings.file.clone(),
-            watchers: Arc::new(Semaphore::new(settings.file.server.max_watchers)),
+            watchers: StreamSlots::new(
+                "WatchRequest",
+                settings.file.server.max_watchers,
+                settings.file.server.max_watchers_per_caller,
+            ),
+            downloads: StreamSlots::new(
+                "DownloadExport",
+                settings.file.server.max_downloads,
+                settings.file.server.max_downloads_per_caller,
+            ),
             metrics,
         });
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -245,6 +260,11 @@ impl Application {
             auth = %self.auth.describe(),
             "dsr listening"
         );
+        match transport_notice(addr, self.auth.is_dev_mode(), self.tls.is_some(), server_cfg.mesh_tls) {
+            TransportNotice::Encrypted => {}
+            TransportNotice::Mesh(m) => info!(%addr, "{m}"),
+            TransportNotice::Plaintext(m) => warn!(%addr, "{m}"),
+        }
 
         let server_stop = CancellationToken::new();
         let drain = {
@@ -302,6 +322,40 @@ impl Application {
     }
 }
 
+/// What start-up says about the transport of credentials and archives.
+#[derive(Debug, PartialEq, Eq)]
+enum TransportNotice {
+    /// TLS in process, or plaintext on loopback behind credentials (a sidecar's hop).
+    Encrypted,
+    /// No TLS here by design: the operator said a service mesh encrypts this pod's traffic.
+    Mesh(&'static str),
+    /// Bearer tokens, or development mode's open door, in clear: said at WARN.
+    Plaintext(&'static str),
+}
+
+fn transport_notice(addr: SocketAddr, dev_mode: bool, tls: bool, mesh_tls: bool) -> TransportNotice {
+    if tls {
+        TransportNotice::Encrypted
+    } else if dev_mode {
+        TransportNotice::Plaintext(
+            "development mode: no credentials and no TLS; every local caller has every scope; \
+             configure [[auth.tokens]] and [tls] before serving real data",
+        )
+    } else if addr.ip().is_loopback() {
+        TransportNotice::Encrypted
+    } else if mesh_tls {
+        TransportNotice::Mesh(
+            "serving without [tls]: server.mesh_tls says a service mesh encrypts this pod's traffic",
+        )
+    } else {
+        TransportNotice::Plaintext(
+            "serving plaintext beyond loopback: bearer tokens and export archives cross the network in clear; \
+             configure [tls], or set server.mesh_tls = true when a service mesh encrypts this pod's traffic \
+             (docs/deploy.md)",
+        )
+    }
+}
+
 /// Picks rustls' crypto provider (ring) for tonic's TLS and the S3 client, which is built
 /// without a provider of its own. Idempotent.
 pub fn install_crypto_provider() {
@@ -337,4 +391,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_a_warning_unless_tls_a_mesh_or_loopback_behind_credentials_covers_it() {
+        let public: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let plaintext = |n| matches!(n, TransportNotice::Plaintext(_));
+        assert!(plaintext(transport_notice(public, false, false, false)));
+        assert!(plaintext(transport_notice(local, true, false, false)), "development mode");
+        assert!(matches!(transport_notice(public, false, false, true), TransportNotice::Mesh(_)));
+        assert_eq!(transport_notice(public, false, true, false), TransportNotice::Encrypted);
+        assert_eq!(transport_notice(local, false, false, false), TransportNotice::Encrypted);
+    }
 }

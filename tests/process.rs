@@ -601,9 +601,14 @@ async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log
     let wrong_token = "canary-wrong-token-55aa66bb77cc";
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(canary_token.as_bytes()));
     let tokens = dir.path().join("tokens.toml");
+    let other_tenant = "canary-globex-token-0a1b2c3d4e5f";
+    let other_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(other_tenant.as_bytes()));
     std::fs::write(
         &tokens,
-        format!("[[auth.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\nscopes = [\"dsr.delete\", \"dsr.read\"]\n"),
+        format!(
+            "[[auth.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\nscopes = [\"dsr.delete\", \"dsr.read\"]\n\n\
+             [[auth.tokens]]\nname = \"globex-reader\"\ntoken_sha256 = \"{other_hash}\"\nscopes = [\"dsr.read\"]\ntenant = \"globex\"\n"
+        ),
     )
     .unwrap();
     let log = dir.path().join("server.log");
@@ -621,13 +626,34 @@ async fn tokens_from_a_file_open_the_public_address_and_no_token_reaches_the_log
     assert!(!ok && out.contains("Unauthenticated") && !out.contains(wrong_token), "{out}");
     let (ok, out) = run(&["list"], None);
     assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    let id = out_id(&run(&["list", "--tenant", "acme"], Some(canary_token)).1);
+    let (ok, out) = run(&["status", &id], Some(other_tenant));
+    assert!(!ok && out.contains("PermissionDenied"), "{out}");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("1 bearer token"), "{text}");
-    for secret in [canary_token, wrong_token, &hash] {
+    assert!(text.contains("2 bearer token"), "{text}");
+    for secret in [canary_token, wrong_token, other_tenant, &hash, &other_hash] {
         assert!(!text.contains(secret), "the log contains a credential");
     }
+    // Plaintext beyond loopback, failed authentications and a cross-tenant probe: each a WARN
+    // naming the caller (when known), the RPC and the code.
+    let warns: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["level"] == "WARN")
+        .collect();
+    let warned =
+        |needle: &str| warns.iter().find(|v| v["fields"]["message"].as_str().unwrap_or("").contains(needle));
+    assert!(warned("plaintext beyond loopback").is_some(), "{text}");
+    let refused =
+        warned("authentication failed").unwrap_or_else(|| panic!("no WARN for a bad token:\n{text}"));
+    assert_eq!(refused["fields"]["rpc"], "dsr.v1.DataSubjectRights/ListRequests");
+    assert_eq!(refused["fields"]["code"], "UNAUTHENTICATED");
+    let probe = warned("cross-tenant").unwrap_or_else(|| panic!("no WARN for a cross-tenant call:\n{text}"));
+    assert_eq!(probe["fields"]["caller"], "globex-reader");
+    assert_eq!(probe["fields"]["rpc"], "dsr.v1.DataSubjectRights/GetRequest");
+    assert_eq!(probe["fields"]["code"], "PERMISSION_DENIED");
     assert_no_canaries(&log, &canaries(&seeded));
 }
 
@@ -1008,4 +1034,266 @@ async fn a_start_against_a_mismatched_platform_database_fails_naming_the_store_a
         assert_eq!(out.matches(" ok").count(), 5, "{out}");
         platform.close().await;
     }
+}
+
+// ------------------------------------------------------------------ hardening ----
+
+/// The first request id in `dsr list` output.
+fn out_id(list: &str) -> String {
+    list.split_whitespace()
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap_or_else(|| panic!("no request id in {list}"))
+        .to_owned()
+}
+
+/// Resident memory of a process (VmRSS), in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+fn token_toml(name: &str, token: &str, scopes: &str, tenant: &str) -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    format!("[[auth.tokens]]\nname = {name:?}\ntoken_sha256 = {hash:?}\nscopes = [{scopes}]\ntenant = {tenant:?}\n\n")
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Opens a download on its own connection and reads one chunk, then stops reading: the stream
+/// stays open on the server with whatever it buffered.
+async fn stalled_download(
+    addr: SocketAddr,
+    token: &str,
+    id: &str,
+) -> Result<(DataSubjectRightsClient<Channel>, tonic::Streaming<pb::ExportChunk>), tonic::Status> {
+    let mut c = client(addr).await;
+    let mut s = c
+        .download_export(with_token(pb::DownloadExportRequest { id: id.to_owned(), offset: 0 }, token))
+        .await?
+        .into_inner();
+    s.message().await?.expect("a first chunk");
+    Ok((c, s))
+}
+
+/// 20 callers each try to hold 6 stalled downloads of an 8 MiB archive: each gets its 4, the
+/// server's 64 fill, the rest get RESOURCE_EXHAUSTED; the server's memory stays within a
+/// generous bound while they stall and after they are cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_are_bounded_per_caller_and_overall_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
+    let out = Command::new(BIN)
+        .args(["seed", "--tenant", "acme", "--subjects", "1", "--calls", "4", "--recording-bytes", "2097152"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--database-url")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seeded: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let tokens: Vec<String> = (0..20).map(|i| format!("stall-token-{i:02}-9f8e7d6c5b4a")).collect();
+    let mut toml = String::from("[server]\nrate_limit_per_second = 0\n\n");
+    for (i, t) in tokens.iter().enumerate() {
+        toml.push_str(&token_toml(&format!("caller-{i}"), t, "\"dsr.export\", \"dsr.read\"", "acme"));
+    }
+    let cfg = dir.path().join("dsr.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = start_server(dir.path(), &db, &cfg, &log);
+    let mut c = client(server.addr).await;
+    let subject = pb::Subject {
+        tenant_id: "acme".into(),
+        phone: seeded["phone"].as_str().unwrap().into(),
+        ..Default::default()
+    };
+    let id = c
+        .submit_export(with_token(
+            pb::SubmitExportRequest { subject: Some(subject), ..Default::default() },
+            &tokens[0],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut watch = c
+        .watch_request(with_token(pb::WatchRequestRequest { id: id.clone() }, &tokens[0]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(r) = watch.message().await.unwrap() {
+        last = Some(r);
+    }
+    let done = last.unwrap();
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:?}");
+    assert!(done.export.as_ref().unwrap().size_bytes > 8 << 20);
+
+    let pid = server.child.id();
+    let before = rss_mib(pid);
+    let (mut open, mut per_caller, mut server_wide) = (Vec::new(), 0, 0);
+    for t in &tokens {
+        for _ in 0..6 {
+            match stalled_download(server.addr, t, &id).await {
+                Ok(s) => open.push(s),
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                    if e.message().contains("this caller") {
+                        per_caller += 1
+                    } else {
+                        server_wide += 1
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(open.len(), 64, "the server-wide cap");
+    assert_eq!((per_caller, server_wide), (16 * 2, 4 * 6));
+    // The stalled streams fill what they may; take the highest of a few samples.
+    let mut during = rss_mib(pid);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        during = during.max(rss_mib(pid));
+    }
+    drop(open);
+    // Cancelled streams give their slots back: the first caller gets its 4 again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut again = Vec::new();
+    while again.len() < 4 {
+        match stalled_download(server.addr, &tokens[0], &id).await {
+            Ok(s) => again.push(s),
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("slots of cancelled streams were not freed: {e:?}"),
+        }
+    }
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_mib(pid);
+    eprintln!("stalled downloads (64 open, 8 MiB archive): RSS before {before:.1} MiB, during {during:.1} MiB, after {after:.1} MiB");
+    // Generous bounds (1.6 MB a stream before the fix would be ~100 MiB for 64; 1,200 were 1.9 GB).
+    assert!(during < before + 200.0, "before {before:.1} MiB, during {during:.1} MiB");
+    assert!(after < before + 200.0, "before {before:.1} MiB, after {after:.1} MiB");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// Runs the command with umask 0000, as a careless shell or container might.
+fn permissive_umask(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file and directory under `dir`, with its mode.
+fn modes_under(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push((p.clone(), mode(&p)));
+        if p.is_dir() {
+            modes_under(&p, out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_holding_personal_data_are_private_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let db = dsr::db::sqlite_url(&data.join("dsr.db"));
+    let out = permissive_umask(
+        Command::new(BIN)
+            .args(["seed", "--tenant", "acme", "--subjects", "1", "--calls", "2"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--database-url")
+            .arg(&db),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seeded: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let log = tmp.path().join("server.log");
+    let mut server = launch_server(&data, &db, &log, "127.0.0.1:0", |cmd| {
+        permissive_umask(cmd);
+    });
+    let downloads = tmp.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let zip = downloads.join("subject.zip");
+    let out = permissive_umask(
+        Command::new(BIN)
+            .args(["export", "--tenant", "acme", "--phone", seeded["phone"].as_str().unwrap(), "-o"])
+            .arg(&zip)
+            .env("DSR_SERVER", format!("http://127.0.0.1:{}", server.addr.port())),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("dsr.db")), 0o600, "the database");
+    assert_eq!(mode(&zip), 0o600, "the downloaded archive");
+    let mut all = Vec::new();
+    modes_under(&data, &mut all);
+    let archive = all.iter().find(|(p, _)| p.ends_with("export.zip")).expect("the export archive");
+    assert_eq!(archive.1, 0o600, "the export archive");
+    assert!(all.iter().any(|(p, _)| p.components().any(|c| c.as_os_str() == "recordings") && p.is_file()));
+    let open: Vec<_> = all.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+    // Development mode on loopback says it is plaintext, loudly.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"WARN\"") && l.contains("development mode: no credentials and no TLS")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_token_configured_twice_stops_the_server_naming_both_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dsr.toml");
+    std::fs::write(&cfg, token_toml("acme-reader", "same-token-123456", "\"dsr.read\"", "acme")).unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"same-token-123456"));
+    std::fs::write(
+        &tokens,
+        format!("[[auth.tokens]]\nname = \"root\"\ntoken_sha256 = \"{hash}\"\nscopes = [\"dsr.admin\"]\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("DSR_TOKENS_FILE", &tokens)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"acme-reader\" and \"root\" have the same token_sha256"), "{err}");
+    assert!(!err.contains(&hash), "{err}");
 }

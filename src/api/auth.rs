@@ -9,9 +9,13 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{metadata::MetadataValue, Request, Status};
+use tracing::warn;
 
 use super::error::ApiError;
-use crate::config::{AuthConfig, ServerConfig};
+use crate::{
+    config::{AuthConfig, ServerConfig},
+    telemetry::grpc::RpcMethod,
+};
 
 /// What a credential allows (API.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -63,30 +67,37 @@ pub struct Caller {
     pub name: String,
     scopes: BTreeSet<Scope>,
     tenant: Option<String>,
+    /// The RPC being called, for the warning a denial logs.
+    rpc: &'static str,
 }
 
 impl Caller {
     /// Development mode: no credentials configured, loopback only, everything allowed.
     pub fn anonymous() -> Self {
-        Self { name: "anonymous".into(), scopes: Scope::ALL.into_iter().collect(), tenant: None }
+        Self { name: "anonymous".into(), scopes: Scope::ALL.into_iter().collect(), tenant: None, rpc: "" }
     }
 
     pub fn of<T>(req: &Request<T>) -> Result<Caller, ApiError> {
         req.extensions().get::<Caller>().cloned().ok_or(ApiError::Unauthenticated("no credentials".into()))
     }
 
+    /// A denial is logged at WARN (caller, RPC, code, what was missing), so that a probe shows
+    /// up in the log and not only in a counter.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.contains(&scope) {
             Ok(())
         } else {
+            warn!(caller = %self.name, rpc = self.rpc, code = "PERMISSION_DENIED", missing_scope = %scope, "call denied: the caller lacks the scope");
             Err(ApiError::PermissionDenied(format!("{:?} lacks the scope {scope}", self.name)))
         }
     }
 
-    /// A tenant-bound caller may only touch its own tenant.
+    /// A tenant-bound caller may only touch its own tenant. A denial is logged at WARN with the
+    /// caller's own tenant (configuration), not the one it asked for (the caller's input).
     pub fn require_tenant(&self, tenant: &str) -> Result<(), ApiError> {
         match &self.tenant {
             Some(own) if own != tenant => {
+                warn!(caller = %self.name, caller_tenant = %own, rpc = self.rpc, code = "PERMISSION_DENIED", "call denied: cross-tenant access");
                 Err(ApiError::PermissionDenied(format!("{:?} is bound to another tenant", self.name)))
             }
             _ => Ok(()),
@@ -128,6 +139,7 @@ impl Authenticator {
                     name: t.name.clone(),
                     scopes: t.scopes.iter().copied().collect(),
                     tenant: t.tenant.clone(),
+                    rpc: "",
                 };
                 Ok(TokenIdentity { sha256, caller })
             })
@@ -141,6 +153,7 @@ impl Authenticator {
                     name: c.name.clone(),
                     scopes: c.scopes.iter().copied().collect(),
                     tenant: c.tenant.clone(),
+                    rpc: "",
                 },
             })
             .collect();
@@ -238,7 +251,17 @@ pub struct AuthInterceptor(pub Arc<Authenticator>);
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.0.authenticate(&req)?;
+        let rpc = req.extensions().get::<RpcMethod>().map_or("_OTHER", |m| m.0);
+        let mut caller = self.0.authenticate(&req).inspect_err(|status| {
+            // The status message says which kind of credential failed; never the credential.
+            warn!(
+                rpc,
+                code = "UNAUTHENTICATED",
+                reason = status.message(),
+                "call refused: authentication failed"
+            );
+        })?;
+        caller.rpc = rpc;
         self.0.check_rate(&caller)?;
         req.extensions_mut().insert(caller);
         Ok(req)

@@ -8,6 +8,7 @@ mod download;
 mod error;
 mod holds;
 mod rights;
+mod slots;
 pub mod status_codes;
 pub mod validate;
 mod watch;
@@ -17,6 +18,7 @@ pub use auth::{AuthInterceptor, Authenticator, Caller, Scope};
 pub use error::ApiError;
 pub use holds::HoldsService;
 pub use rights::{RightsService, ServiceContext};
+pub use slots::{SlotGuard, SlotRefused, StreamSlots};
 
 /// Code generated from `proto/dsr/v1/*.proto`.
 pub mod pb {

@@ -2,7 +2,6 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -10,13 +9,16 @@ use super::{
     auth::{Caller, Scope},
     convert, download,
     error::ApiError,
-    pb, watch,
+    pb,
+    slots::StreamSlots,
+    watch,
 };
 use crate::{
     clock::SharedClock,
     config::FileConfig,
     domain::{
-        due_at, parse_text, Corrections, FieldError, IdempotencyKey, Regime, RequestId, RequestKind, Subject,
+        due_at, parse_requested_by, Corrections, FieldError, IdempotencyKey, Regime, RequestId, RequestKind,
+        Subject,
     },
     engine::Signals,
     export::ExportStorage,
@@ -39,7 +41,10 @@ pub struct ServiceContext {
     pub hasher: KeyedHasher,
     pub signals: Signals,
     pub config: FileConfig,
-    pub watchers: Arc<Semaphore>,
+    /// Open WatchRequest streams, per caller and in all.
+    pub watchers: Arc<StreamSlots>,
+    /// Open DownloadExport streams, per caller and in all.
+    pub downloads: Arc<StreamSlots>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -194,7 +199,7 @@ pub(super) fn parse_submission(
         subject: convert::subject("subject", subject)?,
         regime: convert::regime(regime)?,
         idempotency_key: IdempotencyKey::parse("idempotency_key", idempotency_key)?,
-        requested_by: parse_text("requested_by", requested_by)?,
+        requested_by: parse_requested_by("requested_by", requested_by)?,
         corrections: None,
     })
 }
@@ -315,11 +320,11 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         let caller = Caller::of(&req)?;
         let pb::WatchRequestRequest { id } = req.into_inner();
         let id = self.authorize_id(&caller, &id, Some(Scope::Read)).await?;
-        let permit = self.ctx.watchers.clone().try_acquire_owned().map_err(|_| {
-            ApiError::ResourceExhausted(
-                "too many WatchRequest streams open; retry later or poll GetRequest".into(),
-            )
-        })?;
+        let permit = self
+            .ctx
+            .watchers
+            .acquire(&caller.name)
+            .map_err(|e| ApiError::ResourceExhausted(format!("{e}, or poll GetRequest")))?;
         let changes = self.ctx.signals.subscribe();
         let first = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
         Ok(Response::new(Box::pin(watch::stream(self.ctx.clone(), changes, first, permit))))
@@ -400,8 +405,13 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         let pb::DownloadExportRequest { id, offset } = req.into_inner();
         // The archive is the subject's data itself: only callers who may export may fetch it.
         let id = self.authorize_id(&caller, &id, Some(Scope::Export)).await?;
+        let slot = self
+            .ctx
+            .downloads
+            .acquire(&caller.name)
+            .map_err(|e| ApiError::ResourceExhausted(e.to_string()))?;
         let request = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
-        let stream = download::open(&self.ctx, &request, offset, caller.name).await?;
+        let stream = download::open(&self.ctx, &request, offset, caller.name, slot).await?;
         Ok(Response::new(stream))
     }
 

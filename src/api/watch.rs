@@ -6,12 +6,12 @@ use std::{sync::Arc, time::Duration};
 use futures::Stream;
 use tokio::sync::{
     broadcast::{self, error::RecvError},
-    mpsc, OwnedSemaphorePermit,
+    mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{pb, rights::ServiceContext};
+use super::{pb, rights::ServiceContext, slots::SlotGuard};
 use crate::ledger::RequestRecord;
 
 /// How often a watcher re-reads when nothing in this process said the request changed.
@@ -23,7 +23,7 @@ pub fn stream(
     ctx: Arc<ServiceContext>,
     mut changes: broadcast::Receiver<String>,
     first: RequestRecord,
-    permit: OwnedSemaphorePermit,
+    permit: SlotGuard,
 ) -> impl Stream<Item = Result<pb::DsrRequest, Status>> {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {

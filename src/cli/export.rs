@@ -76,9 +76,12 @@ async fn download_to(client: &mut Client, id: &str, output: &Path) -> anyhow::Re
         .append(offset > 0)
         .write(true)
         .truncate(offset == 0)
+        .mode(0o600)
         .open(&partial)
         .await
         .with_context(|| format!("opening {}", partial.display()))?;
+    // The archive is the subject's data: private, also when a partial file was left wider.
+    crate::files::make_private(&partial)?;
     if offset > 0 {
         eprintln!("resuming at byte {offset} of {}", info.size_bytes);
     }

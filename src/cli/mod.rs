@@ -259,6 +259,9 @@ pub enum AuditCommand {
 }
 
 pub fn main() -> ExitCode {
+    // Before anything is written: the database, recordings, archives and downloads are
+    // personal data, private to this user whatever umask the shell or container gave us.
+    crate::files::restrict_umask();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

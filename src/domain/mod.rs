@@ -5,6 +5,7 @@
 
 mod ids;
 mod request;
+mod requester;
 mod retention;
 mod subject;
 
@@ -13,6 +14,7 @@ pub use request::{
     derive_status, due_at, extended_due_at, OutcomeState, Regime, RequestKind, RequestStatus,
     RETENTION_MONTHS_BILLING,
 };
+pub use requester::parse_requested_by;
 pub use retention::{legal_minimum, platform_period, Period, RetentionSchedule};
 pub use subject::{AccountId, Corrections, Email, Name, Phone, Subject, TenantId};
 

@@ -58,6 +58,11 @@ pub fn method_of(path: &str) -> &'static str {
     path.strip_prefix('/').and_then(|p| KNOWN_METHODS.get(p)).map_or(OTHER, String::as_str)
 }
 
+/// The method a call is for (`dsr.v1.DataSubjectRights/GetRequest`, or `_OTHER`), put in the
+/// request's extensions so that authentication can name it in its warnings.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcMethod(pub &'static str);
+
 /// gRPC status code names, as the gRPC spec spells them.
 pub fn code_name(code: i32) -> &'static str {
     const NAMES: [&str; 17] = [
@@ -190,8 +195,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let mut call = RpcCall::start(req.uri().path(), req.headers(), self.metrics.clone());
+        req.extensions_mut().insert(RpcMethod(call.method));
         let span = call.span.clone();
         // Interceptors (authentication) run inside `call`: inside the span too.
         let response = span.in_scope(|| self.inner.call(req));

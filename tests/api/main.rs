@@ -18,4 +18,5 @@ mod protocol;
 mod rectification;
 mod retention;
 mod security;
+mod streams;
 mod validation;

@@ -19,11 +19,11 @@ use crate::helpers::*;
 
 const SCOPES: [&str; 5] = ["dsr.export", "dsr.delete", "dsr.rectify", "dsr.read", "dsr.admin"];
 
-fn token_of(name: &str) -> String {
+pub(crate) fn token_of(name: &str) -> String {
     format!("tok-{name}-0123456789abcdef")
 }
 
-fn token_entry(name: &str, scopes: &[&str], tenant: Option<&str>) -> String {
+pub(crate) fn token_entry(name: &str, scopes: &[&str], tenant: Option<&str>) -> String {
     let hash = hex::encode(Sha256::digest(token_of(name).as_bytes()));
     let scopes = scopes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
     let tenant = tenant.map(|t| format!("tenant = {t:?}\n")).unwrap_or_default();
@@ -40,7 +40,7 @@ fn config() -> String {
     toml
 }
 
-fn with_token<T>(msg: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     r

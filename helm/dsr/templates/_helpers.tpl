@@ -177,6 +177,20 @@ request_timeout_secs = {{ int .Values.server.requestTimeoutSecs }}
 max_concurrent_requests = {{ int .Values.server.maxConcurrentRequests }}
 max_message_bytes = {{ int .Values.server.maxMessageBytes }}
 shutdown_grace_secs = {{ int .Values.server.shutdownGraceSeconds }}
+max_watchers = {{ int .Values.server.maxWatchers }}
+max_watchers_per_caller = {{ int .Values.server.maxWatchersPerCaller }}
+max_downloads = {{ int .Values.server.maxDownloads }}
+max_downloads_per_caller = {{ int .Values.server.maxDownloadsPerCaller }}
+mesh_tls = {{ .Values.tls.mesh }}
+{{- if .Values.tls.enabled }}
+
+[tls]
+cert_file = "/etc/dsr-tls/tls.crt"
+key_file = "/etc/dsr-tls/tls.key"
+{{- if .Values.tls.clientCa }}
+client_ca_file = "/etc/dsr-tls/ca.crt"
+{{- end }}
+{{- end }}
 
 [engine]
 workers = {{ int .Values.engine.workers }}

@@ -1,0 +1,91 @@
+//! Private files: everything dsr writes holds personal data (the SQLite ledger, recordings,
+//! export archives, downloaded archives), so it is readable by the service's own user only —
+//! directories 0700 and files 0600, whatever umask the process was started with.
+use std::path::Path;
+
+use anyhow::Context;
+
+/// The mode bits no file or directory dsr creates may have: group and others get nothing.
+const PRIVATE_UMASK: u32 = 0o077;
+
+/// Narrows the process umask so that every file created from now on — by SQLite, by
+/// object_store's local backend, by this crate — is 0600 and every directory 0700, even when the
+/// process was started with a permissive umask (0000, 0022). Affects the whole process.
+#[cfg(unix)]
+pub fn restrict_umask() {
+    // SAFETY: umask(2) cannot fail and touches no memory; it only sets the process's mask.
+    unsafe {
+        let old = libc::umask(PRIVATE_UMASK as libc::mode_t);
+        libc::umask(old | PRIVATE_UMASK as libc::mode_t);
+    }
+}
+
+/// Creates `dir` (and missing parents) readable by this user only, and narrows an existing one
+/// to 0700, so data left by an older version under a 0755 directory is closed as well.
+#[cfg(unix)]
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & PRIVATE_UMASK != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !PRIVATE_UMASK))
+            .with_context(|| format!("making the data directory {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes a file this process writes (a downloaded archive) readable by this user only, also
+/// when it already existed with a wider mode.
+#[cfg(unix)]
+pub fn make_private(file: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private (0600)", file.display()))
+}
+
+// dsr runs on Linux; elsewhere these keep it building, with the platform's own defaults.
+#[cfg(not(unix))]
+pub fn restrict_umask() {}
+
+#[cfg(not(unix))]
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))
+}
+
+#[cfg(not(unix))]
+pub fn make_private(_file: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_data_directory_is_created_private_and_an_open_one_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a/b/data");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        let file = open.join("x.zip");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        make_private(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+    }
+}

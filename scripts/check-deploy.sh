@@ -222,7 +222,8 @@ need("token" not in toml_text, "no tokens in the ConfigMap")
 if tomllib:
     conf = tomllib.loads(toml_text)
     expected = {
-        "server": {"listen", "request_timeout_secs", "max_concurrent_requests", "max_message_bytes", "shutdown_grace_secs", "mesh_tls"},
+        "server": {"listen", "request_timeout_secs", "max_concurrent_requests", "max_message_bytes", "shutdown_grace_secs",
+                   "max_watchers", "max_watchers_per_caller", "max_downloads", "max_downloads_per_caller", "mesh_tls"},
         "engine": {"workers", "lease_secs", "max_attempts", "backoff_base_ms", "backoff_max_ms"},
         "metrics": {"listen"},
         "export": {"expiry_days"},

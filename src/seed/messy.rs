@@ -153,7 +153,7 @@ fn people() -> Vec<Person> {
             account: Some(Account {
                 id: "m-fam-a",
                 email: Some("fam.a@example.com"),
-                phone: Some("+1 (555) 000-1003"),
+                phone: Some("+15550001003"),
                 terminated: false,
             }),
             named_by: (Some("fam.a@example.com"), None),
@@ -197,7 +197,7 @@ fn people() -> Vec<Person> {
             label: "dup_a",
             account: Some(Account {
                 id: "m-dup-a",
-                email: Some("Dup@Example.com"),
+                email: Some("dup@example.com"),
                 phone: Some("+15550001004"),
                 terminated: false,
             }),
@@ -215,7 +215,7 @@ fn people() -> Vec<Person> {
             label: "dup_b",
             account: Some(Account {
                 id: "m-dup-b",
-                email: Some("dup@example.com "),
+                email: Some(" Dup@Example.COM"),
                 phone: Some("+15550001005"),
                 terminated: false,
             }),

@@ -183,7 +183,7 @@ async fn a_shared_family_line_erases_one_member_and_counts_the_lines_calls(backe
 }
 both!(a_shared_family_line_erases_one_member_and_counts_the_lines_calls);
 
-/// Two accounts with one email (`Dup@Example.com`, `dup@example.com `): by the email, refused; by
+/// Two accounts with one email (`dup@example.com`, `" Dup@Example.COM"`): by the email, refused; by
 /// one account's id, only that account's data goes.
 async fn a_duplicate_email_is_refused_and_one_account_goes_by_its_id(backend: Backend) {
     let app = spawn_app(backend).await;

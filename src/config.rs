@@ -63,6 +63,8 @@ pub struct FileConfig {
     pub export: ExportConfig,
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
+    /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
+    pub catalog: Vec<crate::catalog::CatalogEntry>,
 }
 
 /// How subjects' identifiers are read. Phones stored in a national format (`(555) 000-0003`)
@@ -130,6 +132,9 @@ pub struct RetentionConfig {
     pub billing_years: u32,
     /// Per tenant: `[retention.tenants.acme] recordings_days = 30`.
     pub tenants: BTreeMap<String, TenantRetention>,
+    /// The periods of catalog stores (`[[catalog]] retention_days`), filled in from the catalog.
+    #[serde(skip)]
+    pub catalog_days: Vec<(String, u32)>,
 }
 
 impl Default for RetentionConfig {
@@ -145,6 +150,7 @@ impl Default for RetentionConfig {
             accounts_days: 30,
             billing_years: crate::domain::RETENTION_MONTHS_BILLING / 12,
             tenants: BTreeMap::new(),
+            catalog_days: Vec::new(),
         }
     }
 }
@@ -196,6 +202,9 @@ impl RetentionConfig {
         let mut s = RetentionSchedule::default();
         for (_, store, p) in self.defaults() {
             s = s.with_default(store, p);
+        }
+        for (store, days) in &self.catalog_days {
+            s = s.with_default(store, Period::Days(*days));
         }
         for (tenant, own) in &self.tenants {
             for (_, store, p) in own.periods() {
@@ -595,9 +604,29 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let cfg: Self = toml::from_str(text)?;
+        let mut cfg: Self = toml::from_str(text)?;
         cfg.validate()?;
+        // What a catalog entry says of its retention feeds the schedule and the export notice.
+        for e in &cfg.catalog {
+            if let Some(days) = e.retention_days {
+                cfg.retention.catalog_days.push((e.name.clone(), days));
+            }
+            let notice = e.retention_notice.clone().unwrap_or_else(|| match e.retention_days {
+                Some(d) => format!("{d} days"),
+                None => "until the subject asks for erasure".to_owned(),
+            });
+            cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
+        }
         Ok(cfg)
+    }
+
+    /// Every store's name: the reference stores, then the catalog's.
+    pub fn store_names(&self) -> Vec<&str> {
+        crate::stores::STORE_NAMES
+            .iter()
+            .copied()
+            .chain(self.catalog.iter().map(|e| e.name.as_str()))
+            .collect()
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -661,7 +690,7 @@ impl FileConfig {
         }
         for name in x.notice.retention.keys().chain(x.notice.legal_basis.keys()) {
             anyhow::ensure!(
-                crate::stores::STORE_NAMES.contains(&name.as_str()),
+                self.store_names().contains(&name.as_str()),
                 "export.notice: unknown store {name:?} (known: {})",
                 crate::stores::STORE_NAMES.join(", ")
             );
@@ -672,11 +701,16 @@ impl FileConfig {
              it is pointed at. Point [stores.<name>] at the platform's tables, or run `dsr seed` to create the \
              reference schema for a trial"
         );
+        let mut known: Vec<&str> = crate::stores::STORE_NAMES.to_vec();
+        for e in &self.catalog {
+            e.validate(&known)?;
+            known.push(&e.name);
+        }
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
-                crate::stores::STORE_NAMES.contains(&name.as_str()),
+                known.contains(&name.as_str()),
                 "stores.{name}: unknown store (known: {})",
-                crate::stores::STORE_NAMES.join(", ")
+                known.join(", ")
             );
             anyhow::ensure!(store.concurrency >= 1, "stores.{name}.concurrency must be at least 1");
             if let Some(t) = &store.table {

@@ -12,6 +12,7 @@
 //! | `retention` | the retention sweep: records past their period leave, holds are kept   |
 //! | `startup`   | building and running the server; graceful shutdown                     |
 //! | `cli`       | the `dsr` command line: server commands and a client for people        |
+//! | `catalog`   | stores described in the configuration file: table, columns, links, erasure |
 //! | `config`    | flags, environment and TOML configuration                              |
 //! | `db`        | one handle over SQLite or Postgres                                     |
 //! | `files`     | private files: data directory 0700, files 0600 whatever the umask      |
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -41,10 +41,21 @@ struct Fixture {
 }
 
 async fn fixture(backend: Backend, s3: bool, messy: bool) -> Fixture {
+    fixture_with(backend, s3, messy, "", &[]).await
+}
+
+/// A fixture whose platform database also has the tables `setup` creates, with `toml` (a
+/// catalog) as the service's configuration.
+async fn fixture_with(backend: Backend, s3: bool, messy: bool, toml: &str, setup: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = support::fresh_platform_database(backend, dir.path()).await;
+    let platform = Db::connect(&url, 2).await.unwrap();
+    for sql in setup {
+        sqlx::query(sql).execute(platform.pool()).await.unwrap();
+    }
+    platform.close().await;
     let recordings = if s3 { Some(support::fresh_s3_bucket().await) } else { None };
-    let settings = support::settings(dir.path(), url, recordings, "");
+    let settings = support::settings(dir.path(), url, recordings, toml);
     let ledger = open_ledger(&settings).await.unwrap();
     let stores = StoreRegistry::from_settings(&settings, ledger.db()).await.unwrap();
     let objects = open_object_store(&settings.recordings_url).unwrap();
@@ -277,6 +288,64 @@ async fn messy_people_are_erased_exactly(backend: Backend, s3: bool) {
         globex_before,
         "the same data in another tenant is untouched"
     );
+}
+
+/// The conformance suite for a store of the catalog: `agent_notes`, described in configuration
+/// only (linked by call id, phones in national formats, blanked rather than deleted). Each
+/// messy person's notes are blanked — read directly: exactly theirs, nobody else's — and
+/// erasing twice is harmless.
+async fn a_catalog_store_passes_the_conformance_suite(backend: Backend) {
+    let toml = "[[catalog]]\nname = \"agent_notes\"\ntable = \"agent_notes\"\n\
+                identifiers = [{ column = \"caller_phone\", holds = \"phone\" }]\n\
+                link = { column = \"call_id\", store = \"call_logs\" }\nerasure = \"blank\"\nblank = [\"note\"]\n";
+    let table = "CREATE TABLE agent_notes (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, call_id TEXT, caller_phone TEXT, note TEXT)";
+    let f = fixture_with(backend, false, true, toml, &[table]).await;
+    let calls: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, tenant_id, caller_phone FROM call_logs")
+            .fetch_all(f.db.pool())
+            .await
+            .unwrap();
+    for (call, tenant, phone) in &calls {
+        sqlx::query("INSERT INTO agent_notes VALUES ($1, $2, $3, $4, 'a note')")
+            .bind(format!("{call}-n"))
+            .bind(tenant)
+            .bind(call)
+            .bind(phone)
+            .execute(f.db.pool())
+            .await
+            .unwrap();
+    }
+    let notes = |db: Db| async move {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM agent_notes WHERE tenant_id = 'acme' AND (note IS NOT NULL OR caller_phone IS NOT NULL)",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| r.0).collect::<BTreeSet<String>>()
+    };
+    assert!(f.stores.check().await.is_empty(), "the catalog entry fits its table");
+    let mut expected = notes(f.db.clone()).await;
+    for (label, s, unattributed) in [
+        ("mixed_case", subject("acme", None, Some("mixed.case@example.com"), None), 0),
+        ("family_a", subject("acme", Some("acme-m-fam-a"), None, None), 2),
+        ("anonymous", subject("acme", None, None, Some("+15550001008")), 0),
+    ] {
+        let res = resolution(&f, &s).await;
+        let theirs: BTreeSet<String> =
+            f.messy.person(label).records["call_logs"].iter().map(|c| format!("{c}-n")).collect();
+        let notes_store = f.stores.get("agent_notes").unwrap();
+        let scan = resolve::scan(notes_store.as_ref(), &res).await.unwrap();
+        assert_eq!(scan.mine, theirs, "{label}: resolved");
+        assert_eq!(scan.unattributed.len(), unattributed, "{label}: unattributed");
+        let erased = erase_everywhere(&f, &res).await;
+        assert_eq!(erased["agent_notes"].0, theirs.len() as u64, "{label}");
+        expected = expected.difference(&theirs).cloned().collect();
+        assert_eq!(notes(f.db.clone()).await, expected, "{label}: exactly their notes are blanked");
+    }
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM agent_notes").fetch_one(f.db.pool()).await.unwrap();
+    assert_eq!(rows as usize, calls.len(), "blanked, not deleted");
 }
 
 /// Identifiers that name more than one person are refused, and resolve nothing.
@@ -624,5 +693,6 @@ mod messy_people_are_erased_exactly_on_every_backend {
 
 on_every_backend!(an_account_no_billing_references_is_deleted_outright);
 on_every_backend!(ambiguous_subjects_are_refused);
+on_every_backend!(a_catalog_store_passes_the_conformance_suite);
 on_every_backend!(a_rectification_rewrites_every_format_of_the_old_phone);
 on_every_backend!(identifier_lookups_are_index_scans);

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     domain::OutcomeState,
     ledger::{ExportRecord, Ledger, ARCHIVE_TASK},
-    stores::{ByteStream, StoreError, StoreRegistry, StoreResult, STORE_NAMES},
+    stores::{ByteStream, StoreError, StoreRegistry, StoreResult},
 };
 
 /// Bytes buffered before the archive goes out as a multipart upload (S3's smallest part: 5 MiB).
@@ -63,7 +63,8 @@ pub async fn assemble(
     );
     // The parts to copy in, store by store in the service's store order.
     let mut parts: Vec<PartSummary> = Vec::new();
-    for name in STORE_NAMES {
+    let names: Vec<&str> = stores.all().iter().map(|a| a.name()).collect();
+    for name in &names {
         let Some((_, state, _)) = states.iter().find(|(s, _, _)| s == name) else {
             continue;
         };
@@ -83,7 +84,7 @@ pub async fn assemble(
         }
     }
     if let Some((_, state, _)) =
-        states.iter().find(|(s, _, _)| s != ARCHIVE_TASK && !STORE_NAMES.contains(&s.as_str()))
+        states.iter().find(|(s, _, _)| s != ARCHIVE_TASK && !names.contains(&s.as_str()))
     {
         return Err(StoreError::Fatal(format!(
             "the request has a task this version does not know ({state})"
@@ -127,7 +128,7 @@ pub async fn assemble(
             entry.files = files;
         }
         // Store order, whatever order the parts and skips were met in.
-        manifest.stores.sort_by_key(|s| STORE_NAMES.iter().position(|n| *n == s.store));
+        manifest.stores.sort_by_key(|s| names.iter().position(|n| *n == s.store));
         let json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Fatal(format!("manifest: {e}")))?;
         let bytes = Bytes::from(json);

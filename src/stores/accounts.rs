@@ -43,16 +43,17 @@ impl AccountsStore {
             rows: SubjectTable {
                 db,
                 table: t.accounts.clone(),
-                key: "id",
-                identifiers: vec![
+                key: "id".into(),
+                tenant: "tenant_id".into(),
+                identifiers: super::table::columns(&[
                     ("id", IdentKind::AccountId),
                     ("email", IdentKind::Email),
                     ("phone", IdentKind::Phone),
-                ],
+                ]),
                 link: None,
                 bytes: None,
                 object: None,
-                cleared: Some("email IS NULL AND phone IS NULL AND name IS NULL"),
+                cleared: Some("email IS NULL AND phone IS NULL AND name IS NULL".into()),
             },
             billing: t.billing.clone(),
         }

@@ -46,12 +46,16 @@ impl BillingStore {
             rows: SubjectTable {
                 db,
                 table: t.billing.clone(),
-                key: "id",
-                identifiers: vec![("account_id", IdentKind::AccountId), ("caller_phone", IdentKind::Phone)],
+                key: "id".into(),
+                tenant: "tenant_id".into(),
+                identifiers: super::table::columns(&[
+                    ("account_id", IdentKind::AccountId),
+                    ("caller_phone", IdentKind::Phone),
+                ]),
                 link: None,
                 bytes: None,
                 object: None,
-                cleared: Some("restricted_at IS NOT NULL"),
+                cleared: Some("restricted_at IS NOT NULL".into()),
             },
         }
     }

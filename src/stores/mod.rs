@@ -29,6 +29,7 @@
 
 mod accounts;
 mod billing;
+mod catalog;
 mod export;
 mod objects;
 mod recordings;
@@ -372,13 +373,32 @@ impl StoreRegistry {
             reference::ensure_schema(default_db, &t).await?;
         }
         let objects = open_object_store(&settings.recordings_url)?;
-        Ok(Self::new(vec![
+        let mut adapters: Vec<Arc<dyn StoreAdapter>> = vec![
             Arc::new(accounts::AccountsStore::new(accounts_db, &t)),
             Arc::new(rows::RowStore::call_logs(calls_db, &t)),
             Arc::new(rows::RowStore::transcripts(transcripts_db, &t)),
             Arc::new(recordings::RecordingsStore::new(recordings_db, &t, objects)),
             Arc::new(billing::BillingStore::new(billing_db, &t)),
-        ]))
+        ];
+        // The catalog's stores, each on its own database when it names one (a link to another
+        // database works: the resolution carries the linked keys, no SQL joins across).
+        for entry in &settings.file.catalog {
+            let db = match entry.database_url()? {
+                None => default_db.clone(),
+                Some(url) => match pools.get(&url) {
+                    Some(db) => db.clone(),
+                    None => {
+                        let db = Db::connect(&url, 8).await.map_err(|e| {
+                            anyhow::anyhow!("catalog.{}: cannot connect to its database: {e:#}", entry.name)
+                        })?;
+                        pools.insert(url, db.clone());
+                        db
+                    }
+                },
+            };
+            adapters.push(Arc::new(catalog::CatalogStore::new(entry.clone(), db)));
+        }
+        Ok(Self::new(adapters))
     }
 
     pub fn all(&self) -> &[Arc<dyn StoreAdapter>] {

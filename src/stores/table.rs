@@ -28,18 +28,25 @@ pub struct SubjectTable {
     pub db: Db,
     pub table: String,
     /// The primary key (TEXT).
-    pub key: &'static str,
+    pub key: String,
+    /// The tenant column: every statement is scoped by it.
+    pub tenant: String,
     /// Identifier columns and what each holds.
-    pub identifiers: Vec<(&'static str, IdentKind)>,
+    pub identifiers: Vec<(String, IdentKind)>,
     /// The column holding another store's key (`call_id`).
-    pub link: Option<&'static str>,
+    pub link: Option<String>,
     /// What a record weighs, as a SQL expression (`LENGTH(text)`, `bytes`).
-    pub bytes: Option<&'static str>,
+    pub bytes: Option<String>,
     /// The column holding an object key, for object-backed stores.
-    pub object: Option<&'static str>,
+    pub object: Option<String>,
     /// A SQL condition that is true once the erasure has been applied to a row that stays
     /// (personal columns blanked; restricted).
-    pub cleared: Option<&'static str>,
+    pub cleared: Option<String>,
+}
+
+/// The identifier columns of the reference tables, as `SubjectTable` takes them.
+pub fn columns(cols: &[(&str, IdentKind)]) -> Vec<(String, IdentKind)> {
+    cols.iter().map(|(c, k)| (c.to_string(), *k)).collect()
 }
 
 impl SubjectTable {
@@ -52,10 +59,10 @@ impl SubjectTable {
         for (i, (col, _)) in self.identifiers.iter().enumerate() {
             cols.push(format!("{col} AS i{i}"));
         }
-        cols.push(self.link.map_or("NULL".to_owned(), |l| l.to_owned()) + " AS l");
-        cols.push(format!("CAST(COALESCE({}, 0) AS BIGINT) AS b", self.bytes.unwrap_or("0")));
-        cols.push(self.object.map_or("NULL".to_owned(), |o| o.to_owned()) + " AS o");
-        cols.push(format!("CASE WHEN {} THEN 1 ELSE 0 END AS c", self.cleared.unwrap_or("1 = 0")));
+        cols.push(self.link.clone().unwrap_or_else(|| "NULL".to_owned()) + " AS l");
+        cols.push(format!("CAST(COALESCE({}, 0) AS BIGINT) AS b", self.bytes.as_deref().unwrap_or("0")));
+        cols.push(self.object.clone().unwrap_or_else(|| "NULL".to_owned()) + " AS o");
+        cols.push(format!("CASE WHEN {} THEN 1 ELSE 0 END AS c", self.cleared.as_deref().unwrap_or("1 = 0")));
         cols.join(", ")
     }
 
@@ -92,11 +99,11 @@ impl SubjectTable {
                 _ => {}
             }
         }
-        if let (Some(link), false) = (self.link, probe.links.is_empty()) {
-            out.push((link.to_owned(), probe.links.clone()));
+        if let (Some(link), false) = (&self.link, probe.links.is_empty()) {
+            out.push((link.clone(), probe.links.clone()));
         }
         if !probe.keys.is_empty() {
-            out.push((self.key.to_owned(), probe.keys.clone()));
+            out.push((self.key.clone(), probe.keys.clone()));
         }
         out
     }
@@ -110,8 +117,9 @@ impl SubjectTable {
         for (expr, values) in self.lookups(probe) {
             for chunk in values.chunks(CHUNK) {
                 let sql = format!(
-                    "SELECT {select} FROM {} WHERE tenant_id = $1 AND {expr} IN ({})",
+                    "SELECT {select} FROM {} WHERE {} = $1 AND {expr} IN ({})",
                     self.table,
+                    self.tenant,
                     super::sql::params(2, chunk.len())
                 );
                 let q = chunk.iter().fold(sqlx::query(&sql).bind(probe.tenant), |q, v| q.bind(v.as_str()));
@@ -129,7 +137,15 @@ impl SubjectTable {
     pub async fn delete(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
         let mut n = 0;
         for chunk in keys.chunks(CHUNK) {
-            n += super::sql::delete_keys(self.db.pool(), &self.table, tenant, chunk).await?;
+            let sql = format!(
+                "DELETE FROM {} WHERE {} = $1 AND {} IN ({})",
+                self.table,
+                self.tenant,
+                self.key,
+                super::sql::params(2, chunk.len())
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
+            n += q.execute(self.db.pool()).await?.rows_affected();
         }
         Ok(n)
     }
@@ -148,8 +164,9 @@ impl SubjectTable {
         keys.sort();
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "SELECT * FROM {} WHERE tenant_id = $1 AND {} IN ({}){extra} ORDER BY {}",
+                "SELECT * FROM {} WHERE {} = $1 AND {} IN ({}){extra} ORDER BY {}",
                 self.table,
+                self.tenant,
                 self.key,
                 super::sql::params(2, chunk.len()),
                 self.key
@@ -176,8 +193,9 @@ impl SubjectTable {
         let mut n = 0;
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "UPDATE {} SET {column} = $2 WHERE tenant_id = $1 AND {} IN ({}) AND ({column} IS NULL OR {column} <> $2)",
+                "UPDATE {} SET {column} = $2 WHERE {} = $1 AND {} IN ({}) AND ({column} IS NULL OR {column} <> $2)",
                 self.table,
+                self.tenant,
                 self.key,
                 super::sql::params(3, chunk.len())
             );
@@ -264,12 +282,13 @@ impl SubjectTable {
         if let Err(e) = probe(format!("SELECT 1 FROM {} WHERE 1 = 0", self.table)).await {
             return vec![format!("table {} cannot be read: {}", self.table, schema_error(&e))];
         }
-        let mut columns: Vec<&str> = vec![self.key];
-        columns.extend(self.identifiers.iter().map(|(c, _)| *c));
-        columns.extend(self.link);
-        columns.extend(self.object);
+        let mut columns: Vec<&str> = vec![&self.key, &self.tenant];
+        columns.extend(self.identifiers.iter().map(|(c, _)| c.as_str()));
+        columns.extend(self.link.as_deref());
+        columns.extend(self.object.as_deref());
         columns.extend(extra.iter().copied());
-        columns.dedup();
+        let mut seen = BTreeSet::new();
+        columns.retain(|c| seen.insert(*c));
         let mut problems = Vec::new();
         for col in columns {
             if let Err(e) = probe(format!("SELECT {col} FROM {} WHERE 1 = 0", self.table)).await {
@@ -302,7 +321,7 @@ impl SubjectTable {
                      WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = $2",
                 )
                 .bind(&self.table)
-                .bind(self.key)
+                .bind(&self.key)
                 .fetch_one(self.db.pool())
                 .await?;
                 Ok(n > 0)
@@ -314,7 +333,7 @@ impl SubjectTable {
                      AND (SELECT name FROM pragma_index_info(l.name)) = $1",
                     t = self.table
                 );
-                let n: i64 = sqlx::query_scalar(&sql).bind(self.key).fetch_one(self.db.pool()).await?;
+                let n: i64 = sqlx::query_scalar(&sql).bind(&self.key).fetch_one(self.db.pool()).await?;
                 Ok(n > 0)
             }
         }

@@ -7,6 +7,7 @@ mod support;
 mod helpers;
 
 mod audit;
+mod catalog;
 mod deletion;
 mod exactness;
 mod export;

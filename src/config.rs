@@ -514,6 +514,9 @@ pub struct StoresConfig {
     /// reference tables made every deletion "succeed" while the platform's data stayed). The
     /// reference schema comes from `dsr seed` and the embedded default. `false` is accepted.
     pub create_reference_schema: Option<bool>,
+    /// How often each store is checked while serving (health `dsr.store.<name>`, metric
+    /// `dsr_store_up`); default 30 s.
+    pub check_interval_secs: Option<u64>,
     #[serde(flatten)]
     pub each: BTreeMap<String, StoreConfig>,
 }
@@ -695,6 +698,10 @@ impl FileConfig {
                 crate::stores::STORE_NAMES.join(", ")
             );
         }
+        anyhow::ensure!(
+            self.stores.check_interval_secs != Some(0),
+            "stores.check_interval_secs must be at least 1"
+        );
         anyhow::ensure!(
             self.stores.create_reference_schema != Some(true),
             "stores.create_reference_schema = true is no longer supported: dsr does not create tables in a database \

@@ -245,6 +245,13 @@ impl Application {
             stop.clone(),
         ));
         let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
+        let store_watch = tokio::spawn(crate::stores::watch::watch_until_stopped(
+            self.ctx.stores.clone(),
+            health.clone(),
+            self.ctx.metrics.clone(),
+            Duration::from_secs(self.settings.file.stores.check_interval_secs.unwrap_or(30)),
+            stop.clone(),
+        ));
         let addr = self.local_addr();
         let metrics_addr = self.metrics_addr();
         // Scrapes go on while the server drains; the endpoint stops last.
@@ -305,6 +312,7 @@ impl Application {
             warn!(error = %e, "engine task ended abnormally");
         }
         let _ = janitor.await;
+        let _ = store_watch.await;
         if let Err(e) = sweep_task.await {
             warn!(error = %e, "retention sweep task ended abnormally");
         }

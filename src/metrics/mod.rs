@@ -108,6 +108,7 @@ pub struct Metrics {
     retention_held: Family<StoreLabels, Counter>,
     sweeps: HistogramFamily<SweepLabels>,
     legal_holds_ended: Counter,
+    store_up: Family<StoreLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -176,6 +177,12 @@ impl Metrics {
             "Legal obligations (a deletion's billing hold) that ended: records erased, outcome DONE",
             legal_holds_ended.clone(),
         );
+        let store_up = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "store_up",
+            "Whether each store was reachable and matched its catalog entry at the last check (1) or not (0)",
+            store_up.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "The running version of dsr (always 1)", build);
@@ -190,7 +197,12 @@ impl Metrics {
             retention_held,
             sweeps,
             legal_holds_ended,
+            store_up,
         }
+    }
+
+    pub fn store_up(&self, store: &str, up: bool) {
+        self.store_up.get_or_create(&StoreLabels { store: store.to_owned() }).set(i64::from(up));
     }
 
     pub fn request_submitted(&self, kind: RequestKind) {

@@ -37,6 +37,7 @@ pub mod reference;
 mod rows;
 mod sql;
 mod table;
+pub mod watch;
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -204,3 +204,60 @@ async fn a_store_in_another_database_is_found_through_the_resolution() {
     assert_eq!(notes(&db).await, expected);
     app.shutdown().await;
 }
+
+/// A store that goes missing while the service runs shows in health (`dsr.store.<name>`) and in
+/// `dsr_store_up`, and comes back when its table does.
+async fn a_store_that_goes_missing_while_serving_shows_in_health_and_metrics(backend: Backend) {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[stores]\ncheck_interval_secs = 1\n",
+        catalog(None)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::fresh_platform_database(backend, dir.path()).await;
+    let platform = dsr::db::Db::connect(&url, 2).await.unwrap();
+    sqlx::query(NOTES_TABLE).execute(platform.pool()).await.unwrap();
+    let app = spawn_on(support::settings(dir.path(), url, None, &config), dir, Overrides::default()).await;
+    let mut health = HealthClient::new(channel(app.addr).await);
+    let status = |name: &'static str| {
+        let mut h = health.clone();
+        async move {
+            h.check(HealthCheckRequest { service: name.into() }).await.map(|r| r.into_inner().status).ok()
+        }
+    };
+    let wait_for = |name: &'static str, want: ServingStatus| {
+        let status = &status;
+        async move {
+            // A safety net against a hang, not a timing assertion.
+            for _ in 0..300 {
+                if status(name).await == Some(want as i32) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("{name} did not become {want:?}");
+        }
+    };
+    wait_for("dsr.store.agent_notes", ServingStatus::Serving).await;
+    wait_for("dsr.store.transcripts", ServingStatus::Serving).await;
+    sqlx::query("ALTER TABLE agent_notes RENAME TO agent_notes_moved")
+        .execute(platform.pool())
+        .await
+        .unwrap();
+    wait_for("dsr.store.agent_notes", ServingStatus::NotServing).await;
+    let metrics = crate::metrics::scrape(app.metrics.unwrap()).await;
+    assert!(metrics.contains("dsr_store_up{store=\"agent_notes\"} 0"), "{metrics}");
+    assert!(metrics.contains("dsr_store_up{store=\"transcripts\"} 1"), "{metrics}");
+    assert_eq!(status("dsr.store.transcripts").await, Some(ServingStatus::Serving as i32));
+    sqlx::query("ALTER TABLE agent_notes_moved RENAME TO agent_notes")
+        .execute(platform.pool())
+        .await
+        .unwrap();
+    wait_for("dsr.store.agent_notes", ServingStatus::Serving).await;
+    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    platform.close().await;
+    app.shutdown().await;
+}
+both!(a_store_that_goes_missing_while_serving_shows_in_health_and_metrics);

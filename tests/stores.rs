@@ -147,22 +147,7 @@ async fn erase_everywhere(f: &Fixture, res: &Resolution) -> BTreeMap<String, (u6
     out
 }
 
-/// What each store holds now, read from the tables directly: accounts with personal data,
-/// billing rows not restricted, every row of the others.
-async fn live_keys(db: &Db, tenant: &str) -> BTreeMap<&'static str, BTreeSet<String>> {
-    let mut out = BTreeMap::new();
-    for (store, sql) in [
-        ("accounts", "SELECT id FROM accounts WHERE tenant_id = $1 AND (email IS NOT NULL OR phone IS NOT NULL OR name IS NOT NULL)"),
-        ("call_logs", "SELECT id FROM call_logs WHERE tenant_id = $1"),
-        ("transcripts", "SELECT id FROM transcripts WHERE tenant_id = $1"),
-        ("recordings", "SELECT id FROM recordings WHERE tenant_id = $1"),
-        ("billing", "SELECT id FROM billing_records WHERE tenant_id = $1 AND restricted_at IS NULL"),
-    ] {
-        let keys: Vec<(String,)> = sqlx::query_as(sql).bind(tenant).fetch_all(db.pool()).await.unwrap();
-        out.insert(store, keys.into_iter().map(|k| k.0).collect());
-    }
-    out
-}
+use support::live_keys;
 
 /// Whether an object is there, by its exact stored key: on disk by its raw file name, on S3 by
 /// a HEAD of the raw key.

@@ -26,21 +26,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// What each store holds now, read from the tables: accounts with personal data, billing
-    /// rows not restricted, every row of the others.
+    /// What each store holds now, read from the tables directly (`support::live_keys`).
     pub async fn live_keys(&self, tenant: &str) -> BTreeMap<&'static str, BTreeSet<String>> {
-        let mut out = BTreeMap::new();
-        for (store, sql) in [
-            ("accounts", "SELECT id FROM accounts WHERE tenant_id = $1 AND (email IS NOT NULL OR phone IS NOT NULL OR name IS NOT NULL)"),
-            ("call_logs", "SELECT id FROM call_logs WHERE tenant_id = $1"),
-            ("transcripts", "SELECT id FROM transcripts WHERE tenant_id = $1"),
-            ("recordings", "SELECT id FROM recordings WHERE tenant_id = $1"),
-            ("billing", "SELECT id FROM billing_records WHERE tenant_id = $1 AND restricted_at IS NULL"),
-        ] {
-            let keys: Vec<(String,)> = sqlx::query_as(sql).bind(tenant).fetch_all(self.db.pool()).await.unwrap();
-            out.insert(store, keys.into_iter().map(|k| k.0).collect());
-        }
-        out
+        crate::support::live_keys(&self.db, tenant).await
     }
 
     /// Whether a recording is on disk, by the exact key the platform stored.

@@ -88,3 +88,24 @@ pub fn settings(dir: &Path, database_url: String, recordings_url: Option<String>
     s.file = FileConfig::from_toml(toml).expect("test config");
     s
 }
+
+/// What each reference store holds of a tenant now, read from the tables directly (never
+/// through the service): accounts that still hold personal data, billing rows not restricted,
+/// every row of the others. The tests' ground-truth comparisons read this.
+pub async fn live_keys(
+    db: &dsr::db::Db,
+    tenant: &str,
+) -> std::collections::BTreeMap<&'static str, std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (store, sql) in [
+        ("accounts", "SELECT id FROM accounts WHERE tenant_id = $1 AND (email IS NOT NULL OR phone IS NOT NULL OR name IS NOT NULL)"),
+        ("call_logs", "SELECT id FROM call_logs WHERE tenant_id = $1"),
+        ("transcripts", "SELECT id FROM transcripts WHERE tenant_id = $1"),
+        ("recordings", "SELECT id FROM recordings WHERE tenant_id = $1"),
+        ("billing", "SELECT id FROM billing_records WHERE tenant_id = $1 AND restricted_at IS NULL"),
+    ] {
+        let keys: Vec<(String,)> = sqlx::query_as(sql).bind(tenant).fetch_all(db.pool()).await.unwrap();
+        out.insert(store, keys.into_iter().map(|k| k.0).collect());
+    }
+    out
+}

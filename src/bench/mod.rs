@@ -4,10 +4,14 @@
 //! - `export`: one subject's archive (≥ 1 GiB of recordings) against `cat` of the same files,
 //!   with the server's peak memory.
 //! - `sweep`: a retention sweep over a million expired call logs against a batched `DELETE`.
+//! - `latency`: one call at a time on an idle service: `GetRequest`, and a deletion from submit to
+//!   COMPLETED, as p50 and p99.
 mod deletions;
 mod export;
+mod latency;
 mod sweep;
 
 pub use deletions::deletions;
 pub use export::export;
+pub use latency::latency;
 pub use sweep::sweep;

@@ -224,6 +224,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+    /// One call at a time on an idle service: GetRequest and a deletion (submit to COMPLETED),
+    /// p50 and p99, next to a SELECT of the same row.
+    Latency {
+        #[command(flatten)]
+        loc: Locations,
+        /// GetRequest calls (a tenth as many deletions, at least 10).
+        #[arg(long, default_value_t = 1000)]
+        rounds: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +315,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             BenchCommand::Sweep { loc, rows } => {
                 crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
+            }
+            BenchCommand::Latency { loc, rounds } => {
+                crate::bench::latency(crate::config::Settings::load(&loc)?, rounds).await
             }
         },
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,

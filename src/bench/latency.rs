@@ -1,0 +1,101 @@
+//! `dsr bench latency`: how long one call takes on an idle service, through the real gRPC stack
+//! of an in-process server — `GetRequest` (a unary read) and one deletion from submit to
+//! COMPLETED (claim, five store tasks in two stages, the outcomes) — as p50 and p99 over many
+//! sequential tries. The floor for the read is a `SELECT` of the same request row straight from
+//! the ledger, in the same run.
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
+    clock::{Clock, SystemClock},
+    config::Settings,
+    domain::TenantId,
+    seed::{seed, SeedSpec},
+    startup::{open_ledger, Application, Overrides},
+    stores::{open_object_store, reference},
+};
+
+pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!((10..=100_000).contains(&rounds), "--rounds: between 10 and 100000");
+    settings.file.server.rate_limit_per_second = 0;
+    let ledger = open_ledger(&settings).await?;
+    let db = ledger.db().clone();
+    let tables = reference::Tables::default();
+    reference::ensure_schema(&db, &tables).await?;
+    let objects = open_object_store(&settings.recordings_url)?;
+    let tenant = format!("bench-latency-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let deletions = (rounds / 10).max(10);
+    let spec = SeedSpec {
+        tenant: TenantId::parse("tenant", &tenant)?,
+        subjects: deletions,
+        calls: 2,
+        recording_bytes: 1024,
+        first: 0,
+    };
+    let mut subjects = Vec::with_capacity(deletions);
+    seed(&db, &tables, objects, &spec, SystemClock.now(), |s| subjects.push(s)).await?;
+    println!("dsr bench latency: {rounds} GetRequest, {deletions} deletions (2 calls each), one at a time, database {}", db.backend().name());
+
+    let app = Application::build_with(
+        settings,
+        Overrides { listen: Some("127.0.0.1:0".parse()?), ..Default::default() },
+    )
+    .await?;
+    let addr = app.local_addr();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+    let mut client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+
+    // One deletion at a time, submit to COMPLETED (followed by WatchRequest, as a caller would).
+    let mut deletion = Vec::with_capacity(deletions);
+    let mut last_id = String::new();
+    for s in &subjects {
+        let subject =
+            pb::Subject { tenant_id: s.tenant_id.clone(), phone: s.phone.clone(), ..Default::default() };
+        let started = Instant::now();
+        let r = client
+            .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
+            .await?
+            .into_inner();
+        let mut watch =
+            client.watch_request(pb::WatchRequestRequest { id: r.id.clone() }).await?.into_inner();
+        let mut status = r.status;
+        while let Some(m) = watch.message().await? {
+            status = m.status;
+        }
+        deletion.push(started.elapsed());
+        anyhow::ensure!(status == pb::RequestStatus::Completed as i32, "a deletion ended {status}");
+        last_id = r.id;
+    }
+
+    let mut get = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        client.get_request(pb::GetRequestRequest { id: last_id.clone() }).await?;
+        get.push(started.elapsed());
+    }
+    let mut floor = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let _: (String,) = sqlx::query_as("SELECT status FROM dsr_requests WHERE id = $1")
+            .bind(&last_id)
+            .fetch_one(db.pool())
+            .await?;
+        floor.push(started.elapsed());
+    }
+    stop.cancel();
+    server.await??;
+
+    let line = |what: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        let at =
+            |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0;
+        println!("{what:<40} p50 {:>8.2} ms   p99 {:>8.2} ms", at(0.50), at(0.99));
+    };
+    line("GetRequest over gRPC", &mut get);
+    line("the request row, one SELECT  <- floor", &mut floor);
+    line("deletion, submit -> COMPLETED", &mut deletion);
+    Ok(())
+}

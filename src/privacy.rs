@@ -116,6 +116,21 @@ impl KeyedHasher {
         tags
     }
 
+    /// The key for a service on these settings. A ledger on Postgres is shared by replicas: each
+    /// would generate a key of its own, and holds, idempotency keys, superseded exports and audit
+    /// lookups would stop matching across them (a held subject's data could be erased). So
+    /// there a configured key is required; only a SQLite ledger (one process) may generate one.
+    pub fn for_settings(settings: &crate::config::Settings) -> anyhow::Result<Self> {
+        let configured = settings.file.privacy.hmac_key.as_deref().filter(|k| !k.is_empty());
+        anyhow::ensure!(
+            configured.is_some() || !settings.database_url.starts_with("postgres"),
+            "a Postgres ledger needs a configured audit key: set DSR_AUDIT_KEY (or [privacy] hmac_key), the same \
+             secret on every replica. Without it each replica would make its own, and holds, idempotency keys and \
+             audit lookups would stop matching across replicas"
+        );
+        Self::load_or_create(configured, &settings.data_dir)
+    }
+
     /// Loads the key: the configured one if any, else `<data_dir>/hmac.key`, generated once with
     /// owner-only permissions.
     pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {

@@ -97,8 +97,7 @@ impl Application {
             None => stores,
         };
         let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let hasher =
-            KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
+        let hasher = KeyedHasher::for_settings(&settings)?;
         let signals = Signals::default();
         let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
         let metrics = Arc::new(Metrics::new());

@@ -49,6 +49,9 @@ fn launch_server(dir: &Path, db: &str, log: &Path, listen: &str, setup: impl FnO
         .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
         .stderr(log_file)
         .stdout(Stdio::null());
+    if db.starts_with("postgres") {
+        cmd.env("DSR_AUDIT_KEY", support::TEST_AUDIT_KEY);
+    }
     setup(&mut cmd);
     let mut child = cmd.spawn().expect("start dsr serve");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -898,6 +901,7 @@ async fn metrics_count_a_deletion_and_report_its_deadline_and_spans_survive_a_qu
 fn server_cmd(dir: &Path, db: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
+        .env("DSR_AUDIT_KEY", support::TEST_AUDIT_KEY)
         .arg("--data-dir")
         .arg(dir)
         .arg("--database-url")
@@ -1009,6 +1013,7 @@ async fn a_start_against_a_mismatched_platform_database_fails_naming_the_store_a
 
         let out = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+            .env("DSR_AUDIT_KEY", support::TEST_AUDIT_KEY)
             .arg("--data-dir")
             .arg(dir.path())
             .output()
@@ -1296,4 +1301,30 @@ fn a_token_configured_twice_stops_the_server_naming_both_entries() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"acme-reader\" and \"root\" have the same token_sha256"), "{err}");
     assert!(!err.contains(&hash), "{err}");
+}
+
+/// Replicas on one Postgres ledger must share the audit key: without a configured one, `serve`
+/// (and `sweep`) refuse to start instead of each making its own.
+#[tokio::test]
+async fn a_postgres_ledger_without_an_audit_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Postgres, dir.path()).await;
+    for args in [&["serve", "--listen", "127.0.0.1:0"][..], &["sweep"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &db])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("DSR_AUDIT_KEY")
+            .env_remove("DSR_HMAC_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started without an audit key");
+        assert!(
+            err.contains("a Postgres ledger needs a configured audit key: set DSR_AUDIT_KEY"),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.path().join("hmac.key").exists(), "no key was made up");
+    }
 }

@@ -46,8 +46,38 @@ impl From<LedgerError> for ApiError {
                 "idempotency_key: already used for a different request (kind, subject, regime, requested_by or corrections differ)".into(),
             ),
             LedgerError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            LedgerError::Db(e) if database_unavailable(&e) => {
+                tracing::warn!(error = %e, "the ledger database is unavailable");
+                ApiError::Unavailable("the ledger database is unavailable; retrying is safe".into())
+            }
             LedgerError::Db(e) => ApiError::Unexpected(anyhow::Error::new(e).context("ledger")),
         }
+    }
+}
+
+/// Whether a database error means "not reachable now" rather than "this went wrong": the
+/// connection failed or was cut, the pool gave up waiting, the server is shutting down or
+/// refusing connections, or SQLite is busy. A client may retry these; UNAVAILABLE says so.
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Postgres: class 08 (connection exception), 57P01–57P03 (shutting down, cannot
+            // connect now), 53300 (too many connections), 55000 when a database stops accepting
+            // connections. SQLite: 5 and 6 (busy, locked).
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "55000"
+                || code == "5"
+                || code == "6"
+        }),
+        _ => false,
     }
 }
 

@@ -23,6 +23,8 @@ use crate::{
 const CONCURRENCY: usize = 32;
 
 pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) -> anyhow::Result<()> {
+    // The bench's data is throwaway, and so may its audit key be (Postgres requires one).
+    settings.file.privacy.hmac_key.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string());
     // The benchmark is one caller sending as fast as it can: measure the service, not the
     // per-caller rate limit (which would answer RESOURCE_EXHAUSTED past 100 requests/s).
     settings.file.server.rate_limit_per_second = 0;

@@ -122,7 +122,7 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
     let settings = Settings::load(loc)?;
     let ledger = open_ledger(&settings).await?;
     let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
-    let hasher = KeyedHasher::load_or_create(settings.file.privacy.hmac_key.as_deref(), &settings.data_dir)?;
+    let hasher = KeyedHasher::for_settings(&settings)?;
     let sweeper = Sweeper::new(
         ledger,
         stores,

@@ -93,12 +93,16 @@ impl Ledger {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // A task whose lease expired at its last attempt is not claimed again: its work killed
+        // (or hung) every worker that took it, and claiming it once more would crash-loop the
+        // fleet. It ends FAILED, saying so; RetryRequest gives it a new budget once fixed.
+        self.fail_exhausted(store, now).await?;
         let sql = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
              WHERE id IN (SELECT t.id FROM dsr_tasks t WHERE \
                ((t.store = $4 AND t.state = 'pending' AND t.next_run_at <= $3) \
-                OR (t.store = $4 AND t.state = 'running' AND t.lease_until < $3)) \
+                OR (t.store = $4 AND t.state = 'running' AND t.lease_until < $3 AND t.attempt < t.attempt_limit)) \
                ORDER BY t.next_run_at LIMIT $5 {lock}) \
              RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint"
         );
@@ -149,6 +153,53 @@ impl Ledger {
         }
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Ends FAILED the tasks of `store` whose lease expired on their last allowed attempt, each
+    /// with its `outcome` event and its request's new status.
+    async fn fail_exhausted(&self, store: &str, now: DateTime<Utc>) -> Result<()> {
+        let now_ms = to_millis(now);
+        let exhausted: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT t.id, t.request_id, t.attempt FROM dsr_tasks t WHERE t.store = $1 AND t.state = 'running' \
+             AND t.lease_until < $2 AND t.attempt >= t.attempt_limit",
+        )
+        .bind(store)
+        .bind(now_ms)
+        .fetch_all(self.db.pool())
+        .await?;
+        for (task_id, request_id, attempt) in exhausted {
+            let mut tx = self.begin_chained().await?;
+            let error = format!(
+                "the worker running attempt {attempt} stopped answering (its lease expired) and the attempt limit is reached: \
+                 not retried automatically, since the work may be what stops its workers; RetryRequest runs it again"
+            );
+            let n = sqlx::query(
+                "UPDATE dsr_tasks SET state = 'failed', last_error = $1, finished_at = $2, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $3 AND attempt = $4 AND state = 'running' AND lease_until < $2",
+            )
+            .bind(&error)
+            .bind(now_ms)
+            .bind(&task_id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                continue; // renewed or taken meanwhile
+            }
+            let tenant: String = sqlx::query_scalar("SELECT tenant_id FROM dsr_requests WHERE id = $1")
+                .bind(&request_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            NewEvent::request(&request_id, &tenant, "outcome")
+                .store(store, attempt as u32)
+                .detail("failed: lease expired at the attempt limit")
+                .append(&mut tx, now)
+                .await?;
+            refresh_status(&mut tx, &request_id, &tenant, now).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Renews our lease; `false` when the task is no longer ours.

@@ -165,9 +165,29 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Object store errors name the object's path (and their sources often the request URL), and a
+/// recording's key may hold a phone number: only the kind of failure goes into an outcome or a
+/// log. Missing credentials or permissions will not fix themselves: fatal.
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
-        StoreError::Transient(format!("object store: {e}"))
+        use object_store::Error::*;
+        match e {
+            Generic { store, .. } => {
+                StoreError::Transient(format!("object store ({store}): the request failed"))
+            }
+            NotFound { .. } => StoreError::Transient("object store: an object was not found".into()),
+            AlreadyExists { .. } => StoreError::Transient("object store: an object already exists".into()),
+            Precondition { .. } | NotModified { .. } => {
+                StoreError::Transient("object store: a conditional request did not apply".into())
+            }
+            InvalidPath { .. } => StoreError::Fatal("object store: an object path is invalid".into()),
+            PermissionDenied { .. } => StoreError::Fatal("object store: permission denied".into()),
+            Unauthenticated { .. } => StoreError::Fatal("object store: not authenticated".into()),
+            NotSupported { .. } | NotImplemented { .. } => {
+                StoreError::Fatal("object store: the operation is not supported by this store".into())
+            }
+            _ => StoreError::Transient("object store: the request failed".into()),
+        }
     }
 }
 
@@ -442,5 +462,25 @@ impl StoreRegistry {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_store_errors_carry_no_object_path() {
+        let path = "acme/calls/+15550001234 ann@example.com.wav".to_owned();
+        let source: Box<dyn std::error::Error + Send + Sync> =
+            format!("GET https://bucket.s3/{path} failed").into();
+        for e in [
+            object_store::Error::NotFound { path: path.clone(), source: format!("{path} missing").into() },
+            object_store::Error::Generic { store: "S3", source },
+            object_store::Error::PermissionDenied { path: path.clone(), source: "denied".into() },
+        ] {
+            let msg = StoreError::from(e).to_string();
+            assert!(!msg.contains("5550001234") && !msg.contains("ann@"), "{msg}");
+        }
     }
 }

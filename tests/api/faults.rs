@@ -375,3 +375,78 @@ async fn an_erase_that_leaves_data_is_never_verified(backend: Backend) {
     app.shutdown().await;
 }
 both!(an_erase_that_leaves_data_is_never_verified);
+
+/// A task whose work kills every worker that takes it (its lease expires each time) is claimed
+/// at most `max_attempts` times, then ends FAILED saying why — never a crash loop of the fleet.
+async fn a_task_whose_workers_keep_dying_fails_at_the_attempt_limit(backend: Backend) {
+    let app =
+        spawn_app_with(backend, TEST_CONFIG, Overrides { paused_engine: true, ..Default::default() }).await;
+    let s = app.seed("acme", 1, 1).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let ledger = dsr::ledger::Ledger::new(app.db.clone());
+    let lease = std::time::Duration::from_millis(10);
+    let mut now = chrono::Utc::now() + chrono::Duration::seconds(1);
+    for attempt in 1..=3 {
+        let claimed = ledger.claim("accounts", 1, "doomed-worker", lease, now).await.unwrap();
+        assert_eq!(claimed.len(), 1, "attempt {attempt} is claimed");
+        assert_eq!(claimed[0].attempt, attempt);
+        // The worker dies: no result, no renewal; the lease runs out.
+        now += chrono::Duration::seconds(1);
+    }
+    let claimed = ledger.claim("accounts", 1, "next-worker", lease, now).await.unwrap();
+    assert!(claimed.is_empty(), "not claimed a fourth time");
+    let got = app.get(&r.id).await;
+    let accounts = outcome(&got, "accounts");
+    assert_eq!((accounts.state, accounts.attempts), (OutcomeState::Failed as i32, 3), "{accounts:?}");
+    assert!(accounts.last_error.contains("attempt limit is reached"), "{}", accounts.last_error);
+    // A retry gives it a new budget.
+    let mut c = app.client.clone();
+    let err = c.retry_request(pb::RetryRequestRequest { id: r.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "other stores are still pending: not FAILED yet");
+    app.shutdown().await;
+}
+both!(a_task_whose_workers_keep_dying_fails_at_the_attempt_limit);
+
+/// The ledger's database going away answers UNAVAILABLE (safe to retry), never INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_database_that_goes_away_answers_unavailable() {
+    let app = spawn_app(Backend::Postgres).await;
+    let s = app.seed("acme", 1, 1).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    app.wait_terminal(&r.id).await;
+    let name: String =
+        sqlx::query_scalar("SELECT current_database()::text").fetch_one(app.db.pool()).await.unwrap();
+    let admin = dsr::db::Db::connect(&format!("{}/postgres", crate::support::postgres_server_url()), 1)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&name)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let mut c = app.client.clone();
+    for _ in 0..3 {
+        let err = c.get_request(pb::GetRequestRequest { id: r.id.clone() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        let err = c
+            .submit_deletion(pb::SubmitDeletionRequest {
+                subject: Some(by_phone("acme", &s[0].phone)),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.close().await;
+    let back = c.get_request(pb::GetRequestRequest { id: r.id.clone() }).await;
+    assert!(back.is_ok(), "recovered without a restart: {back:?}");
+    app.shutdown().await;
+}

@@ -75,6 +75,9 @@ pub async fn fresh_s3_bucket() -> String {
     format!("s3://{bucket}/recordings")
 }
 
+/// The audit key tests on Postgres run with (`DSR_AUDIT_KEY` for the binary).
+pub const TEST_AUDIT_KEY: &str = "test-audit-key-0123456789abcdef";
+
 /// Settings for a service on `database_url` with its data directory at `dir`.
 pub fn settings(dir: &Path, database_url: String, recordings_url: Option<String>, toml: &str) -> Settings {
     let loc = Locations {
@@ -86,6 +89,10 @@ pub fn settings(dir: &Path, database_url: String, recordings_url: Option<String>
     };
     let mut s = Settings::load(&loc).expect("settings");
     s.file = FileConfig::from_toml(toml).expect("test config");
+    if s.database_url.starts_with("postgres") {
+        // A Postgres ledger requires a configured audit key (replicas must share it).
+        s.file.privacy.hmac_key.get_or_insert_with(|| TEST_AUDIT_KEY.to_owned());
+    }
     s
 }
 

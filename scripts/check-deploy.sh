@@ -435,6 +435,21 @@ PY
 }
 check "Grafana dashboard: valid JSON, dsr metrics, ledger gauges max-aggregated, a traces panel" dashboard_json
 
+catalog_renders() {
+  helm_template --set-json 'catalog=[{"name":"agent_notes","table":"crm.agent_notes","database_url_env":"CRM_DATABASE_URL","identifiers":[{"column":"caller_phone","holds":"phone"}],"link":{"column":"call_id","store":"call_logs"},"time_column":"created","time_format":"iso8601","retention_days":90,"stage":1}]' \
+    | "$PYTHON" -c '
+import sys, tomllib, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d.get("kind") == "ConfigMap" and "dsr.toml" in d.get("data", {}):
+        c = tomllib.loads(d["data"]["dsr.toml"])["catalog"][0]
+        assert c["name"] == "agent_notes" and c["link"] == {"column": "call_id", "store": "call_logs"}, c
+        assert c["retention_days"] == 90 and isinstance(c["retention_days"], int), c
+        assert c["stage"] == 1 and c["identifiers"] == [{"column": "caller_phone", "holds": "phone"}], c
+        print("catalog rendered:", c["name"])
+        sys.exit(0)
+sys.exit("no dsr.toml with a catalog")'
+}
+
 echo "== values that must be refused"
 check "refuses: no tokens at all" \
   expect_fail "no API tokens configured" helm_template --set auth.bootstrapToken.enabled=false
@@ -454,6 +469,12 @@ check "refuses: terminationGracePeriodSeconds shorter than the drain" \
   expect_fail "must be greater than" helm_template --set terminationGracePeriodSeconds=10
 check "refuses: tokens smuggled into config.extraToml" \
   expect_fail "must not contain \\[auth\\]" helm_template --set-string 'config.extraToml=[[auth.tokens]]'
+check "refuses: a catalog store's database URL inline (the ConfigMap is not secret)" \
+  expect_fail "has database_url|database_url. not allowed" helm_template --set-json 'catalog=[{"name":"notes","table":"notes","database_url":"postgres://u:p@db/x","identifiers":[{"column":"phone","holds":"phone"}]}]'
+check "refuses: a catalog identifier of an unknown kind (schema)" \
+  expect_fail "holds|enum" helm_template --set-json 'catalog=[{"name":"notes","table":"notes","identifiers":[{"column":"c","holds":"fax"}]}]'
+check "renders the catalog into dsr.toml as [[catalog]] tables, numbers as integers" \
+  catalog_renders
 check "refuses: the HMAC key in config.extraToml" \
   expect_fail "must not contain hmac_key" helm_template --set-string 'config.extraToml=[privacy]
 hmac_key = "x"'

@@ -204,6 +204,25 @@ expiry_days = {{ int .Values.exports.expiryDays }}
 
 [metrics]
 listen = {{ printf "%s:%d" (include "dsr.listenHost" .) (int .Values.metrics.port) | quote }}
+{{- range .Values.catalog }}
+{{- if hasKey . "database_url" }}
+{{- fail (printf "dsr: catalog entry %v has database_url: a URL holds credentials and the ConfigMap is not secret; use database_url_env (with extraEnv from a Secret) or database_url_file" .name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.catalog }}
+{{- /* YAML numbers arrive as floats: whole-number keys go back to integers for TOML. */}}
+{{- $entries := list }}
+{{- range . }}
+{{- $e := deepCopy . }}
+{{- range $k := list "retention_days" "stage" }}
+{{- if hasKey $e $k }}{{ $_ := set $e $k (int (get $e $k)) }}{{ end }}
+{{- end }}
+{{- $entries = append $entries $e }}
+{{- end }}
+
+# catalog: stores described, not coded
+{{ dict "catalog" $entries | toToml }}
+{{- end }}
 {{- with .Values.config.extraToml }}
 
 # config.extraToml

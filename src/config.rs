@@ -63,8 +63,18 @@ pub struct FileConfig {
     pub export: ExportConfig,
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
+    pub ledger: LedgerConfig,
     /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
+}
+
+/// The service's own database.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// On SQLite: `full` (default) syncs every commit, so an acknowledged request survives a
+    /// power loss; `normal` survives a crash of the process only, and is faster.
+    pub sqlite_synchronous: crate::db::SqliteSync,
 }
 
 /// How subjects' identifiers are read. Phones stored in a national format (`(555) 000-0003`)

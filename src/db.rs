@@ -23,10 +23,26 @@ pub struct Db {
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
+/// How SQLite makes a commit durable (`PRAGMA synchronous`). In WAL mode, `Full` syncs the log
+/// at every commit: an acknowledged request survives power loss. `Normal` syncs at checkpoints
+/// only: a crash of the process loses nothing, a power loss may lose the last commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSync {
+    #[default]
+    Full,
+    Normal,
+}
+
 impl Db {
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file is created if missing and put
-    /// in WAL mode, so readers never wait for the writer).
+    /// in WAL mode, so readers never wait for the writer), SQLite commits synced in full.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, SqliteSync::Full).await
+    }
+
+    /// `connect`, with SQLite's durability chosen (the ledger's is configurable).
+    pub async fn connect_with(url: &str, max_connections: u32, sync: SqliteSync) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -49,11 +65,17 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // busy_timeout: writers queue instead of failing; NORMAL sync is durable
-                        // in WAL mode across process crashes (not power loss of the last commit).
+                        // busy_timeout: writers queue instead of failing.
+                        let sync = match sync {
+                            SqliteSync::Full => "FULL",
+                            SqliteSync::Normal => "NORMAL",
+                        };
                         conn.execute(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                             PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;",
+                            format!(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; \
+                                 PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;"
+                            )
+                            .as_str(),
                         )
                         .await?;
                     }

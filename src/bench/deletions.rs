@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     db::Db,
     domain::TenantId,
-    seed::{recording_key, seed, SeedSpec, SeededSubject},
+    seed::{seed, SeedSpec, SeededSubject},
     startup::{open_ledger, Application, Overrides},
     stores::{open_object_store, reference},
 };
@@ -145,7 +145,7 @@ async fn erase_by_hand(db: &Db, objects: &Arc<dyn ObjectStore>, s: &SeededSubjec
     for key in &keys {
         objects.delete(&Path::from(key.as_str())).await?;
     }
-    debug_assert!(keys.iter().all(|k| k.starts_with(&recording_key(&s.tenant_id, ""))));
+    debug_assert!(keys.iter().all(|k| k.starts_with(&format!("{}/", s.tenant_id))));
     let mut tx = db.begin_write().await?;
     for table in ["recordings", "transcripts", "call_logs"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1 AND caller_phone = $2"))

@@ -540,11 +540,15 @@ pub struct StoreConfig {
     pub table: Option<String>,
     /// Tasks of this store run at once, per process: protects the store from a backlog.
     pub concurrency: usize,
+    /// Longest one call into the store may take (a look-up, an erase, a check, an export's
+    /// read). Past it the call counts as a transient failure and the task is retried: a hung
+    /// store does not hold its task's lease forever.
+    pub timeout_secs: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { database_url: None, table: None, concurrency: 4 }
+        Self { database_url: None, table: None, concurrency: 4, timeout_secs: 300 }
     }
 }
 
@@ -730,6 +734,7 @@ impl FileConfig {
                 known.join(", ")
             );
             anyhow::ensure!(store.concurrency >= 1, "stores.{name}.concurrency must be at least 1");
+            anyhow::ensure!(store.timeout_secs >= 1, "stores.{name}.timeout_secs must be at least 1");
             if let Some(t) = &store.table {
                 anyhow::ensure!(
                     !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'),

@@ -27,6 +27,24 @@ use crate::{
 use super::Engine;
 
 impl Engine {
+    /// One call into a store, bounded by the store's timeout: past it, a transient failure (the
+    /// task is retried with backoff), so a hung store does not keep its task's lease forever.
+    async fn within<T>(
+        &self,
+        adapter: &dyn StoreAdapter,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let limit = self.timeouts.get(adapter.name()).copied().unwrap_or(std::time::Duration::from_secs(300));
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(StoreError::Transient(format!(
+                "the {} store did not answer within {} s (stores.{}.timeout_secs)",
+                adapter.name(),
+                limit.as_secs(),
+                adapter.name()
+            )))
+        })
+    }
+
     pub(super) async fn execute(&self, task: &ClaimedTask) -> StoreResult<TaskResult> {
         if task.store == ARCHIVE_TASK {
             return self.archive(task).await;
@@ -78,10 +96,12 @@ impl Engine {
         task: &ClaimedTask,
         resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
-        let scan = resolve::scan(adapter, resolution).await?;
+        let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
-        if let Err(e) = adapter.export(&resolution.person.tenant, &keys, &mut part).await {
+        if let Err(e) =
+            self.within(adapter, adapter.export(&resolution.person.tenant, &keys, &mut part)).await
+        {
             part.abort().await;
             return Err(e);
         }
@@ -139,19 +159,15 @@ impl Engine {
         resolution: &Resolution,
         corrections: &Corrections,
     ) -> StoreResult<TaskResult> {
-        let scan = resolve::scan(adapter, resolution).await?;
+        let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let first_count = self.first_count(task, keys.len() as u64).await?;
-        let mine: Vec<CandidateRow> = adapter
-            .candidates(&Probe {
-                tenant: &resolution.person.tenant,
-                keys: keys.clone(),
-                ..Default::default()
-            })
+        let probe = Probe { tenant: &resolution.person.tenant, keys: keys.clone(), ..Default::default() };
+        let mine: Vec<CandidateRow> = self.within(adapter, adapter.candidates(&probe)).await?;
+        let Rectification { found, affected, hold } = self
+            .within(adapter, adapter.rectify(&resolution.person, &mine, corrections, self.clock.now()))
             .await?;
-        let Rectification { found, affected, hold } =
-            adapter.rectify(&resolution.person, &mine, corrections, self.clock.now()).await?;
-        if !adapter.verify_rectified(&resolution.person, &keys, corrections).await? {
+        if !self.within(adapter, adapter.verify_rectified(&resolution.person, &keys, corrections)).await? {
             return Err(StoreError::Transient(
                 "the store does not hold the corrected values, or still holds the old ones, after the correction"
                     .into(),
@@ -186,7 +202,7 @@ impl Engine {
             .litigation_hold_for(&task.tenant_id, &tags)
             .await
             .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))?;
-        let scan = resolve::scan(adapter, resolution).await?;
+        let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let unattributed = scan.unattributed.len() as u64;
         if let Some(hold) = held {
             return Ok(TaskResult {
@@ -206,8 +222,9 @@ impl Engine {
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let held = scan.held(adapter.keeps_under_legal_obligation());
         let first_count = self.first_count(task, held).await?;
-        let erasure = adapter.erase(&resolution.person.tenant, &keys, self.clock.now()).await?;
-        let left = resolve::leftovers(adapter, resolution, &scan).await?;
+        let erasure =
+            self.within(adapter, adapter.erase(&resolution.person.tenant, &keys, self.clock.now())).await?;
+        let left = self.within(adapter, resolve::leftovers(adapter, resolution, &scan)).await?;
         if left > 0 {
             return Err(StoreError::Transient(format!(
                 "{left} record(s) of the subject are left after the erase"

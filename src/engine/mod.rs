@@ -51,6 +51,8 @@ pub struct Engine {
     workers: Arc<Semaphore>,
     /// One queue per store, plus `archive` (exports' last step), each with its own limit.
     per_store: HashMap<&'static str, Arc<Semaphore>>,
+    /// The longest one call into each store may take (`[stores.<name>] timeout_secs`).
+    timeouts: HashMap<&'static str, Duration>,
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
     metrics: Arc<Metrics>,
@@ -74,6 +76,11 @@ impl Engine {
             .map(|a| (a.name(), Arc::new(Semaphore::new(file.store(a.name()).concurrency))))
             .collect();
         per_store.insert(ARCHIVE_TASK, Arc::new(Semaphore::new(ARCHIVE_CONCURRENCY)));
+        let timeouts = stores
+            .all()
+            .iter()
+            .map(|a| (a.name(), Duration::from_secs(file.store(a.name()).timeout_secs)))
+            .collect();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Self {
             ledger,
@@ -91,6 +98,7 @@ impl Engine {
             ),
             workers: Arc::new(Semaphore::new(file.engine.workers)),
             per_store,
+            timeouts,
             running: Mutex::new(HashMap::new()),
             metrics,
         }

@@ -450,3 +450,28 @@ async fn a_ledger_database_that_goes_away_answers_unavailable() {
     assert!(back.is_ok(), "recovered without a restart: {back:?}");
     app.shutdown().await;
 }
+
+/// A store call that hangs is cut off at the store's timeout and retried like any transient
+/// failure; once the store answers again, a retry finishes the request.
+async fn a_hung_store_call_times_out_and_is_retried(backend: Backend) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (fault, overrides) = flaky_gated("transcripts", 0, false, gate.clone());
+    let config = format!("{TEST_CONFIG}\n[stores.transcripts]\ntimeout_secs = 1\n");
+    let app = spawn_app_with(backend, &config, overrides).await;
+    let s = app.seed("acme", 1, 2).await;
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let failed = app.wait_terminal(&r.id).await;
+    assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
+    let t = outcome(&failed, "transcripts");
+    assert_eq!((t.state, t.attempts), (OutcomeState::Failed as i32, 3));
+    assert_eq!(t.last_error, "the transcripts store did not answer within 1 s (stores.transcripts.timeout_secs)");
+    assert_eq!(fault.erase_calls.load(Ordering::SeqCst), 0, "every call hung before doing anything");
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    let mut c = app.client.clone();
+    c.retry_request(pb::RetryRequestRequest { id: r.id.clone() }).await.unwrap();
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    assert!(outcome(&done, "transcripts").verified);
+    app.shutdown().await;
+}
+both!(a_hung_store_call_times_out_and_is_retried);

@@ -197,13 +197,21 @@ impl Engine {
         resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
         let tags = self.hasher.person_tags(&resolution.person);
-        let held = self
-            .ledger
-            .litigation_hold_for(&task.tenant_id, &tags)
-            .await
-            .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))?;
+        let hold_now = || async {
+            self.ledger
+                .litigation_hold_for(&task.tenant_id, &tags)
+                .await
+                .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))
+        };
+        let held_before = hold_now().await?;
         let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let unattributed = scan.unattributed.len() as u64;
+        // Asked again right before the erase: finding the records may take long, and a hold
+        // placed meanwhile must still keep them.
+        let held = match held_before {
+            Some(h) => Some(h),
+            None => hold_now().await?,
+        };
         if let Some(hold) = held {
             return Ok(TaskResult {
                 state: OutcomeState::Retained,
@@ -231,6 +239,13 @@ impl Engine {
             )));
         }
         let found = held.max(first_count);
+        // A hold placed while the store erased came too late for what it erased: the outcome
+        // says so (and the hold keeps whatever the other stores still hold).
+        let too_late = hold_now().await?.map(|hold| {
+            format!(
+                "{LITIGATION_HOLD_BASIS}: hold {hold} was placed while this store erased; the {found} record(s) it held were already erased"
+            )
+        });
         Ok(match erasure {
             Erasure::Erased { affected } => TaskResult {
                 found,
@@ -238,8 +253,14 @@ impl Engine {
                 affected: affected.max(found),
                 unattributed,
                 verified: true,
-                detail: (unattributed > 0)
-                    .then(|| format!("{unattributed} record(s) name the subject but not them alone: left")),
+                detail: match (&too_late, unattributed) {
+                    (Some(_), _) => {
+                        Some("done: a litigation hold placed during the erase came too late".into())
+                    }
+                    (None, 0) => None,
+                    (None, n) => Some(format!("{n} record(s) name the subject but not them alone: left")),
+                },
+                retention_basis: too_late,
                 ..done()
             },
             Erasure::Retained { affected, basis, until } => {

@@ -464,7 +464,10 @@ async fn a_hung_store_call_times_out_and_is_retried(backend: Backend) {
     assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
     let t = outcome(&failed, "transcripts");
     assert_eq!((t.state, t.attempts), (OutcomeState::Failed as i32, 3));
-    assert_eq!(t.last_error, "the transcripts store did not answer within 1 s (stores.transcripts.timeout_secs)");
+    assert_eq!(
+        t.last_error,
+        "the transcripts store did not answer within 1 s (stores.transcripts.timeout_secs)"
+    );
     assert_eq!(fault.erase_calls.load(Ordering::SeqCst), 0, "every call hung before doing anything");
     gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     let mut c = app.client.clone();

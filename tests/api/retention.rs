@@ -1100,3 +1100,123 @@ async fn a_deadline_is_extended_once_by_the_laws_amount(backend: Backend) {
     app.shutdown().await;
 }
 both!(a_deadline_is_extended_once_by_the_laws_amount);
+
+/// Holds the transcripts store's erase at a gate, saying when it got there.
+struct HeldUp {
+    inner: Arc<dyn StoreAdapter>,
+    entered: Arc<Notify>,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl StoreAdapter for HeldUp {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn stage(&self) -> u8 {
+        self.inner.stage()
+    }
+    fn is_identity(&self) -> bool {
+        self.inner.is_identity()
+    }
+    fn links_to(&self) -> Option<&'static str> {
+        self.inner.links_to()
+    }
+    fn keeps_under_legal_obligation(&self) -> bool {
+        self.inner.keeps_under_legal_obligation()
+    }
+    async fn check_schema(&self) -> Vec<String> {
+        self.inner.check_schema().await
+    }
+    async fn candidates(&self, p: &dsr::stores::Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.inner.candidates(p).await
+    }
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        if self.inner.name() == "transcripts" {
+            self.entered.notify_one();
+            self.gate.acquire().await.expect("gate").forget();
+        }
+        self.inner.erase(tenant, keys, now).await
+    }
+    fn holds_any_of(&self, c: &Corrections) -> bool {
+        self.inner.holds_any_of(c)
+    }
+    async fn rectify(
+        &self,
+        p: &Person,
+        mine: &[CandidateRow],
+        c: &Corrections,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Rectification> {
+        self.inner.rectify(p, mine, c, now).await
+    }
+    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
+        self.inner.verify_rectified(p, keys, c).await
+    }
+    async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        sink: &mut dyn dsr::stores::ExportSink,
+    ) -> StoreResult<u64> {
+        self.inner.export(tenant, keys, sink).await
+    }
+}
+
+/// A litigation hold placed while a store is erasing: that store's outcome says the hold came
+/// too late for what it erased; the stores that had not started keep the subject's data.
+async fn a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left(backend: Backend) {
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (e, g) = (entered.clone(), gate.clone());
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            Arc::new(HeldUp { inner, entered: e.clone(), gate: g.clone() })
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let target = app.seed("acme", 1, 3).await.remove(0);
+    let r = app.delete(by_phone("acme", &target.phone)).await;
+    entered.notified().await;
+    let hold = holds(&app)
+        .await
+        .place_hold(pb::PlaceHoldRequest {
+            subject: Some(by_phone("acme", &target.phone)),
+            reason: "litigation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gate.add_permits(1);
+    // A safety net against a hang, not a timing assertion.
+    let mut tries = 0;
+    let got = loop {
+        tries += 1;
+        assert!(tries < 1200, "the held request did not settle");
+        let got = app.get(&r.id).await;
+        if outcome(&got, "transcripts").state != OutcomeState::Running as i32
+            && outcome(&got, "call_logs").state == OutcomeState::Retained as i32
+        {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let t = outcome(&got, "transcripts");
+    assert_eq!((t.state, t.records_found, t.verified), (OutcomeState::Done as i32, 3, true), "{t:?}");
+    assert!(
+        t.retention_basis.contains(&format!("hold {} was placed while this store erased", hold.id)),
+        "{}",
+        t.retention_basis
+    );
+    // Call logs run after the others: the hold keeps them.
+    let calls = outcome(&got, "call_logs");
+    assert!(calls.retention_basis.starts_with("litigation_hold"), "{calls:?}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_logs WHERE account_id = $1")
+        .bind(&target.account_id)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 3, "read directly: the calls are kept");
+    app.shutdown().await;
+}
+both!(a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left);

@@ -464,11 +464,14 @@ impl Ledger {
             sqlx::query_scalar("SELECT seq FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let (checkpoint_seq, _) = latest_checkpoint(&mut *tx).await?;
         // A request a litigation hold keeps open (issue 9) is not ended: its held stores run
-        // again on release, so it stays, with everything after it.
+        // again on release, so it stays, with everything after it. So does a deletion whose
+        // billing records a legal obligation still keeps: when it ends, the sweep moves that
+        // outcome from RETAINED to DONE, and needs the request for it.
         let keep_from: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(e.seq) FROM dsr_events e LEFT JOIN dsr_requests r ON r.id = e.request_id \
              WHERE e.at >= $1 OR (r.id IS NOT NULL AND (r.completed_at IS NULL OR r.completed_at >= $1 \
-             OR EXISTS (SELECT 1 FROM dsr_tasks t WHERE t.request_id = r.id AND t.hold_id IS NOT NULL)))",
+             OR EXISTS (SELECT 1 FROM dsr_tasks t WHERE t.request_id = r.id AND t.hold_id IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM dsr_holds h WHERE h.request_id = r.id AND h.ended_at IS NULL)))",
         )
         .bind(before_ms)
         .fetch_one(&mut *tx)
@@ -494,6 +497,12 @@ impl Ledger {
             "SELECT r.id FROM dsr_requests r WHERE r.completed_at IS NOT NULL \
              AND r.completed_at < $1 AND NOT EXISTS (SELECT 1 FROM dsr_events e WHERE e.request_id = r.id)";
         sqlx::query(&format!("DELETE FROM dsr_tasks WHERE request_id IN ({ENDED_WITHOUT_EVENTS})"))
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        // An export's record refers to its request; its archive expired long before (days, not
+        // the months a prune looks back), so the record goes with the request.
+        sqlx::query(&format!("DELETE FROM dsr_exports WHERE request_id IN ({ENDED_WITHOUT_EVENTS})"))
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;

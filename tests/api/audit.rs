@@ -435,6 +435,14 @@ async fn pruning_requests_older_than_24_months_keeps_the_rest_verifiable(backend
     let app =
         spawn_app_with(backend, TEST_CONFIG, Overrides { clock: Some(shared), ..Default::default() }).await;
     let s = app.seed("acme", 3, 1).await;
+    // No billing records: a deletion that keeps billing under its legal obligation is not
+    // pruned while that lasts (see the test below).
+    sqlx::query("DELETE FROM billing_records WHERE account_id IN ($1, $2)")
+        .bind(&s[0].account_id)
+        .bind(&s[1].account_id)
+        .execute(app.db.pool())
+        .await
+        .unwrap();
     let old = app.delete(by_phone("acme", &s[0].phone)).await;
     app.wait_terminal(&old.id).await;
     let old2 = app.delete(by_phone("acme", &s[1].phone)).await;
@@ -572,3 +580,44 @@ async fn events_written_before_the_chain_existed_are_linked_into_it_at_start(bac
     app.shutdown().await;
 }
 both!(events_written_before_the_chain_existed_are_linked_into_it_at_start);
+
+/// Pruning keeps a deletion whose billing records are still kept under the legal obligation
+/// (its outcome becomes DONE when that ends), and prunes an old export with its record.
+async fn pruning_keeps_open_legal_obligations_and_takes_old_exports_along(backend: Backend) {
+    let now = Utc::now();
+    let clock = ManualClock::new(now - Duration::days(800));
+    let shared: SharedClock = clock.clone();
+    let app =
+        spawn_app_with(backend, TEST_CONFIG, Overrides { clock: Some(shared), ..Default::default() }).await;
+    let s = app.seed("acme", 2, 1).await;
+    let export = app
+        .client
+        .clone()
+        .submit_export(pb::SubmitExportRequest {
+            subject: Some(by_phone("acme", &s[0].phone)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.wait_terminal(&export.id).await.status, RequestStatus::Completed as i32);
+    let held = app.delete(by_phone("acme", &s[1].phone)).await;
+    assert_eq!(app.wait_terminal(&held.id).await.status, RequestStatus::Completed as i32);
+    clock.set(now);
+    let ledger = Ledger::new(app.db.clone());
+    let report = ledger.prune_audit(now - Duration::days(730), "test", now).await.unwrap();
+    assert_eq!(
+        report.requests_pruned, 1,
+        "the export goes; the deletion with an open hold stays: {report:?}"
+    );
+    let err =
+        app.client.clone().get_request(pb::GetRequestRequest { id: export.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let exports: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dsr_exports").fetch_one(app.db.pool()).await.unwrap();
+    assert_eq!(exports, 0, "the export's record went with it");
+    let kept = app.get(&held.id).await;
+    assert_eq!(outcome(&kept, "billing").state, pb::OutcomeState::Retained as i32);
+    app.shutdown().await;
+}
+both!(pruning_keeps_open_legal_obligations_and_takes_old_exports_along);

@@ -101,8 +101,9 @@ impl Ledger {
     }
 
     /// Archives not yet deleted whose subject has asked for erasure since the export was
-    /// requested: a deletion sharing one of its identifier tags, submitted after it. The archive
-    /// is a copy of what the deletion erases, so it goes too.
+    /// requested: a deletion sharing one of its identifier tags, submitted after it, or submitted
+    /// before it and completed after it began (the export read what the deletion was erasing).
+    /// The archive is a copy of what the deletion erases, so it goes too.
     pub async fn superseded_exports(&self, limit: usize) -> Result<Vec<ExportRecord>> {
         let cols = EXPORT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query(&format!(
@@ -112,7 +113,7 @@ impl Ledger {
                JOIN dsr_event_subjects ds ON ds.tag = xs.tag \
                JOIN dsr_requests d ON d.id = ds.request_id \
                WHERE xs.request_id = e.request_id AND d.kind = 'deletion' AND d.tenant_id = x.tenant_id \
-                 AND d.created_at >= x.created_at) \
+                 AND (d.created_at >= x.created_at OR (d.status = 'completed' AND d.completed_at >= x.created_at))) \
              ORDER BY e.created_at LIMIT $1"
         ))
         .bind(limit as i64)
@@ -129,7 +130,8 @@ impl Ledger {
              JOIN dsr_event_subjects xs ON xs.request_id = x.id \
              JOIN dsr_event_subjects ds ON ds.tag = xs.tag \
              JOIN dsr_requests d ON d.id = ds.request_id \
-             WHERE x.id = $1 AND d.kind = 'deletion' AND d.tenant_id = x.tenant_id AND d.created_at >= x.created_at",
+             WHERE x.id = $1 AND d.kind = 'deletion' AND d.tenant_id = x.tenant_id \
+               AND (d.created_at >= x.created_at OR (d.status = 'completed' AND d.completed_at >= x.created_at))",
         )
         .bind(request_id)
         .fetch_one(self.db.pool())

@@ -1220,3 +1220,41 @@ async fn a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left(backen
     app.shutdown().await;
 }
 both!(a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left);
+
+/// A deletion submitted before an export of the same person, still running when the export was
+/// made, supersedes the archive once it completes.
+async fn a_deletion_running_when_an_export_was_made_supersedes_its_archive(backend: Backend) {
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (e, g) = (entered.clone(), gate.clone());
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            Arc::new(HeldUp { inner, entered: e.clone(), gate: g.clone() })
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let target = app.seed("acme", 1, 2).await.remove(0);
+    let deletion = app.delete(by_phone("acme", &target.phone)).await;
+    entered.notified().await;
+    let export = app
+        .client
+        .clone()
+        .submit_export(pb::SubmitExportRequest {
+            subject: Some(by_phone("acme", &target.phone)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.wait_terminal(&export.id).await.status, RequestStatus::Completed as i32);
+    let ledger = Ledger::new(app.db.clone());
+    assert!(!ledger.is_export_superseded(&export.id).await.unwrap(), "the deletion has not completed yet");
+    gate.add_permits(1);
+    assert_eq!(app.wait_terminal(&deletion.id).await.status, RequestStatus::Completed as i32);
+    assert!(ledger.is_export_superseded(&export.id).await.unwrap(), "completed after the export began");
+    let gone = app.download(&export.id, 0).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("erased"), "{}", gone.message());
+    app.shutdown().await;
+}
+both!(a_deletion_running_when_an_export_was_made_supersedes_its_archive);

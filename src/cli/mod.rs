@@ -224,6 +224,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+    /// SubmitDeletion acknowledgements per second (rate limit off, engine paused) against
+    /// pgbench's one-row INSERT transactions at the same concurrency (Postgres only).
+    Submit {
+        #[command(flatten)]
+        loc: Locations,
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// One call at a time on an idle service: GetRequest and a deletion (submit to COMPLETED),
     /// p50 and p99, next to a SELECT of the same row.
     Latency {
@@ -315,6 +325,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             BenchCommand::Sweep { loc, rows } => {
                 crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
+            }
+            BenchCommand::Submit { loc, requests, clients } => {
+                crate::bench::submit(crate::config::Settings::load(&loc)?, requests, clients).await
             }
             BenchCommand::Latency { loc, rounds } => {
                 crate::bench::latency(crate::config::Settings::load(&loc)?, rounds).await

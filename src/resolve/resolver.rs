@@ -139,29 +139,46 @@ pub async fn resolve(
     }
 
     // Every store, link targets first; a linked record whose target the identifiers did not
-    // find is looked up by key in the target store, so it follows its owner.
+    // find is looked up by key in the target store, so it follows its owner. Stores at the same
+    // depth of links are asked at once (their look-ups are independent); what they found is
+    // then attributed one store at a time.
     let mut resolution = Resolution { person, stores: Default::default() };
-    for adapter in stores.in_link_order() {
-        let rows =
-            candidates(adapter.as_ref(), &resolution, &[]).await.map_err(store_err(adapter.as_ref()))?;
-        if let Some(target) = adapter.links_to().and_then(|t| stores.get(t)) {
-            let known = resolution.stores.get(target.name()).cloned().unwrap_or_default();
-            let unknown: BTreeSet<String> = rows
-                .iter()
-                .filter_map(|r| r.link.clone())
-                .filter(|l| known.attribution_of(l).is_none())
-                .collect();
-            if !unknown.is_empty() {
-                let probe = Probe { tenant, keys: unknown.into_iter().collect(), ..Default::default() };
-                let targets = target.candidates(&probe).await.map_err(store_err(target.as_ref()))?;
-                let scan = resolution.stores.entry(target.name().to_owned()).or_default();
-                for t in &targets {
-                    scan.add(t, attribute(&resolution.person, t, None));
+    let ordered = stores.in_link_order();
+    let mut depth: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for a in &ordered {
+        let d = a.links_to().and_then(|t| depth.get(t)).map_or(0, |d| d + 1);
+        depth.insert(a.name(), d);
+    }
+    let deepest = depth.values().copied().max().unwrap_or(0);
+    for level in 0..=deepest {
+        let at_level: Vec<&std::sync::Arc<dyn StoreAdapter>> =
+            ordered.iter().copied().filter(|a| depth[a.name()] == level).collect();
+        let found = futures::future::join_all(at_level.iter().map(|a| {
+            let resolution = &resolution;
+            async move { candidates(a.as_ref(), resolution, &[]).await.map_err(store_err(a.as_ref())) }
+        }))
+        .await;
+        for (adapter, rows) in at_level.into_iter().zip(found) {
+            let rows = rows?;
+            if let Some(target) = adapter.links_to().and_then(|t| stores.get(t)) {
+                let known = resolution.stores.get(target.name()).cloned().unwrap_or_default();
+                let unknown: BTreeSet<String> = rows
+                    .iter()
+                    .filter_map(|r| r.link.clone())
+                    .filter(|l| known.attribution_of(l).is_none())
+                    .collect();
+                if !unknown.is_empty() {
+                    let probe = Probe { tenant, keys: unknown.into_iter().collect(), ..Default::default() };
+                    let targets = target.candidates(&probe).await.map_err(store_err(target.as_ref()))?;
+                    let scan = resolution.stores.entry(target.name().to_owned()).or_default();
+                    for t in &targets {
+                        scan.add(t, attribute(&resolution.person, t, None));
+                    }
                 }
             }
+            let scan = classify(adapter.as_ref(), &resolution, &rows);
+            resolution.stores.insert(adapter.name().to_owned(), scan);
         }
-        let scan = classify(adapter.as_ref(), &resolution, &rows);
-        resolution.stores.insert(adapter.name().to_owned(), scan);
     }
     Ok(resolution)
 }

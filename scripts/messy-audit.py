@@ -63,7 +63,7 @@ def run_case(seed_bin, bin_, name, flags, targets):
     env = dict(os.environ, DSR_DATA_DIR=data)
     env.pop("DATABASE_URL", None)
     lines = subprocess.run([seed_bin, "seed", "--messy", "--tenant", TENANT], env=env, check=True,
-                           capture_output=True, text=True).stdout.splitlines()
+                           capture_output=True, text=True, timeout=120).stdout.splitlines()
     people = {p["label"]: p for p in map(json.loads, lines) if "label" in p}
     shared = [json.loads(l) for l in lines if "unattributed" in l][0]["unattributed"]
     db = os.path.join(data, "dsr.db")
@@ -86,7 +86,7 @@ def run_case(seed_bin, bin_, name, flags, targets):
                 time.sleep(0.1)
         before = live(db)
         r = subprocess.run([bin_, "delete", "--server", f"http://127.0.0.1:{port}", "--tenant", TENANT, *flags,
-                            "--watch"], env=env, capture_output=True, text=True)
+                            "--watch"], env=env, capture_output=True, text=True, timeout=120)
         heads = [l for l in r.stdout.splitlines() if l.startswith("request ")]
         said = heads[-1] if heads else r.stderr.strip()
         final = r.stdout[r.stdout.rfind("request "):] if heads else ""

@@ -102,7 +102,7 @@ impl Application {
         let signals = Signals::default();
         let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
         let metrics = Arc::new(Metrics::new());
-        let metrics_endpoint = match settings.file.metrics.listen {
+        let metrics_endpoint = match settings.file.metrics.addr() {
             Some(addr) => Some(
                 MetricsEndpoint::bind(
                     addr,

@@ -15,8 +15,15 @@ use crate::{
     stores::{open_object_store, reference, StoreRegistry},
 };
 
-pub async fn serve(loc: &Locations, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let settings = Settings::load(loc)?;
+pub async fn serve(
+    loc: &Locations,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<crate::config::MetricsListen>,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::load(loc)?;
+    if let Some(m) = metrics_listen {
+        settings.file.metrics.listen = Some(m);
+    }
     let app = Application::build_with(settings, Overrides { listen, ..Default::default() }).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -63,8 +63,38 @@ pub struct FileConfig {
     pub export: ExportConfig,
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
+    pub database: DatabaseConfig,
     /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
+}
+
+/// dsr's own database (the ledger).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Postgres: the schema that holds dsr's tables and its own `_sqlx_migrations`, so a
+    /// database shared with the platform never mixes the two (default `dsr`). SQLite: unused.
+    pub schema: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { schema: "dsr".into() }
+    }
+}
+
+impl DatabaseConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.schema;
+        anyhow::ensure!(
+            !s.is_empty()
+                && s.len() <= 63
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "database.schema: {s:?} is not a plain Postgres name (a-z, 0-9, _; at most 63)"
+        );
+        Ok(())
+    }
 }
 
 /// How subjects' identifiers are read. Phones stored in a national format (`(555) 000-0003`)
@@ -680,6 +710,7 @@ impl FileConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.database.validate()?;
         let e = &self.engine;
         anyhow::ensure!(e.workers >= 1, "engine.workers must be at least 1");
         anyhow::ensure!(e.lease_secs >= 1, "engine.lease_secs must be at least 1");

@@ -59,7 +59,7 @@ pub struct Application {
 /// Opens the service's own database and applies its migrations.
 pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
     settings.ensure_data_dir()?;
-    let db = Db::connect(&settings.database_url, 16).await?;
+    let db = Db::connect_ledger(&settings.database_url, 16, &settings.file.database.schema).await?;
     let ledger = Ledger::new(db);
     ledger.migrate().await.context("applying the ledger's migrations")?;
     Ok(ledger)

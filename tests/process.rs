@@ -263,7 +263,7 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
             assert!(o.verified, "{} of {}", o.store, r.id);
         }
     }
-    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr").await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 150 * 5);
     let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
@@ -346,7 +346,7 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
             "4 JSON files, 3 recordings, the manifest"
         );
     }
-    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr").await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
     eprintln!("{done_at_kill}/24 exports done at the kill");
@@ -453,7 +453,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     let (ok, out, _) = run(&["status", &id, "--json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["status"], "COMPLETED");
+    assert_eq!(v["status"], "REQUEST_STATUS_COMPLETED");
     assert_eq!(v["outcomes"].as_array().unwrap().len(), 5);
     let (ok, _, err) = run(&["delete", "--tenant", "acme", "--phone", "12345"]);
     assert!(!ok);
@@ -585,11 +585,84 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let ledger = dsr::db::Db::connect(&db, 1).await.unwrap();
+        let ledger = dsr::db::Db::connect_ledger(&db, 1, "dsr").await.unwrap();
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests").fetch_one(ledger.pool()).await.unwrap();
         assert_eq!(n, 0);
     }
+}
+
+/// A Postgres database the platform already migrates with sqlx: its `_sqlx_migrations` holds a
+/// migration dsr does not know. dsr keeps its ledger and its own migrations table in the schema
+/// `dsr`, so `dsr migrate` and `dsr serve` work beside it, the platform's table is untouched, and
+/// the stores (on the ledger's pool) still find the platform's tables where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsr_migrates_into_its_own_schema_beside_the_platforms_sqlx_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Postgres, dir.path()).await;
+    let platform = dsr::db::Db::connect(&db, 1).await.unwrap();
+    for sql in [
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, \
+         execution_time BIGINT NOT NULL)",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20240101000000, 'platform: create accounts', TRUE, decode('00', 'hex'), 1)",
+    ] {
+        sqlx::query(sql).execute(platform.pool()).await.unwrap();
+    }
+    for _ in 0..2 {
+        let (ok, _, err) = server_cmd(dir.path(), &db, &["migrate"]);
+        assert!(ok, "dsr migrate: {err}");
+    }
+    let seeded = seed(dir.path(), &db, "acme", 1, 2);
+    let log = dir.path().join("server.log");
+    let mut server = start_server(dir.path(), &db, &config(dir.path()), &log);
+    let mut c = client(server.addr).await;
+    let phone = seeded[0]["phone"].as_str().unwrap();
+    let r = c
+        .submit_deletion(pb::SubmitDeletionRequest {
+            subject: Some(pb::Subject {
+                tenant_id: "acme".into(),
+                phone: phone.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_ended(&mut c, &r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    stop_with_sigterm(&mut server);
+    server.child.wait().unwrap();
+
+    let scalar = |sql: &'static str| {
+        let pool = platform.pool().clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(scalar("SELECT COUNT(*) FROM public._sqlx_migrations").await, 1, "the platform's, untouched");
+    assert_eq!(
+        scalar("SELECT COUNT(*) FROM dsr._sqlx_migrations").await,
+        std::fs::read_dir("migrations/postgres").unwrap().count() as i64
+    );
+    assert_eq!(scalar("SELECT COUNT(*) FROM dsr.dsr_requests").await, 1);
+    let misplaced: i64 = scalar(
+        "SELECT COUNT(*) FROM pg_tables WHERE (schemaname = 'public' AND tablename LIKE 'dsr\\_%') \
+         OR (schemaname = 'dsr' AND tablename IN ('accounts', 'call_logs', 'transcripts', 'recordings', 'billing_records'))",
+    )
+    .await;
+    assert_eq!(misplaced, 0, "dsr's tables in dsr, the platform's in public");
+    // The erasure reached the platform's tables in public.
+    assert_eq!(scalar("SELECT COUNT(*) FROM public.call_logs").await, 0);
+
+    // A ledger made before dsr had its own schema is not silently replaced by an empty one.
+    let old = support::fresh_platform_database(Backend::Postgres, dir.path()).await;
+    let cfg = dir.path().join("public.toml");
+    std::fs::write(&cfg, "[database]\nschema = \"public\"\n").unwrap();
+    let (ok, _, err) = server_cmd(dir.path(), &old, &["migrate", "--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = server_cmd(dir.path(), &old, &["migrate"]);
+    assert!(!ok && err.contains("schema \"public\"") && err.contains("[database] schema"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

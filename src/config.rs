@@ -644,6 +644,11 @@ impl Settings {
         {
             file.privacy.hmac_key = Some(key);
         }
+        // The ledger's schema for a child `dsr serve` of `dsr bench export` (and for operators
+        // who prefer the environment).
+        if let Some(schema) = std::env::var("DSR_DATABASE_SCHEMA").ok().filter(|s| !s.is_empty()) {
+            file.database.schema = schema;
+        }
         // Tokens may live in a separate file (a Kubernetes Secret) holding only [[auth.tokens]].
         if let Ok(path) = std::env::var("DSR_TOKENS_FILE") {
             let extra = FileConfig::from_path(Path::new(&path))?;

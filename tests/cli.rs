@@ -299,3 +299,33 @@ async fn holds_extensions_filters_paging_and_json_from_the_cli() {
     let every = run(&["audit", "list", "--tenant", "acme", "--limit", "2", "--all"]);
     assert!(every.lines().count() > 6 && !every.contains("--page-token"), "{every}");
 }
+
+/// Run from the tour's directory with the tour's environment, `dsr bench` writes nothing there:
+/// its data directory and ledger are its own, and gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benchmark_uses_its_own_scratch_never_the_tours_data_directory() {
+    let tour = tempfile::tempdir().unwrap();
+    let data = tour.path().join("dsr-data");
+    let out = Command::new(BIN)
+        .args(["bench", "latency", "--rounds", "10"])
+        .current_dir(tour.path())
+        .env("DSR_DATA_DIR", &data)
+        .env("DATABASE_URL", dsr::db::sqlite_url(&data.join("dsr.db")))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("GetRequest over gRPC"));
+    let scratch = err
+        .lines()
+        .find_map(|l| l.strip_prefix("dsr bench: data in "))
+        .and_then(|l| l.split(", ledger").next())
+        .unwrap_or_else(|| panic!("the scratch directory is not named:\n{err}"))
+        .to_owned();
+    assert!(!scratch.starts_with(tour.path().to_str().unwrap()), "{scratch}");
+    assert!(!Path::new(&scratch).exists(), "the scratch directory is removed: {scratch}");
+    assert!(
+        !data.exists() && std::fs::read_dir(tour.path()).unwrap().next().is_none(),
+        "nothing in the tour's directory"
+    );
+}

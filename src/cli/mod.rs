@@ -245,7 +245,7 @@ pub enum BenchCommand {
     /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
     Deletions {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         #[arg(long, default_value_t = 1000)]
         subjects: usize,
         #[arg(long, default_value_t = 20)]
@@ -255,7 +255,7 @@ pub enum BenchCommand {
     /// compare with `cat` of the same files and report the server's peak memory.
     Export {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         #[arg(long, default_value_t = 1024)]
         total_mib: usize,
         /// Recordings the total is split into.
@@ -269,7 +269,7 @@ pub enum BenchCommand {
     /// DELETE of the same rows.
     Sweep {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         /// Expired call-log rows to seed.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -278,7 +278,7 @@ pub enum BenchCommand {
     /// p50 and p99, next to a SELECT of the same row.
     Latency {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         /// GetRequest calls (a tenth as many deletions, at least 10).
         #[arg(long, default_value_t = 1000)]
         rounds: usize,
@@ -355,21 +355,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first, messy: false } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { what } => match what {
-            BenchCommand::Deletions { loc, subjects, calls } => {
-                crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
-            }
-            BenchCommand::Export { loc, total_mib, calls, runs } => {
-                let settings = crate::config::Settings::load(&loc)?;
-                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
-            }
-            BenchCommand::Sweep { loc, rows } => {
-                crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
-            }
-            BenchCommand::Latency { loc, rounds } => {
-                crate::bench::latency(crate::config::Settings::load(&loc)?, rounds).await
-            }
-        },
+        Command::Bench { what } => {
+            // Its own data directory and ledger, whatever runs beside it.
+            let scratch = match &what {
+                BenchCommand::Deletions { loc, .. }
+                | BenchCommand::Export { loc, .. }
+                | BenchCommand::Sweep { loc, .. }
+                | BenchCommand::Latency { loc, .. } => loc.scratch()?,
+            };
+            let settings = scratch.settings.clone();
+            let result = match what {
+                BenchCommand::Deletions { subjects, calls, .. } => {
+                    crate::bench::deletions(settings, subjects, calls).await
+                }
+                BenchCommand::Export { total_mib, calls, runs, .. } => {
+                    crate::bench::export(settings, scratch.config_file.clone(), total_mib, calls, runs).await
+                }
+                BenchCommand::Sweep { rows, .. } => crate::bench::sweep(settings, rows).await,
+                BenchCommand::Latency { rounds, .. } => crate::bench::latency(settings, rounds).await,
+            };
+            scratch.clean_up().await;
+            result
+        }
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
         Command::Export { conn, subject, submit, output } => {
             export::export(&conn, &subject, &submit, output.as_deref()).await

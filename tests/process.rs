@@ -1018,9 +1018,17 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
     let (ok, out, err) = server_cmd(dir.path(), &db, &["sweep", "--dry-run"]);
     assert!(ok, "{err}");
     assert!(out.contains("dry run"), "{out}");
+    // The schedule it applies comes first, and says where it came from.
+    assert!(out.starts_with("retention schedule (built in: no --config"), "{out}");
+    assert!(
+        out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["recordings", "all", "90", "days"]),
+        "{out}"
+    );
     for store in ["call_logs", "transcripts", "recordings"] {
-        let line =
-            out.lines().find(|l| l.starts_with(store)).unwrap_or_else(|| panic!("no {store} line:\n{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(store) && l.split_whitespace().nth(1) == Some("acme"))
+            .unwrap_or_else(|| panic!("no {store} line:\n{out}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!((cols[1], cols[4], cols[5]), ("acme", "3", "3"), "{line}");
     }
@@ -1044,6 +1052,20 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
             assert!(!text.contains(c.as_str()), "dsr sweep printed an identifier: {c}");
         }
     }
+
+    // With the configuration `serve` reads, a tenant's own period shows beside the default.
+    let own = dir.path().join("own.toml");
+    std::fs::write(&own, "[retention.tenants.acme]\nrecordings_days = 30\n").unwrap();
+    let (ok, out, err) =
+        server_cmd(dir.path(), &db, &["sweep", "--dry-run", "--config", own.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("retention schedule (from {}", own.display())), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["recordings", "others", "90", "days"]),
+        "{out}"
+    );
+    assert!(out.contains("recordings     acme         30 days  (tenant's own)"), "{out}");
 
     // A period under the legal minimum stops the command, naming the key.
     let cfg = dir.path().join("bad.toml");

@@ -159,6 +159,15 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    // The schedule it applies, and where it came from: the sweep reads the same configuration
+    // as `serve`, so a tenant's period is only known when the same --config / DSR_CONFIG is given.
+    let source = match &loc.config_file {
+        Some(path) => format!("from {}", path.display()),
+        None => "built in: no --config or DSR_CONFIG given, so no tenant has a period of its own".into(),
+    };
+    println!("retention schedule ({source}):");
+    print!("{}", settings.file.retention.schedule().render());
+    println!();
     let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Now };
     match sweeper.sweep(mode, &stop).await? {
         SweepOutcome::Swept(report) => {

@@ -59,7 +59,7 @@ pub fn legal_minimum(store: &str) -> Option<Period> {
     (store == "billing").then_some(Period::Months(RETENTION_MONTHS_BILLING))
 }
 
-/// The platform's published schedule (API.md): recordings and transcripts 90 days from the
+/// The platform's published schedule (docs/api.md): recordings and transcripts 90 days from the
 /// call, call metadata 1 year, billing 7 years, accounts 30 days after termination.
 pub fn platform_period(store: &str) -> Option<Period> {
     match store {

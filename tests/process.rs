@@ -879,11 +879,13 @@ async fn a_deletion_is_one_trace_from_the_call_through_every_store_and_names_no_
     assert!(text.contains("span exporter shut down"), "{text}");
 }
 
-/// Reads `/metrics` over plain HTTP/1.0.
+/// Reads `/metrics` over plain HTTP/1.0, asking for OpenMetrics as Prometheus does.
 async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: dsr\r\n\r\n").await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: dsr\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");

@@ -60,7 +60,8 @@ def live(db):
 def run_case(seed_bin, bin_, name, flags, targets):
     work = tempfile.mkdtemp(prefix="dsr-messy-")
     data = os.path.join(work, "dsr-data")
-    env = dict(os.environ, DSR_DATA_DIR=data)
+    # No /metrics port: each case's server is alone, and 9090 may be taken on the machine.
+    env = dict(os.environ, DSR_DATA_DIR=data, DSR_METRICS_LISTEN="off")
     env.pop("DATABASE_URL", None)
     lines = subprocess.run([seed_bin, "seed", "--messy", "--tenant", TENANT], env=env, check=True,
                            capture_output=True, text=True, timeout=120).stdout.splitlines()

@@ -5,7 +5,8 @@
 #   - a throwaway PostgreSQL cluster on a random loopback port (installs `postgresql` with apt
 #     when it is missing), unless DSR_TEST_POSTGRES_URL already points at one;
 #   - an S3-compatible server (moto, from PyPI) on a random loopback port, unless
-#     DSR_TEST_S3_ENDPOINT is already set.
+#     DSR_TEST_S3_ENDPOINT is already set;
+#   - `promtool` (apt package `prometheus`, installed when missing): a test lints /metrics with it.
 # Then: the offline deployment checks, rustfmt, clippy, and `cargo test` over everything
 # (SQLite and Postgres, local files and S3). No test skips itself.
 set -euo pipefail
@@ -59,6 +60,11 @@ if [ -z "${DSR_TEST_S3_ENDPOINT:-}" ]; then
   done
   export DSR_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
   echo "== s3 (moto) on 127.0.0.1:$s3_port"
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing promtool (apt: prometheus)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 echo "== deployment checks"

@@ -63,18 +63,41 @@ pub struct FileConfig {
     pub export: ExportConfig,
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
-    pub ledger: LedgerConfig,
+    pub database: DatabaseConfig,
     /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
 }
 
-/// The service's own database.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// dsr's own database (the ledger).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LedgerConfig {
-    /// On SQLite: `full` (default) syncs every commit, so an acknowledged request survives a
+pub struct DatabaseConfig {
+    /// Postgres: the schema that holds dsr's tables and its own `_sqlx_migrations`, so a
+    /// database shared with the platform never mixes the two (default `dsr`). SQLite: unused.
+    pub schema: String,
+    /// SQLite: `full` (default) syncs every commit, so an acknowledged request survives a
     /// power loss; `normal` survives a crash of the process only, and is faster.
     pub sqlite_synchronous: crate::db::SqliteSync,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { schema: "dsr".into(), sqlite_synchronous: crate::db::SqliteSync::Full }
+    }
+}
+
+impl DatabaseConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.schema;
+        anyhow::ensure!(
+            !s.is_empty()
+                && s.len() <= 63
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "database.schema: {s:?} is not a plain Postgres name (a-z, 0-9, _; at most 63)"
+        );
+        Ok(())
+    }
 }
 
 /// How subjects' identifiers are read. Phones stored in a national format (`(555) 000-0003`)
@@ -326,13 +349,56 @@ impl Default for ExportNotice {
     }
 }
 
-/// The Prometheus endpoint (`GET /metrics`, OpenMetrics text). Off unless `listen` is set;
-/// the helm chart sets `0.0.0.0:9090`. It serves counts only (no request ids, no tenants), so
-/// it needs no credentials.
+/// The Prometheus endpoint (`GET /metrics`; Prometheus text or OpenMetrics, as the scraper
+/// asks). `listen` is an address or `"off"`. Unset, it is on at `127.0.0.1:9090` in the embedded
+/// default (so the tour has metrics) and off when a database URL is given (a deployment says
+/// where: the helm chart sets `0.0.0.0:9090`). `serve --metrics-listen` / `DSR_METRICS_LISTEN`
+/// win over the file. It serves counts only (no request ids, no tenants), so it needs no
+/// credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<MetricsListen>,
+}
+
+/// Where `/metrics` is served in the embedded default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+
+/// `[metrics] listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "" => Ok(Self::Off),
+            a => a
+                .parse()
+                .map(Self::At)
+                .map_err(|_| format!("{a:?} is neither an address (host:port) nor \"off\"")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, if any.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self.listen {
+            Some(MetricsListen::At(a)) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// Who may call: bearer tokens and client-certificate identities. With neither, the server runs
@@ -585,6 +651,11 @@ impl Settings {
         {
             file.privacy.hmac_key = Some(key);
         }
+        // The ledger's schema for a child `dsr serve` of `dsr bench export` (and for operators
+        // who prefer the environment).
+        if let Some(schema) = std::env::var("DSR_DATABASE_SCHEMA").ok().filter(|s| !s.is_empty()) {
+            file.database.schema = schema;
+        }
         // Tokens may live in a separate file (a Kubernetes Secret) holding only [[auth.tokens]].
         if let Ok(path) = std::env::var("DSR_TOKENS_FILE") {
             let extra = FileConfig::from_path(Path::new(&path))?;
@@ -596,6 +667,10 @@ impl Settings {
         let given = loc.database_url.clone().filter(|u| !u.is_empty());
         let embedded = given.is_none();
         let database_url = given.unwrap_or_else(|| crate::db::sqlite_url(&data_dir.join("dsr.db")));
+        if embedded && file.metrics.listen.is_none() {
+            file.metrics.listen =
+                Some(MetricsListen::At(DEFAULT_METRICS_LISTEN.parse().expect("valid default address")));
+        }
         let recordings_url = match loc.recordings_url.clone().filter(|u| !u.is_empty()) {
             Some(u) => u,
             None => file_url(&data_dir.join("recordings"))?,
@@ -647,6 +722,7 @@ impl FileConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.database.validate()?;
         let e = &self.engine;
         anyhow::ensure!(e.workers >= 1, "engine.workers must be at least 1");
         anyhow::ensure!(e.lease_secs >= 1, "engine.lease_secs must be at least 1");
@@ -846,6 +922,29 @@ mod tests {
     fn stream_limits_must_be_positive() {
         let err = FileConfig::from_toml("[server]\nmax_downloads_per_caller = 0\n").unwrap_err();
         assert!(format!("{err:#}").contains("server.max_downloads_per_caller"), "{err:#}");
+    }
+
+    #[test]
+    fn metrics_are_on_by_default_only_in_the_embedded_default_and_off_says_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = |db: Option<&str>, config: Option<PathBuf>| Locations {
+            data_dir: dir.path().to_path_buf(),
+            database_url: db.map(str::to_owned),
+            recordings_url: None,
+            config_file: config,
+            exports_url: None,
+        };
+        let embedded = Settings::load(&loc(None, None)).unwrap();
+        assert_eq!(embedded.file.metrics.addr(), Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        let deployed = Settings::load(&loc(Some("postgres://h/db"), None)).unwrap();
+        assert_eq!(deployed.file.metrics.addr(), None);
+        let off = dir.path().join("off.toml");
+        std::fs::write(&off, "[metrics]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(Settings::load(&loc(None, Some(off))).unwrap().file.metrics.addr(), None);
+        let cfg = FileConfig::from_toml("[metrics]\nlisten = \"0.0.0.0:9100\"\n").unwrap();
+        assert_eq!(cfg.metrics.addr(), Some("0.0.0.0:9100".parse().unwrap()));
+        let bad = FileConfig::from_toml("[metrics]\nlisten = \"nine\"\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("off"), "{bad:#}");
     }
 
     #[test]

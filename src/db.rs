@@ -19,6 +19,9 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Postgres, the ledger's pool: the schema that holds dsr's own tables, first on every
+    /// connection's search path.
+    schema: Option<String>,
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -38,11 +41,30 @@ impl Db {
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file is created if missing and put
     /// in WAL mode, so readers never wait for the writer), SQLite commits synced in full.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        Self::connect_with(url, max_connections, SqliteSync::Full).await
+        Self::connect_in(url, max_connections, None, SqliteSync::Full).await
     }
 
-    /// `connect`, with SQLite's durability chosen (the ledger's is configurable).
-    pub async fn connect_with(url: &str, max_connections: u32, sync: SqliteSync) -> anyhow::Result<Self> {
+    /// Connects the ledger's pool. On Postgres dsr's tables (and its own `_sqlx_migrations`)
+    /// live in `schema`, so a database shared with the platform keeps the two apart: every
+    /// connection's search path is `schema` first, then the connection's default path. Unqualified
+    /// names then find dsr's tables in `schema`, and the platform's tables (the stores' queries
+    /// share this pool when a store has no database of its own) where they always were. SQLite
+    /// has no schemas: the ledger is its own file, synced as `sync` says.
+    pub async fn connect_ledger(
+        url: &str,
+        max_connections: u32,
+        schema: &str,
+        sync: SqliteSync,
+    ) -> anyhow::Result<Self> {
+        Self::connect_in(url, max_connections, Some(schema.to_owned()), sync).await
+    }
+
+    async fn connect_in(
+        url: &str,
+        max_connections: u32,
+        schema: Option<String>,
+        sync: SqliteSync,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -59,11 +81,23 @@ impl Db {
             Backend::Sqlite => max_connections.min(4),
             Backend::Postgres => max_connections,
         };
+        let schema = schema.filter(|_| backend == Backend::Postgres);
+        let search_path = schema.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _meta| {
+                let search_path = search_path.clone();
                 Box::pin(async move {
+                    if let Some(schema) = search_path {
+                        // Prepended to whatever the role or database set as the default path.
+                        sqlx::query(
+                            "SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('search_path'), false)",
+                        )
+                        .bind(schema)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
                     if backend == Backend::Sqlite {
                         // busy_timeout: writers queue instead of failing.
                         let sync = match sync {
@@ -85,7 +119,12 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the database ({}): {e}", backend.name()))?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, schema })
+    }
+
+    /// The schema of dsr's own tables (the ledger's pool on Postgres).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
     }
 
     pub fn pool(&self) -> &AnyPool {

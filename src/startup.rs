@@ -59,7 +59,13 @@ pub struct Application {
 /// Opens the service's own database and applies its migrations.
 pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
     settings.ensure_data_dir()?;
-    let db = Db::connect_with(&settings.database_url, 16, settings.file.ledger.sqlite_synchronous).await?;
+    let db = Db::connect_ledger(
+        &settings.database_url,
+        16,
+        &settings.file.database.schema,
+        settings.file.database.sqlite_synchronous,
+    )
+    .await?;
     let ledger = Ledger::new(db);
     ledger.migrate().await.context("applying the ledger's migrations")?;
     Ok(ledger)
@@ -101,7 +107,7 @@ impl Application {
         let signals = Signals::default();
         let exports = Arc::new(ExportStorage::open(&settings).context("opening the export storage")?);
         let metrics = Arc::new(Metrics::new());
-        let metrics_endpoint = match settings.file.metrics.listen {
+        let metrics_endpoint = match settings.file.metrics.addr() {
             Some(addr) => Some(
                 MetricsEndpoint::bind(
                     addr,

@@ -266,7 +266,7 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
             assert!(o.verified, "{} of {}", o.store, r.id);
         }
     }
-    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default()).await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 150 * 5);
     let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
@@ -349,7 +349,7 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
             "4 JSON files, 3 recordings, the manifest"
         );
     }
-    let ledger = dsr::db::Db::connect(&db, 2).await.unwrap();
+    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default()).await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
     eprintln!("{done_at_kill}/24 exports done at the kill");
@@ -456,7 +456,7 @@ async fn the_client_commands_preview_delete_watch_and_show_status() {
     let (ok, out, _) = run(&["status", &id, "--json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["status"], "COMPLETED");
+    assert_eq!(v["status"], "REQUEST_STATUS_COMPLETED");
     assert_eq!(v["outcomes"].as_array().unwrap().len(), 5);
     let (ok, _, err) = run(&["delete", "--tenant", "acme", "--phone", "12345"]);
     assert!(!ok);
@@ -588,11 +588,84 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let ledger = dsr::db::Db::connect(&db, 1).await.unwrap();
+        let ledger = dsr::db::Db::connect_ledger(&db, 1, "dsr", Default::default()).await.unwrap();
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests").fetch_one(ledger.pool()).await.unwrap();
         assert_eq!(n, 0);
     }
+}
+
+/// A Postgres database the platform already migrates with sqlx: its `_sqlx_migrations` holds a
+/// migration dsr does not know. dsr keeps its ledger and its own migrations table in the schema
+/// `dsr`, so `dsr migrate` and `dsr serve` work beside it, the platform's table is untouched, and
+/// the stores (on the ledger's pool) still find the platform's tables where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsr_migrates_into_its_own_schema_beside_the_platforms_sqlx_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Postgres, dir.path()).await;
+    let platform = dsr::db::Db::connect(&db, 1).await.unwrap();
+    for sql in [
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, \
+         execution_time BIGINT NOT NULL)",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20240101000000, 'platform: create accounts', TRUE, decode('00', 'hex'), 1)",
+    ] {
+        sqlx::query(sql).execute(platform.pool()).await.unwrap();
+    }
+    for _ in 0..2 {
+        let (ok, _, err) = server_cmd(dir.path(), &db, &["migrate"]);
+        assert!(ok, "dsr migrate: {err}");
+    }
+    let seeded = seed(dir.path(), &db, "acme", 1, 2);
+    let log = dir.path().join("server.log");
+    let mut server = start_server(dir.path(), &db, &config(dir.path()), &log);
+    let mut c = client(server.addr).await;
+    let phone = seeded[0]["phone"].as_str().unwrap();
+    let r = c
+        .submit_deletion(pb::SubmitDeletionRequest {
+            subject: Some(pb::Subject {
+                tenant_id: "acme".into(),
+                phone: phone.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_ended(&mut c, &r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    stop_with_sigterm(&mut server);
+    server.child.wait().unwrap();
+
+    let scalar = |sql: &'static str| {
+        let pool = platform.pool().clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    assert_eq!(scalar("SELECT COUNT(*) FROM public._sqlx_migrations").await, 1, "the platform's, untouched");
+    assert_eq!(
+        scalar("SELECT COUNT(*) FROM dsr._sqlx_migrations").await,
+        std::fs::read_dir("migrations/postgres").unwrap().count() as i64
+    );
+    assert_eq!(scalar("SELECT COUNT(*) FROM dsr.dsr_requests").await, 1);
+    let misplaced: i64 = scalar(
+        "SELECT COUNT(*) FROM pg_tables WHERE (schemaname = 'public' AND tablename LIKE 'dsr\\_%') \
+         OR (schemaname = 'dsr' AND tablename IN ('accounts', 'call_logs', 'transcripts', 'recordings', 'billing_records'))",
+    )
+    .await;
+    assert_eq!(misplaced, 0, "dsr's tables in dsr, the platform's in public");
+    // The erasure reached the platform's tables in public.
+    assert_eq!(scalar("SELECT COUNT(*) FROM public.call_logs").await, 0);
+
+    // A ledger made before dsr had its own schema is not silently replaced by an empty one.
+    let old = support::fresh_platform_database(Backend::Postgres, dir.path()).await;
+    let cfg = dir.path().join("public.toml");
+    std::fs::write(&cfg, "[database]\nschema = \"public\"\n").unwrap();
+    let (ok, _, err) = server_cmd(dir.path(), &old, &["migrate", "--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = server_cmd(dir.path(), &old, &["migrate"]);
+    assert!(!ok && err.contains("schema \"public\"") && err.contains("[database] schema"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -809,11 +882,13 @@ async fn a_deletion_is_one_trace_from_the_call_through_every_store_and_names_no_
     assert!(text.contains("span exporter shut down"), "{text}");
 }
 
-/// Reads `/metrics` over plain HTTP/1.0.
+/// Reads `/metrics` over plain HTTP/1.0, asking for OpenMetrics as Prometheus does.
 async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: dsr\r\n\r\n").await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: dsr\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
@@ -949,9 +1024,17 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
     let (ok, out, err) = server_cmd(dir.path(), &db, &["sweep", "--dry-run"]);
     assert!(ok, "{err}");
     assert!(out.contains("dry run"), "{out}");
+    // The schedule it applies comes first, and says where it came from.
+    assert!(out.starts_with("retention schedule (built in: no --config"), "{out}");
+    assert!(
+        out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["recordings", "all", "90", "days"]),
+        "{out}"
+    );
     for store in ["call_logs", "transcripts", "recordings"] {
-        let line =
-            out.lines().find(|l| l.starts_with(store)).unwrap_or_else(|| panic!("no {store} line:\n{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(store) && l.split_whitespace().nth(1) == Some("acme"))
+            .unwrap_or_else(|| panic!("no {store} line:\n{out}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!((cols[1], cols[4], cols[5]), ("acme", "3", "3"), "{line}");
     }
@@ -975,6 +1058,20 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
             assert!(!text.contains(c.as_str()), "dsr sweep printed an identifier: {c}");
         }
     }
+
+    // With the configuration `serve` reads, a tenant's own period shows beside the default.
+    let own = dir.path().join("own.toml");
+    std::fs::write(&own, "[retention.tenants.acme]\nrecordings_days = 30\n").unwrap();
+    let (ok, out, err) =
+        server_cmd(dir.path(), &db, &["sweep", "--dry-run", "--config", own.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("retention schedule (from {}", own.display())), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["recordings", "others", "90", "days"]),
+        "{out}"
+    );
+    assert!(out.contains("recordings     acme         30 days  (tenant's own)"), "{out}");
 
     // A period under the legal minimum stops the command, naming the key.
     let cfg = dir.path().join("bad.toml");

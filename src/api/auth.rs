@@ -17,7 +17,7 @@ use crate::{
     telemetry::grpc::RpcMethod,
 };
 
-/// What a credential allows (API.md).
+/// What a credential allows (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 pub enum Scope {
     #[serde(rename = "dsr.export")]

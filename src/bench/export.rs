@@ -220,6 +220,9 @@ impl Server {
             .args(["--recordings-url", &settings.recordings_url])
             .args(["--exports-url", &settings.exports_url])
             .args(["--listen", &addr.to_string()])
+            .args(["--metrics-listen", "off"])
+            .env("DSR_DATABASE_SCHEMA", &settings.file.database.schema)
+            .env_remove("DSR_CONFIG")
             .env("DSR_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log);

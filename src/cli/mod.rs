@@ -1,10 +1,12 @@
 //! The `dsr` command line: server-side commands (`serve`, `migrate`, `seed`, `sweep`) and a gRPC
 //! client for people (`export`, `download`, `delete`, `rectify`, `status`, `watch`, `preview`, `list`, `cancel`,
-//! `retry`, `audit verify|list`); `audit prune` works on the database directly, like `migrate`.
+//! `retry`, `extend`, `holds place|release|list`, `audit verify|list`); `audit prune` works on the
+//! database directly, like `migrate`.
 
 mod client;
-pub use client::DOWNLOAD_WINDOW;
+pub use client::{as_json, DOWNLOAD_WINDOW};
 mod export;
+mod holds;
 mod server;
 
 use std::process::ExitCode;
@@ -36,6 +38,10 @@ pub enum Command {
         /// Address to listen on (default from the config file, else 127.0.0.1:50051).
         #[arg(long, env = "DSR_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+        /// Where to serve /metrics, or `off` (default from the config file; else 127.0.0.1:9090
+        /// in the embedded default, off with a --database-url).
+        #[arg(long, env = "DSR_METRICS_LISTEN")]
+        metrics_listen: Option<crate::config::MetricsListen>,
     },
     /// Apply the service's database migrations.
     Migrate {
@@ -144,17 +150,12 @@ pub enum Command {
         #[command(flatten)]
         subject: client::SubjectArgs,
     },
-    /// List requests, newest first.
+    /// List requests, newest first, a page at a time.
     List {
         #[command(flatten)]
         conn: client::Connection,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Only requests past their due date.
-        #[arg(long)]
-        overdue: bool,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
+        #[command(flatten)]
+        args: client::ListArgs,
     },
     /// Cancel the stores of a request that have not started.
     Cancel {
@@ -168,6 +169,20 @@ pub enum Command {
         conn: client::Connection,
         id: String,
     },
+    /// Extend a request's deadline once, by what its law allows (+2 months GDPR, +45 days CCPA).
+    Extend {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        /// Why (required; stored with the request's events, never logged).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Litigation holds (and the legal obligations deletions leave): place, release, list.
+    Holds {
+        #[command(subcommand)]
+        command: HoldsCommand,
+    },
     /// The audit trail: verify its hash chain, list it, prune old requests.
     Audit {
         #[command(subcommand)]
@@ -177,6 +192,41 @@ pub enum Command {
     Stores {
         #[command(subcommand)]
         command: StoresCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldsCommand {
+    /// Keep everything held on a subject from deletions and retention sweeps until released.
+    Place {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(flatten)]
+        subject: client::SubjectArgs,
+        /// Why (a case number); required, stored with the hold, never logged.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a litigation hold: the deletions it kept run again.
+    Release {
+        #[command(flatten)]
+        conn: client::Connection,
+        id: String,
+        /// Why; required, stored with the hold, never logged.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List holds in id order, a page at a time.
+    List {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only holds that stand.
+        #[arg(long)]
+        active: bool,
+        #[command(flatten)]
+        page: client::PageArgs,
     },
 }
 
@@ -195,7 +245,7 @@ pub enum BenchCommand {
     /// Seed two identical tenants; erase one through gRPC and one by hand-written SQL.
     Deletions {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         #[arg(long, default_value_t = 1000)]
         subjects: usize,
         #[arg(long, default_value_t = 20)]
@@ -205,7 +255,7 @@ pub enum BenchCommand {
     /// compare with `cat` of the same files and report the server's peak memory.
     Export {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         #[arg(long, default_value_t = 1024)]
         total_mib: usize,
         /// Recordings the total is split into.
@@ -219,7 +269,7 @@ pub enum BenchCommand {
     /// DELETE of the same rows.
     Sweep {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         /// Expired call-log rows to seed.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -228,7 +278,7 @@ pub enum BenchCommand {
     /// pgbench's one-row INSERT transactions at the same concurrency (Postgres only).
     Submit {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         #[arg(long, default_value_t = 2000)]
         requests: usize,
         #[arg(long, default_value_t = 16)]
@@ -238,7 +288,7 @@ pub enum BenchCommand {
     /// p50 and p99, next to a SELECT of the same row.
     Latency {
         #[command(flatten)]
-        loc: Locations,
+        loc: crate::bench::BenchLocations,
         /// GetRequest calls (a tenth as many deletions, at least 10).
         #[arg(long, default_value_t = 1000)]
         rounds: usize,
@@ -264,8 +314,8 @@ pub enum AuditCommand {
         /// server, which hashes it; never stored.
         #[arg(long)]
         subject: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
+        #[command(flatten)]
+        page: client::PageArgs,
     },
     /// Delete requests that ended more than --before-days ago (default 730: CCPA's 24 months),
     /// with their tasks and audit events, leaving a checkpoint so the rest still verifies.
@@ -309,30 +359,38 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { loc, listen } => server::serve(&loc, listen).await,
+        Command::Serve { loc, listen, metrics_listen } => server::serve(&loc, listen, metrics_listen).await,
         Command::Migrate { loc } => server::migrate(&loc).await,
         Command::Seed { loc, tenant, messy: true, .. } => server::seed_messy(&loc, &tenant).await,
         Command::Seed { loc, tenant, subjects, calls, recording_bytes, first, messy: false } => {
             server::seed(&loc, &tenant, subjects, calls, recording_bytes, first).await
         }
-        Command::Bench { what } => match what {
-            BenchCommand::Deletions { loc, subjects, calls } => {
-                crate::bench::deletions(crate::config::Settings::load(&loc)?, subjects, calls).await
-            }
-            BenchCommand::Export { loc, total_mib, calls, runs } => {
-                let settings = crate::config::Settings::load(&loc)?;
-                crate::bench::export(settings, loc.config_file.clone(), total_mib, calls, runs).await
-            }
-            BenchCommand::Sweep { loc, rows } => {
-                crate::bench::sweep(crate::config::Settings::load(&loc)?, rows).await
-            }
-            BenchCommand::Submit { loc, requests, clients } => {
-                crate::bench::submit(crate::config::Settings::load(&loc)?, requests, clients).await
-            }
-            BenchCommand::Latency { loc, rounds } => {
-                crate::bench::latency(crate::config::Settings::load(&loc)?, rounds).await
-            }
-        },
+        Command::Bench { what } => {
+            // Its own data directory and ledger, whatever runs beside it.
+            let scratch = match &what {
+                BenchCommand::Deletions { loc, .. }
+                | BenchCommand::Export { loc, .. }
+                | BenchCommand::Sweep { loc, .. }
+                | BenchCommand::Submit { loc, .. }
+                | BenchCommand::Latency { loc, .. } => loc.scratch()?,
+            };
+            let settings = scratch.settings.clone();
+            let result = match what {
+                BenchCommand::Deletions { subjects, calls, .. } => {
+                    crate::bench::deletions(settings, subjects, calls).await
+                }
+                BenchCommand::Export { total_mib, calls, runs, .. } => {
+                    crate::bench::export(settings, scratch.config_file.clone(), total_mib, calls, runs).await
+                }
+                BenchCommand::Sweep { rows, .. } => crate::bench::sweep(settings, rows).await,
+                BenchCommand::Submit { requests, clients, .. } => {
+                    crate::bench::submit(settings, requests, clients).await
+                }
+                BenchCommand::Latency { rounds, .. } => crate::bench::latency(settings, rounds).await,
+            };
+            scratch.clean_up().await;
+            result
+        }
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
         Command::Export { conn, subject, submit, output } => {
             export::export(&conn, &subject, &submit, output.as_deref()).await
@@ -345,13 +403,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status { conn, id, json } => client::status(&conn, &id, json).await,
         Command::Watch { conn, id } => client::watch(&conn, &id).await,
         Command::Preview { conn, subject } => client::preview(&conn, &subject).await,
-        Command::List { conn, tenant, overdue, limit } => client::list(&conn, tenant, overdue, limit).await,
+        Command::List { conn, args } => client::list(&conn, &args).await,
         Command::Cancel { conn, id } => client::cancel(&conn, &id).await,
         Command::Retry { conn, id } => client::retry(&conn, &id).await,
+        Command::Extend { conn, id, reason } => holds::extend(&conn, &id, &reason).await,
+        Command::Holds { command } => match command {
+            HoldsCommand::Place { conn, subject, reason } => holds::place(&conn, &subject, &reason).await,
+            HoldsCommand::Release { conn, id, reason } => holds::release(&conn, &id, &reason).await,
+            HoldsCommand::List { conn, tenant, active, page } => {
+                holds::list(&conn, tenant, active, &page).await
+            }
+        },
         Command::Audit { command } => match command {
             AuditCommand::Verify { conn } => client::audit_verify(&conn).await,
-            AuditCommand::List { conn, tenant, request, subject, limit } => {
-                client::audit_list(&conn, tenant, request, subject, limit).await
+            AuditCommand::List { conn, tenant, request, subject, page } => {
+                client::audit_list(&conn, tenant, request, subject, &page).await
             }
             AuditCommand::Prune { loc, before_days } => server::audit_prune(&loc, before_days).await,
         },

@@ -15,8 +15,15 @@ use crate::{
     stores::{open_object_store, reference, StoreRegistry},
 };
 
-pub async fn serve(loc: &Locations, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let settings = Settings::load(loc)?;
+pub async fn serve(
+    loc: &Locations,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<crate::config::MetricsListen>,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::load(loc)?;
+    if let Some(m) = metrics_listen {
+        settings.file.metrics.listen = Some(m);
+    }
     let app = Application::build_with(settings, Overrides { listen, ..Default::default() }).await?;
     app.run_until_stopped(shutdown_signal()).await
 }
@@ -41,15 +48,27 @@ pub async fn seed(
     anyhow::ensure!(subjects <= 10_000_000, "--subjects: at most 10000000");
     anyhow::ensure!(calls <= 10_000, "--calls: at most 10000 per subject");
     anyhow::ensure!(recording_bytes <= 1 << 30, "--recording-bytes: at most 1 GiB");
-    let ledger = open_ledger(&settings).await?;
+    let platform = platform_db(&settings).await?;
     let tables = reference::Tables::default();
-    reference::ensure_schema(ledger.db(), &tables).await?;
+    reference::ensure_schema(&platform, &tables).await?;
     let objects = open_object_store(&settings.recordings_url)?;
     let spec = SeedSpec { tenant, subjects, calls, recording_bytes, first };
-    run_seed(ledger.db(), &tables, objects, &spec, SystemClock.now(), |s| {
+    run_seed(&platform, &tables, objects, &spec, SystemClock.now(), |s| {
         println!("{}", serde_json::to_string(&s).expect("seeded subject serialises"));
     })
     .await
+}
+
+/// The platform's database as the seed writes it: the reference tables go in the connection's
+/// default schema, where a platform keeps them, never in dsr's own (the ledger's pool puts that
+/// first on the search path). The embedded default migrates the ledger first, as before.
+async fn platform_db(settings: &Settings) -> anyhow::Result<crate::db::Db> {
+    let ledger = open_ledger(settings).await?;
+    if settings.embedded {
+        return Ok(ledger.db().clone());
+    }
+    ledger.db().close().await;
+    crate::db::Db::connect(&settings.database_url, 4).await
 }
 
 /// `dsr stores check`: every store against its live schema; an error (non-zero exit) when one
@@ -81,12 +100,12 @@ pub async fn stores_check(loc: &Locations) -> anyhow::Result<()> {
 pub async fn seed_messy(loc: &Locations, tenant: &str) -> anyhow::Result<()> {
     let settings = Settings::load(loc)?;
     let tenant = TenantId::parse("--tenant", tenant)?;
-    let ledger = open_ledger(&settings).await?;
+    let platform = platform_db(&settings).await?;
     let tables = reference::Tables::default();
-    reference::ensure_schema(ledger.db(), &tables).await?;
+    reference::ensure_schema(&platform, &tables).await?;
     let objects = open_object_store(&settings.recordings_url)?;
     let fixture =
-        crate::seed::seed_messy(ledger.db(), &tables, objects, tenant.as_str(), SystemClock.now()).await?;
+        crate::seed::seed_messy(&platform, &tables, objects, tenant.as_str(), SystemClock.now()).await?;
     for p in &fixture.people {
         println!("{}", serde_json::to_string(p)?);
     }
@@ -140,6 +159,15 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    // The schedule it applies, and where it came from: the sweep reads the same configuration
+    // as `serve`, so a tenant's period is only known when the same --config / DSR_CONFIG is given.
+    let source = match &loc.config_file {
+        Some(path) => format!("from {}", path.display()),
+        None => "built in: no --config or DSR_CONFIG given, so no tenant has a period of its own".into(),
+    };
+    println!("retention schedule ({source}):");
+    print!("{}", settings.file.retention.schedule().render());
+    println!();
     let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Now };
     match sweeper.sweep(mode, &stop).await? {
         SweepOutcome::Swept(report) => {

@@ -11,8 +11,8 @@ mod subject;
 
 pub use ids::{FieldError, IdempotencyKey, RequestId, StoreName};
 pub use request::{
-    derive_status, due_at, extended_due_at, OutcomeState, Regime, RequestKind, RequestStatus,
-    RETENTION_MONTHS_BILLING,
+    derive_status, derive_status_under_holds, due_at, extended_due_at, OutcomeState, Regime, RequestKind,
+    RequestStatus, RETENTION_MONTHS_BILLING,
 };
 pub use requester::parse_requested_by;
 pub use retention::{legal_minimum, platform_period, Period, RetentionSchedule};

@@ -95,6 +95,21 @@ pub fn derive_status(outcomes: impl IntoIterator<Item = (OutcomeState, u32)>) ->
     }
 }
 
+/// A request's status when some of its stores are kept by a litigation hold: a deletion whose
+/// every store has answered but one or more only because a hold forbids the erasure is not done
+/// (the person's data is all there, and is erased when the hold is released), so it stays
+/// IN_PROGRESS with those stores RETAINED (basis `litigation_hold`). A failure or cancellation
+/// elsewhere still ends it as before.
+pub fn derive_status_under_holds(
+    outcomes: impl IntoIterator<Item = (OutcomeState, u32)>,
+    litigation_held: bool,
+) -> RequestStatus {
+    match derive_status(outcomes) {
+        RequestStatus::Completed if litigation_held => RequestStatus::InProgress,
+        status => status,
+    }
+}
+
 /// When a request is due. Deletions (and anything under GDPR or no named regime) follow the
 /// platform's own 30-day promise, which is inside GDPR's one month; CCPA allows 45 days.
 pub fn due_at(regime: Regime, created: DateTime<Utc>) -> DateTime<Utc> {
@@ -126,6 +141,15 @@ mod tests {
         assert_eq!(derive_status([(Done, 1), (Failed, 5)]), RequestStatus::Failed);
         assert_eq!(derive_status([(Cancelled, 0), (Done, 1)]), RequestStatus::Cancelled);
         assert_eq!(derive_status([(Failed, 3), (Running, 1)]), RequestStatus::InProgress);
+    }
+
+    #[test]
+    fn a_request_kept_by_a_litigation_hold_is_in_progress_not_completed() {
+        let answered = [(Done, 1), (Retained, 1), (Retained, 1)];
+        assert_eq!(derive_status_under_holds(answered, true), RequestStatus::InProgress);
+        assert_eq!(derive_status_under_holds(answered, false), RequestStatus::Completed);
+        assert_eq!(derive_status_under_holds([(Retained, 1), (Failed, 3)], true), RequestStatus::Failed);
+        assert_eq!(derive_status_under_holds([(Retained, 1), (Pending, 0)], true), RequestStatus::InProgress);
     }
 
     #[test]

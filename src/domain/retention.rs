@@ -59,7 +59,7 @@ pub fn legal_minimum(store: &str) -> Option<Period> {
     (store == "billing").then_some(Period::Months(RETENTION_MONTHS_BILLING))
 }
 
-/// The platform's published schedule (API.md): recordings and transcripts 90 days from the
+/// The platform's published schedule (docs/api.md): recordings and transcripts 90 days from the
 /// call, call metadata 1 year, billing 7 years, accounts 30 days after termination.
 pub fn platform_period(store: &str) -> Option<Period> {
     match store {
@@ -111,6 +111,21 @@ impl RetentionSchedule {
         self.period(tenant, store).map(|p| p.before(now))
     }
 
+    /// The schedule as a table: per store, the default period and each tenant's own.
+    pub fn render(&self) -> String {
+        let mut out = format!("{:<14} {:<12} PERIOD\n", "STORE", "TENANTS");
+        for (store, p) in &self.defaults {
+            let others = if self.tenants.values().any(|t| t.contains_key(store)) { "others" } else { "all" };
+            out.push_str(&format!("{store:<14} {others:<12} {p}\n"));
+            for (tenant, own) in &self.tenants {
+                if let Some(p) = own.get(store) {
+                    out.push_str(&format!("{store:<14} {tenant:<12} {p}  (tenant's own)\n"));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether `tenant` has a period of its own for `store`.
     pub fn overridden(&self, tenant: &str, store: &str) -> bool {
         self.tenants.get(tenant).is_some_and(|t| t.contains_key(store))
@@ -123,6 +138,15 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_schedule_renders_each_tenants_own_period_beside_the_default() {
+        let s = RetentionSchedule::default().with_tenant("acme", "recordings", Period::Days(30));
+        let text = s.render();
+        assert!(text.contains("recordings     others       90 days"), "{text}");
+        assert!(text.contains("recordings     acme         30 days  (tenant's own)"), "{text}");
+        assert!(text.contains("billing        all          7 years"), "{text}");
     }
 
     #[test]

@@ -126,8 +126,35 @@ impl Ledger {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
+        if let Some(schema) = self.db.schema() {
+            self.prepare_schema(schema).await?;
+        }
         migrator.run(self.db.pool()).await?;
         self.seal_unchained_events().await?;
+        Ok(())
+    }
+}
+
+impl Ledger {
+    /// Postgres: creates dsr's schema, after checking that no ledger already lives elsewhere on
+    /// the search path (one made before dsr had its own schema): migrating would start an empty
+    /// ledger beside it.
+    async fn prepare_schema(&self, schema: &str) -> anyhow::Result<()> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass('dsr_requests')",
+        )
+        .fetch_optional(self.db.pool())
+        .await?
+        .flatten();
+        if let Some(other) = found.filter(|n| n != schema) {
+            anyhow::bail!(
+                "the ledger's tables are in the schema {other:?}, not in {schema:?}: set [database] schema = {other:?} \
+                 to keep using them there, or move them (ALTER TABLE … SET SCHEMA) with dsr's _sqlx_migrations"
+            );
+        }
+        let ident = schema.replace('"', "\"\"");
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{ident}\"")).execute(self.db.pool()).await?;
         Ok(())
     }
 }

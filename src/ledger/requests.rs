@@ -10,7 +10,7 @@ use super::{
 use crate::{
     clock::{from_millis, to_millis},
     db::Tx,
-    domain::{derive_status, OutcomeState, Regime, RequestKind, RequestStatus},
+    domain::{derive_status_under_holds, OutcomeState, Regime, RequestKind, RequestStatus},
 };
 
 /// Everything a submit writes, already validated and hashed.
@@ -202,6 +202,13 @@ impl Ledger {
         }
         if let Some(k) = filter.kind {
             push(&mut sql, " AND kind = $?", Bind::Text(k.as_str().into()));
+        }
+        // A request kept by a litigation hold is paused: neither overdue nor due (as the
+        // deadline gauges count it).
+        const NOT_HELD: &str = " AND NOT EXISTS (SELECT 1 FROM dsr_tasks t \
+                                WHERE t.request_id = dsr_requests.id AND t.hold_id IS NOT NULL)";
+        if filter.overdue_at.is_some() || filter.due_before.is_some() {
+            sql.push_str(NOT_HELD);
         }
         if let Some(at) = filter.overdue_at {
             sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
@@ -499,7 +506,9 @@ pub(super) async fn refresh_status(
     .fetch_all(&mut **tx)
     .await?;
     // A store kept by a litigation hold runs again when the hold is released, and needs the
-    // subject's identifiers then: they stay until it has (issue 9).
+    // subject's identifiers then: they stay until it has. Until then the request is not done
+    // (`derive_status_under_holds`): it stays IN_PROGRESS, and the deadline gauges count it
+    // as paused.
     let held = rows.iter().any(|r| r.try_get::<Option<String>, _>("hold_id").ok().flatten().is_some());
     let mut tasks = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -524,7 +533,7 @@ pub(super) async fn refresh_status(
         })
         .map(|(_, state, attempt, _)| (*state, *attempt))
         .collect();
-    let status = derive_status(outcomes);
+    let status = derive_status_under_holds(outcomes, held);
     let terminal = status.is_terminal();
     sqlx::query(
         "UPDATE dsr_requests SET status = $1, version = version + 1, \

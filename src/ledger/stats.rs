@@ -22,10 +22,13 @@ pub struct DeadlineCounts {
     pub kind: RequestKind,
     pub status: RequestStatus,
     pub outstanding: u64,
-    /// Due before now.
+    /// Due before now, and not paused by a litigation hold.
     pub past_deadline: u64,
-    /// Per window asked for: due from now to now + window (not yet past).
+    /// Per window asked for: due from now to now + window (not yet past), not paused.
     pub due_within: Vec<u64>,
+    /// Kept by a litigation hold: the erasure is paused until the hold is released, so these
+    /// count neither as past their deadline nor as due soon.
+    pub paused_by_hold: u64,
 }
 
 /// One store's tasks that have not ended.
@@ -52,15 +55,22 @@ impl Ledger {
         let within = (0..windows.len())
             .map(|i| {
                 format!(
-                    ", COALESCE(SUM(CASE WHEN due_at >= $1 AND due_at < ${} THEN 1 ELSE 0 END), 0) AS due_{i}",
+                    ", COALESCE(SUM(CASE WHEN held = 0 AND due_at >= $1 AND due_at < ${} THEN 1 ELSE 0 END), 0) AS due_{i}",
                     i + 2
                 )
             })
             .collect::<String>();
+        // A held request has a task with a hold id (probed per outstanding request on the
+        // tasks' `(request_id, store)` key; outstanding requests are few).
         let sql = format!(
             "SELECT kind, status, COUNT(*) AS outstanding, \
-             COALESCE(SUM(CASE WHEN due_at < $1 THEN 1 ELSE 0 END), 0) AS past{within} \
-             FROM dsr_requests WHERE status IN ({statuses}) GROUP BY kind, status"
+             COALESCE(SUM(CASE WHEN held = 0 AND due_at < $1 THEN 1 ELSE 0 END), 0) AS past, \
+             COALESCE(SUM(held), 0) AS paused{within} \
+             FROM (SELECT kind, status, due_at, \
+                   CASE WHEN EXISTS (SELECT 1 FROM dsr_tasks t WHERE t.request_id = r.id AND t.hold_id IS NOT NULL) \
+                   THEN 1 ELSE 0 END AS held \
+                   FROM dsr_requests r WHERE status IN ({statuses})) q \
+             GROUP BY kind, status"
         );
         let mut query = sqlx::query(&sql).bind(to_millis(now));
         for w in windows {
@@ -77,6 +87,7 @@ impl Ledger {
                     status: decode_enum(row.try_get("status")?, RequestStatus::from_db)?,
                     outstanding: count(row, "outstanding")?,
                     past_deadline: count(row, "past")?,
+                    paused_by_hold: count(row, "paused")?,
                     due_within: (0..windows.len())
                         .map(|i| count(row, &format!("due_{i}")))
                         .collect::<sqlx::Result<_>>()?,

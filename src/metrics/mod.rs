@@ -10,6 +10,7 @@
 //! question "which requests" is answered by `dsr list --overdue` / ListRequests, not by a
 //! time series. Nothing about a subject is ever a label.
 
+mod format;
 mod scrape;
 mod server;
 
@@ -21,8 +22,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub use format::{to_prometheus_text, wants_openmetrics};
 pub use scrape::{LedgerGauges, DUE_SOON_DAYS};
-pub use server::{MetricsEndpoint, CONTENT_TYPE};
+pub use server::{MetricsEndpoint, CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
 use crate::domain::{RequestKind, RequestStatus};
 

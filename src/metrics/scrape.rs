@@ -102,6 +102,7 @@ impl LedgerGauges {
     fn register(&self, registry: &mut Registry) {
         let outstanding = Family::<KindStatusLabels, Gauge>::default();
         let past = Family::<KindStatusLabels, Gauge>::default();
+        let paused = Family::<KindStatusLabels, Gauge>::default();
         let soon = Family::<DueSoonLabels, Gauge>::default();
         // Kinds × outstanding statuses, zeros included.
         for kind in RequestKind::ALL {
@@ -110,6 +111,7 @@ impl LedgerGauges {
                 let found = self.deadlines.iter().find(|d| d.kind == *kind && d.status == status);
                 outstanding.get_or_create(&labels).set(found.map_or(0, |d| d.outstanding as i64));
                 past.get_or_create(&labels).set(found.map_or(0, |d| d.past_deadline as i64));
+                paused.get_or_create(&labels).set(found.map_or(0, |d| d.paused_by_hold as i64));
                 for (i, days) in DUE_SOON_DAYS.iter().enumerate() {
                     let n = found.and_then(|d| d.due_within.get(i)).copied().unwrap_or(0);
                     soon.get_or_create(&DueSoonLabels {
@@ -128,8 +130,13 @@ impl LedgerGauges {
         );
         registry.register(
             "requests_past_deadline",
-            "Outstanding requests whose legal deadline has passed, from the ledger: page on this",
+            "Outstanding requests whose legal deadline has passed, from the ledger: page on this (a request kept by a litigation hold is paused, not counted)",
             past,
+        );
+        registry.register(
+            "requests_paused_by_hold",
+            "Outstanding requests whose erasure waits for a litigation hold's release, from the ledger (not counted as past deadline or due soon)",
+            paused,
         );
         registry.register(
             "requests_due_soon",
@@ -183,6 +190,7 @@ mod tests {
                 outstanding: 4,
                 past_deadline: 1,
                 due_within: vec![2, 3],
+                paused_by_hold: 0,
             }],
             queues: vec![(
                 "recordings".into(),

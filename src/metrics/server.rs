@@ -19,9 +19,10 @@ use tracing::{debug, info, warn};
 use super::{LedgerGauges, Metrics};
 use crate::{clock::SharedClock, ledger::Ledger};
 
-/// OpenMetrics text, which Prometheus negotiates and prefers; plain `text/plain` scrapers read
-/// it as well.
+/// OpenMetrics text, for scrapers that ask for it (Prometheus does, first in its `Accept`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format 0.0.4, for everyone else (curl, promtool, older scrapers).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const MAX_CONNECTIONS: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,8 +51,12 @@ impl MetricsEndpoint {
         clock: SharedClock,
         stores: Vec<String>,
     ) -> anyhow::Result<Self> {
-        let listener =
-            TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding the metrics endpoint {addr} (choose another with [metrics] listen, \
+                 --metrics-listen or DSR_METRICS_LISTEN, or turn it off with \"off\")"
+            )
+        })?;
         let source = Arc::new(Source { metrics, ledger, clock, stores, scraping: Mutex::new(()) });
         Ok(Self { listener, source })
     }
@@ -107,7 +112,13 @@ async fn respond(source: Arc<Source>, req: Request<Incoming>) -> Result<Response
     };
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            reply(StatusCode::OK, CONTENT_TYPE, source.render().await)
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let text = source.render().await;
+            if super::format::wants_openmetrics(accept) {
+                reply(StatusCode::OK, CONTENT_TYPE, text)
+            } else {
+                reply(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, super::format::to_prometheus_text(&text))
+            }
         }
         (_, "/metrics") => {
             let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());

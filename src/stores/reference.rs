@@ -1,4 +1,4 @@
-//! The reference schema of the platform's data (API.md): the tables the embedded default, `dsr
+//! The reference schema of the platform's data (docs/api.md): the tables the embedded default, `dsr
 //! seed` and the tests use. Deployments point the adapters at their real tables instead (table
 //! names are configurable; columns follow this schema). Times are epoch milliseconds.
 use crate::db::Db;

@@ -106,14 +106,14 @@ async fn requests_are_listed_newest_first_in_pages_with_filters(backend: Backend
 both!(requests_are_listed_newest_first_in_pages_with_filters);
 
 /// An acknowledged request survives a power loss on SQLite: every commit of the ledger is synced
-/// (`synchronous=FULL`) unless `[ledger] sqlite_synchronous = "normal"` trades that for speed.
+/// (`synchronous=FULL`) unless `[database] sqlite_synchronous = "normal"` trades that for speed.
 #[tokio::test]
 async fn the_sqlite_ledger_syncs_every_commit_unless_told_otherwise() {
     let app = spawn_app(Backend::Sqlite).await;
     let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(app.db.pool()).await.unwrap();
     assert_eq!(level, 2, "FULL");
     app.shutdown().await;
-    let config = format!("[ledger]\nsqlite_synchronous = \"normal\"\n{TEST_CONFIG}");
+    let config = format!("[database]\nsqlite_synchronous = \"normal\"\n{TEST_CONFIG}");
     let app = spawn_app_with(Backend::Sqlite, &config, Default::default()).await;
     let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(app.db.pool()).await.unwrap();
     assert_eq!(level, 1, "NORMAL");

@@ -13,14 +13,67 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{both, helpers::*};
 
 pub(crate) async fn scrape(addr: SocketAddr) -> String {
+    scrape_accepting(addr, None).await.1
+}
+
+/// A scrape with an `Accept` header (or none): the response's head and body.
+async fn scrape_accepting(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    conn.write_all(format!("GET /metrics HTTP/1.0\r\n{accept}\r\n").as_bytes()).await.unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.contains(" 200 "), "{head}");
-    body.to_owned()
+    (head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// `promtool check metrics` (the `prometheus` package) over `text`: (passed, what it said).
+fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: `apt-get install prometheus` (scripts/test.sh does it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
+/// After a deletion (so every counter and histogram has samples), the exposition passes
+/// Prometheus' own linter, and the format follows the scraper's `Accept`.
+async fn the_exposition_passes_promtool_and_follows_content_negotiation(backend: Backend) {
+    let config = format!("{TEST_CONFIG}\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let app = spawn_app_with(backend, &config, Overrides::default()).await;
+    let metrics = app.metrics.expect("metrics endpoint");
+    let seeded = app.seed("acme", 1, 1).await;
+    let r = app.delete(by_phone("acme", &seeded[0].phone)).await;
+    app.wait_terminal(&r.id).await;
+
+    let (head, text) = scrape_accepting(metrics, None).await;
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(text.contains("# HELP dsr_requests_ended_total "), "{text}");
+    let (passed, said) = promtool_check(&text);
+    assert!(passed && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
+
+    // What Prometheus sends: OpenMetrics first.
+    let prometheus =
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                      text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (head, om) = scrape_accepting(metrics, Some(prometheus)).await;
+    assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE dsr_requests_ended counter"), "{om}");
+    let (_, plain) = scrape_accepting(metrics, Some("text/plain;version=0.0.4")).await;
+    assert!(plain.contains("# TYPE dsr_requests_ended_total counter"), "{plain}");
+    app.shutdown().await;
+}
+both!(the_exposition_passes_promtool_and_follows_content_negotiation);
 
 pub(crate) fn value(metrics: &str, series: &str) -> f64 {
     metrics

@@ -1425,3 +1425,25 @@ async fn a_postgres_ledger_without_an_audit_key_refuses_to_start() {
         assert!(!dir.path().join("hmac.key").exists(), "no key was made up");
     }
 }
+
+/// `dsr seed … | head -1`: the command ends quietly when its reader goes, as Unix tools do,
+/// instead of panicking on the broken pipe.
+#[tokio::test]
+async fn a_command_piped_into_head_ends_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["seed", "--tenant", "acme", "--subjects", "200", "--calls", "1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("acme-acct-000000"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}

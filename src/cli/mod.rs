@@ -341,6 +341,17 @@ pub fn main() -> ExitCode {
     };
     // Only the server exports traces; the exporter's channel lives on the runtime.
     let export_traces = matches!(cli.command, Command::Serve { .. });
+    if !export_traces {
+        // A command whose output is piped into `head` ends quietly when the reader goes, as
+        // Unix tools do, instead of panicking on the broken pipe. (Rust ignores SIGPIPE by
+        // default; the server keeps that, a closed log pipe must not kill it.)
+        #[cfg(unix)]
+        // SAFETY: restores the default disposition of one signal, process-wide; nothing here
+        // has installed a handler for it.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let telemetry = {
         let _runtime = runtime.enter();
         crate::telemetry::init(cli.log_format, export_traces)

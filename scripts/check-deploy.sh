@@ -227,6 +227,7 @@ if tomllib:
         "engine": {"workers", "lease_secs", "max_attempts", "backoff_base_ms", "backoff_max_ms"},
         "metrics": {"listen"},
         "export": {"expiry_days"},
+        "database": {"schema"},
     }
     for table, keys in expected.items():
         need(set(conf.get(table, {})) == keys, f"dsr.toml [{table}] has keys {sorted(keys)}")

@@ -121,8 +121,8 @@ Included from the Deployment so it runs for install, upgrade, lint and template 
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "dsr: autoscaling.maxReplicas must be >= autoscaling.minReplicas." }}
 {{- end }}
-{{- if regexMatch "(?m)^\\s*\\[\\s*(server|engine|export|metrics)\\s*\\]" .Values.config.extraToml }}
-{{- fail "dsr: config.extraToml must not redefine [server], [engine], [export] or [metrics]; use the server.*, engine.*, exports.* and metrics.* values." }}
+{{- if regexMatch "(?m)^\\s*\\[\\s*(server|engine|export|metrics|database)\\s*\\]" .Values.config.extraToml }}
+{{- fail "dsr: config.extraToml must not redefine [server], [engine], [export], [metrics] or [database]; use the server.*, engine.*, exports.*, metrics.* and database.* values." }}
 {{- end }}
 {{- if regexMatch "(?m)^\\s*hmac_key\\s*=" .Values.config.extraToml }}
 {{- fail "dsr: config.extraToml must not contain hmac_key: the ConfigMap is not secret, use audit.key or audit.existingSecret." }}
@@ -204,6 +204,9 @@ expiry_days = {{ int .Values.exports.expiryDays }}
 
 [metrics]
 listen = {{ printf "%s:%d" (include "dsr.listenHost" .) (int .Values.metrics.port) | quote }}
+
+[database]
+schema = {{ .Values.database.schema | default "dsr" | quote }}
 {{- range .Values.catalog }}
 {{- if hasKey . "database_url" }}
 {{- fail (printf "dsr: catalog entry %v has database_url: a URL holds credentials and the ConfigMap is not secret; use database_url_env (with extraEnv from a Secret) or database_url_file" .name) }}

@@ -61,7 +61,9 @@ pub async fn resolve(
     if let Some(identity) = stores.identity() {
         let mut named: Vec<(&'static str, Vec<CandidateRow>)> = Vec::new();
         for (field, kind, value) in &given {
-            let accounts = accounts_named(identity.as_ref(), &person, *kind, value).await?;
+            let accounts = accounts_named(identity.as_ref(), &person, *kind, value)
+                .await
+                .map_err(store_err(identity.as_ref()))?;
             if accounts.len() > 1 {
                 let what = match kind {
                     IdentKind::Email => "a duplicate email",
@@ -128,7 +130,9 @@ pub async fn resolve(
             if kind == IdentKind::AccountId {
                 continue;
             }
-            let holders = accounts_named(identity.as_ref(), &person, kind, &value).await?;
+            let holders = accounts_named(identity.as_ref(), &person, kind, &value)
+                .await
+                .map_err(store_err(identity.as_ref()))?;
             if holders.iter().any(|r| Some(&r.key) != person.account_id.as_ref()) {
                 match kind {
                     IdentKind::Email => person.shared_emails.insert(value),
@@ -189,7 +193,7 @@ async fn accounts_named(
     person: &Person,
     kind: IdentKind,
     value: &str,
-) -> Result<Vec<CandidateRow>, ResolveError> {
+) -> StoreResult<Vec<CandidateRow>> {
     let mut probe = Probe { tenant: &person.tenant, ..Default::default() };
     let mut alone = Person::new(&person.tenant, &person.region);
     match kind {
@@ -206,7 +210,7 @@ async fn accounts_named(
             alone.phones.insert(value.to_owned());
         }
     }
-    let rows = identity.candidates(&probe).await.map_err(store_err(identity))?;
+    let rows = identity.candidates(&probe).await?;
     Ok(rows
         .into_iter()
         .filter(|r| {
@@ -320,11 +324,7 @@ pub async fn taken(
         ("corrections.phone", IdentKind::Phone, corrections.phone.as_ref().map(|p| p.as_str())),
     ] {
         let Some(value) = value else { continue };
-        let holders = match accounts_named(identity, person, kind, value).await {
-            Ok(h) => h,
-            Err(ResolveError::Store(_, e)) => return Err(e),
-            Err(ResolveError::Refused(_)) => unreachable!("a look-up refuses nothing"),
-        };
+        let holders = accounts_named(identity, person, kind, value).await?;
         if holders.iter().any(|r| !r.cleared && Some(&r.key) != person.account_id.as_ref()) {
             return Ok(Some(field));
         }

@@ -5,17 +5,11 @@ use std::sync::{
     Arc,
 };
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
-    domain::Corrections,
-    resolve::Person,
     startup::Overrides,
-    stores::{
-        ByteStream, CandidateRow, Erasure, ExportSink, Probe, Rectification, StoreAdapter, StoreError,
-        StoreResult,
-    },
+    stores::{Erasure, ExportSink, StoreAdapter, StoreError, StoreResult},
 };
 use tonic::Code;
 
@@ -31,47 +25,7 @@ struct FlakyStore {
     gate: Arc<tokio::sync::Semaphore>,
 }
 
-#[async_trait]
-impl StoreAdapter for FlakyStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn stage(&self) -> u8 {
-        self.inner.stage()
-    }
-    fn is_identity(&self) -> bool {
-        self.inner.is_identity()
-    }
-    fn links_to(&self) -> Option<&'static str> {
-        self.inner.links_to()
-    }
-    async fn check_schema(&self) -> Vec<String> {
-        self.inner.check_schema().await
-    }
-    fn keeps_under_legal_obligation(&self) -> bool {
-        self.inner.keeps_under_legal_obligation()
-    }
-    async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        self.inner.candidates(p).await
-    }
-    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
-        self.inner.objects_present(objects).await
-    }
-    fn holds_any_of(&self, c: &Corrections) -> bool {
-        self.inner.holds_any_of(c)
-    }
-    async fn rectify(
-        &self,
-        p: &Person,
-        mine: &[CandidateRow],
-        c: &Corrections,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rectification> {
-        self.inner.rectify(p, mine, c, now).await
-    }
-    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(p, keys, c).await
-    }
+crate::store_wrapper!(FlakyStore {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         self.gate.acquire().await.expect("gate").forget();
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
@@ -92,10 +46,7 @@ impl StoreAdapter for FlakyStore {
         }
         self.inner.export(tenant, keys, sink).await
     }
-    async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
-        self.inner.read_file(key).await
-    }
-}
+});
 
 struct Fault {
     failures_left: Arc<AtomicU32>,
@@ -299,48 +250,14 @@ struct LyingStore {
     inner: Arc<dyn StoreAdapter>,
 }
 
-#[async_trait]
-impl StoreAdapter for LyingStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn stage(&self) -> u8 {
-        self.inner.stage()
-    }
-    fn is_identity(&self) -> bool {
-        self.inner.is_identity()
-    }
-    fn links_to(&self) -> Option<&'static str> {
-        self.inner.links_to()
-    }
-    async fn check_schema(&self) -> Vec<String> {
-        self.inner.check_schema().await
-    }
-    async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        self.inner.candidates(p).await
-    }
+crate::store_wrapper!(LyingStore {
     async fn erase(&self, _tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
         Ok(Erasure::Erased { affected: keys.len() as u64 })
-    }
-    fn holds_any_of(&self, c: &Corrections) -> bool {
-        self.inner.holds_any_of(c)
-    }
-    async fn rectify(
-        &self,
-        p: &Person,
-        mine: &[CandidateRow],
-        c: &Corrections,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rectification> {
-        self.inner.rectify(p, mine, c, now).await
-    }
-    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(p, keys, c).await
     }
     async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
         self.inner.export(tenant, keys, sink).await
     }
-}
+});
 
 /// The check after an erase does not take the eraser's word: a store that reports its records
 /// erased while they are all still there is not DONE and not verified; it is retried, and ends

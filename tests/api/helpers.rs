@@ -254,3 +254,66 @@ macro_rules! both {
         }
     };
 }
+
+/// `impl StoreAdapter for $wrapper` over a field `inner: Arc<dyn StoreAdapter>`: every method
+/// the test wrappers do not change is forwarded; the ones given (`erase`, `export`, retention…)
+/// replace it. Methods not given and not forwarded here keep the trait's defaults.
+#[macro_export]
+macro_rules! store_wrapper {
+    ($wrapper:ty { $($method:item)* }) => {
+        #[async_trait::async_trait]
+        impl dsr::stores::StoreAdapter for $wrapper {
+            fn name(&self) -> &'static str {
+                self.inner.name()
+            }
+            fn stage(&self) -> u8 {
+                self.inner.stage()
+            }
+            fn is_identity(&self) -> bool {
+                self.inner.is_identity()
+            }
+            fn links_to(&self) -> Option<&'static str> {
+                self.inner.links_to()
+            }
+            fn keeps_under_legal_obligation(&self) -> bool {
+                self.inner.keeps_under_legal_obligation()
+            }
+            async fn check_schema(&self) -> Vec<String> {
+                self.inner.check_schema().await
+            }
+            async fn candidates(
+                &self,
+                p: &dsr::stores::Probe<'_>,
+            ) -> dsr::stores::StoreResult<Vec<dsr::stores::CandidateRow>> {
+                self.inner.candidates(p).await
+            }
+            async fn objects_present(&self, objects: &[String]) -> dsr::stores::StoreResult<u64> {
+                self.inner.objects_present(objects).await
+            }
+            fn holds_any_of(&self, c: &dsr::domain::Corrections) -> bool {
+                self.inner.holds_any_of(c)
+            }
+            async fn rectify(
+                &self,
+                p: &dsr::resolve::Person,
+                mine: &[dsr::stores::CandidateRow],
+                c: &dsr::domain::Corrections,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> dsr::stores::StoreResult<dsr::stores::Rectification> {
+                self.inner.rectify(p, mine, c, now).await
+            }
+            async fn verify_rectified(
+                &self,
+                p: &dsr::resolve::Person,
+                keys: &[String],
+                c: &dsr::domain::Corrections,
+            ) -> dsr::stores::StoreResult<bool> {
+                self.inner.verify_rectified(p, keys, c).await
+            }
+            async fn read_file(&self, key: &str) -> dsr::stores::StoreResult<dsr::stores::ByteStream> {
+                self.inner.read_file(key).await
+            }
+            $($method)*
+        }
+    };
+}

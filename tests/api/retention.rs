@@ -8,21 +8,15 @@ use std::sync::{
     Arc, Mutex,
 };
 
-use async_trait::async_trait;
 use chrono::{DateTime, Duration, Months, Utc};
 use dsr::{
     api::pb::{self, holds_client::HoldsClient, OutcomeState, RequestStatus},
     clock::{to_millis, ManualClock, SharedClock},
     db::Db,
-    domain::Corrections,
     ledger::Ledger,
-    resolve::Person,
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
-    stores::{
-        open_object_store, CandidateRow, Erasure, ExpiredRecord, Expiry, Rectification, StoreAdapter,
-        StoreError, StoreResult,
-    },
+    stores::{open_object_store, Erasure, ExpiredRecord, Expiry, StoreAdapter, StoreError, StoreResult},
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
 use tokio::sync::{Notify, Semaphore};
@@ -233,47 +227,7 @@ struct Probed {
     n: AtomicU32,
 }
 
-#[async_trait]
-impl StoreAdapter for Probed {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn stage(&self) -> u8 {
-        self.inner.stage()
-    }
-    fn is_identity(&self) -> bool {
-        self.inner.is_identity()
-    }
-    fn links_to(&self) -> Option<&'static str> {
-        self.inner.links_to()
-    }
-    async fn check_schema(&self) -> Vec<String> {
-        self.inner.check_schema().await
-    }
-    fn keeps_under_legal_obligation(&self) -> bool {
-        self.inner.keeps_under_legal_obligation()
-    }
-    async fn candidates(&self, p: &dsr::stores::Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        self.inner.candidates(p).await
-    }
-    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
-        self.inner.objects_present(objects).await
-    }
-    fn holds_any_of(&self, c: &Corrections) -> bool {
-        self.inner.holds_any_of(c)
-    }
-    async fn rectify(
-        &self,
-        p: &Person,
-        mine: &[CandidateRow],
-        c: &Corrections,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rectification> {
-        self.inner.rectify(p, mine, c, now).await
-    }
-    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(p, keys, c).await
-    }
+crate::store_wrapper!(Probed {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         self.inner.erase(tenant, keys, now).await
     }
@@ -284,9 +238,6 @@ impl StoreAdapter for Probed {
         sink: &mut dyn dsr::stores::ExportSink,
     ) -> StoreResult<u64> {
         self.inner.export(tenant, keys, sink).await
-    }
-    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
-        self.inner.read_file(key).await
     }
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         self.probe.touch().await;
@@ -314,7 +265,7 @@ impl StoreAdapter for Probed {
         self.probe.calls.lock().unwrap().push((self.inner.name(), limit, erased));
         Ok(erased)
     }
-}
+});
 
 // ---------------------------------------------------------------------------------------------
 
@@ -1156,50 +1107,13 @@ struct HeldUp {
     gate: Arc<Semaphore>,
 }
 
-#[async_trait]
-impl StoreAdapter for HeldUp {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn stage(&self) -> u8 {
-        self.inner.stage()
-    }
-    fn is_identity(&self) -> bool {
-        self.inner.is_identity()
-    }
-    fn links_to(&self) -> Option<&'static str> {
-        self.inner.links_to()
-    }
-    fn keeps_under_legal_obligation(&self) -> bool {
-        self.inner.keeps_under_legal_obligation()
-    }
-    async fn check_schema(&self) -> Vec<String> {
-        self.inner.check_schema().await
-    }
-    async fn candidates(&self, p: &dsr::stores::Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        self.inner.candidates(p).await
-    }
+crate::store_wrapper!(HeldUp {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         if self.inner.name() == "transcripts" {
             self.entered.notify_one();
             self.gate.acquire().await.expect("gate").forget();
         }
         self.inner.erase(tenant, keys, now).await
-    }
-    fn holds_any_of(&self, c: &Corrections) -> bool {
-        self.inner.holds_any_of(c)
-    }
-    async fn rectify(
-        &self,
-        p: &Person,
-        mine: &[CandidateRow],
-        c: &Corrections,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rectification> {
-        self.inner.rectify(p, mine, c, now).await
-    }
-    async fn verify_rectified(&self, p: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
-        self.inner.verify_rectified(p, keys, c).await
     }
     async fn export(
         &self,
@@ -1209,7 +1123,7 @@ impl StoreAdapter for HeldUp {
     ) -> StoreResult<u64> {
         self.inner.export(tenant, keys, sink).await
     }
-}
+});
 
 /// A litigation hold placed while a store is erasing: that store's outcome says the hold came
 /// too late for what it erased; the stores that had not started keep the subject's data.

@@ -64,7 +64,9 @@ pub struct FileConfig {
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
     pub database: DatabaseConfig,
-    /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
+    /// Stores described, not coded (`[[catalog]]`). Once read (`from_toml`), the whole catalog
+    /// the service runs: the default entries (the reference stores, `config/catalog.toml`), each
+    /// replaced by the file's entry of the same name, then the file's others.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
 }
 
@@ -590,6 +592,9 @@ pub struct StoresConfig {
     /// reference tables made every deletion "succeed" while the platform's data stayed). The
     /// reference schema comes from `dsr seed` and the embedded default. `false` is accepted.
     pub create_reference_schema: Option<bool>,
+    /// Whether the default catalog's entries (the reference stores) run besides the file's own
+    /// `[[catalog]]` entries; default true. A file entry of a default store's name replaces it.
+    pub default_catalog: Option<bool>,
     /// How often each store is checked while serving (health `dsr.store.<name>`, metric
     /// `dsr_store_up`); default 30 s.
     pub check_interval_secs: Option<u64>,
@@ -641,7 +646,7 @@ impl Settings {
     pub fn load(loc: &Locations) -> anyhow::Result<Self> {
         let mut file = match &loc.config_file {
             Some(path) => FileConfig::from_path(path)?,
-            None => FileConfig::default(),
+            None => FileConfig::from_toml("")?,
         };
         // DSR_AUDIT_KEY is the official name (the Helm chart sets it); DSR_HMAC_KEY is kept as an
         // alias for deployments made before issue 7. Both win over the file.
@@ -697,6 +702,11 @@ impl FileConfig {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let mut cfg: Self = toml::from_str(text)?;
+        let keep_defaults = cfg.stores.default_catalog.unwrap_or(true);
+        let stores = cfg.stores.each.clone();
+        cfg.catalog = crate::catalog::effective(&cfg.catalog, keep_defaults, |name| {
+            stores.get(name).and_then(|s| s.table.clone())
+        });
         cfg.validate()?;
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
@@ -712,13 +722,9 @@ impl FileConfig {
         Ok(cfg)
     }
 
-    /// Every store's name: the reference stores, then the catalog's.
+    /// Every store's name, in catalog order.
     pub fn store_names(&self) -> Vec<&str> {
-        crate::stores::STORE_NAMES
-            .iter()
-            .copied()
-            .chain(self.catalog.iter().map(|e| e.name.as_str()))
-            .collect()
+        self.catalog.iter().map(|e| e.name.as_str()).collect()
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -775,17 +781,18 @@ impl FileConfig {
         let x = &self.export;
         anyhow::ensure!((1..=365).contains(&x.expiry_days), "export.expiry_days must be between 1 and 365");
         anyhow::ensure!(x.janitor_interval_secs >= 1, "export.janitor_interval_secs must be at least 1");
-        for name in crate::stores::STORE_NAMES {
+        for e in &self.catalog {
             anyhow::ensure!(
-                x.notice.retention.contains_key(*name),
-                "export.notice.retention.{name} is missing: the manifest states every store's retention period"
+                x.notice.retention.contains_key(&e.name) || !crate::catalog::is_default(&e.name),
+                "export.notice.retention.{} is missing: the manifest states every store's retention period",
+                e.name
             );
         }
         for name in x.notice.retention.keys().chain(x.notice.legal_basis.keys()) {
             anyhow::ensure!(
-                self.store_names().contains(&name.as_str()),
+                self.store_names().contains(&name.as_str()) || crate::catalog::is_default(name),
                 "export.notice: unknown store {name:?} (known: {})",
-                crate::stores::STORE_NAMES.join(", ")
+                self.store_names().join(", ")
             );
         }
         anyhow::ensure!(
@@ -798,11 +805,21 @@ impl FileConfig {
              it is pointed at. Point [stores.<name>] at the platform's tables, or run `dsr seed` to create the \
              reference schema for a trial"
         );
-        let mut known: Vec<&str> = crate::stores::STORE_NAMES.to_vec();
+        let mut known: Vec<&str> = Vec::new();
         for e in &self.catalog {
             e.validate(&known)?;
             known.push(&e.name);
         }
+        for e in &self.catalog {
+            e.validate_references(&known)?;
+        }
+        let identities: Vec<&str> =
+            self.catalog.iter().filter(|e| e.identity).map(|e| e.name.as_str()).collect();
+        anyhow::ensure!(
+            identities.len() <= 1,
+            "catalog: at most one store holds the accounts (identity = true): {}",
+            identities.join(", ")
+        );
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
                 known.contains(&name.as_str()),

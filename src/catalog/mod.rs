@@ -456,7 +456,7 @@ mod tests {
         assert_eq!(merged.len(), 6);
         assert_eq!(merged[0], accounts);
         assert_eq!(merged[5], own);
-        let only = effective(&[own.clone()], false, |_| None);
+        let only = effective(std::slice::from_ref(&own), false, |_| None);
         assert_eq!(only, vec![own]);
         let renamed = effective(&[], true, |n| (n == "billing").then(|| "ledger.bills".to_owned()));
         assert_eq!(renamed[4].table, "ledger.bills");

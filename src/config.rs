@@ -167,9 +167,10 @@ pub struct RetentionConfig {
     pub billing_years: u32,
     /// Per tenant: `[retention.tenants.acme] recordings_days = 30`.
     pub tenants: BTreeMap<String, TenantRetention>,
-    /// The periods of catalog stores (`[[catalog]] retention_days`), filled in from the catalog.
+    /// The periods of catalog stores (`[[catalog]] retention_days`, or `retain.years` for a
+    /// store kept under a legal obligation), filled in from the catalog.
     #[serde(skip)]
-    pub catalog_days: Vec<(String, u32)>,
+    pub catalog_days: Vec<(String, Period)>,
 }
 
 impl Default for RetentionConfig {
@@ -238,8 +239,8 @@ impl RetentionConfig {
         for (_, store, p) in self.defaults() {
             s = s.with_default(store, p);
         }
-        for (store, days) in &self.catalog_days {
-            s = s.with_default(store, Period::Days(*days));
+        for (store, period) in &self.catalog_days {
+            s = s.with_default(store, *period);
         }
         for (tenant, own) in &self.tenants {
             for (_, store, p) in own.periods() {
@@ -710,12 +711,21 @@ impl FileConfig {
         cfg.validate()?;
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
-            if let Some(days) = e.retention_days {
-                cfg.retention.catalog_days.push((e.name.clone(), days));
+            let period = match (e.retention_days, &e.retain) {
+                (Some(days), _) => Some(Period::Days(days)),
+                (None, Some(r)) => Some(Period::Months(r.years.saturating_mul(12))),
+                (None, None) => None,
+            };
+            // The default entries' periods come from `[retention]` (`recordings_days`, …).
+            if let Some(period) =
+                period.filter(|_| !crate::catalog::is_default(&e.name) || e.retention_days.is_some())
+            {
+                cfg.retention.catalog_days.push((e.name.clone(), period));
             }
-            let notice = e.retention_notice.clone().unwrap_or_else(|| match e.retention_days {
-                Some(d) => format!("{d} days"),
-                None => "until the subject asks for erasure".to_owned(),
+            let notice = e.retention_notice.clone().unwrap_or_else(|| match (e.retention_days, &e.retain) {
+                (Some(d), _) => format!("{d} days"),
+                (None, Some(r)) => format!("{} years, under a legal obligation", r.years),
+                (None, None) => "until the subject asks for erasure".to_owned(),
             });
             cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
         }

@@ -329,6 +329,14 @@ impl CatalogEntry {
             );
             anyhow::ensure!(r.years >= 1, "{}: at least 1", at("retain.years"));
             anyhow::ensure!(
+                self.retention_days.is_none_or(
+                    |d| u64::from(d) * 12 >= u64::from(r.years) * 365 * 12 + u64::from(r.years) * 3
+                ),
+                "{}: shorter than the legal obligation (retain.years = {})",
+                at("retention_days"),
+                r.years
+            );
+            anyhow::ensure!(
                 r.basis.starts_with("legal_obligation") && r.basis.len() <= 500,
                 "{}: must start with \"legal_obligation\" (at most 500 characters)",
                 at("retain.basis")
@@ -471,6 +479,7 @@ mod tests {
             ("name = \"n\"\ntable = \"t\"\nlink = { column = \"c\", store = \"nowhere\" }\n", "catalog.n.link.store"),
             ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"id\", holds = \"account_id\" }]\nerasure = \"blank\"\n", "catalog.n.blank"),
             ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"c\", holds = \"phone\" }]\nerasure = \"retain\"\n", "catalog.n.retain"),
+            ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"c\", holds = \"phone\" }]\nerasure = \"retain\"\ntime_column = \"t\"\nretention_days = 365\nretain = { basis = \"legal_obligation: tax\", years = 7 }\n", "catalog.n.retention_days"),
             ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"c\", holds = \"phone\" }]\nkept_while_referenced_by = { store = \"call_logs\", column = \"x\" }\n", "only with erasure = \"blank\""),
             ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"c\", holds = \"phone\" }]\nerasure = \"retain\"\ntime_column = \"t\"\nretain = { basis = \"because\", years = 7 }\n", "catalog.n.retain.basis"),
             ("name = \"n\"\ntable = \"t\"\nidentifiers = [{ column = \"c\", holds = \"phone\" }]\nretention_days = 9\n", "catalog.n.time_column"),

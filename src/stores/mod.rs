@@ -19,7 +19,7 @@ mod catalog;
 mod export;
 mod objects;
 pub mod reference;
-mod sql;
+pub(crate) mod sql;
 mod table;
 pub mod watch;
 
@@ -391,7 +391,7 @@ impl StoreRegistry {
         let mut object_stores: HashMap<String, Arc<dyn object_store::ObjectStore>> = HashMap::new();
         let mut adapters: Vec<Arc<dyn StoreAdapter>> = Vec::with_capacity(catalog.len());
         for (entry, db) in catalog.iter().zip(dbs) {
-            let mut wiring = Wiring::default();
+            let mut wiring = Wiring { ledger: Some(default_db.clone()), ..Default::default() };
             if let Some(o) = &entry.objects {
                 let url = match &o.url_env {
                     Some(var) => std::env::var(var).map_err(|_| {

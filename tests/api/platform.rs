@@ -287,3 +287,64 @@ async fn a_catalog_that_does_not_fit_the_live_types_is_refused_at_start() {
         "{msg}"
     );
 }
+
+/// Invoices without a restriction column: dsr keeps the restriction in its own ledger
+/// (`dsr_restrictions`), never altering the platform's table. The deletion reports RETAINED and
+/// verifies, and a preview shows the records under the obligation. The store keeps invoices 10
+/// years, but the sweep deletes a restricted one once the legal minimum (7 years) has passed,
+/// and its restriction with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_restriction_column_is_restricted_in_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::fresh_database(Backend::Postgres, dir.path()).await;
+    let db = Db::connect(&url, 2).await.unwrap();
+    for s in SCHEMA.iter().chain(DATA) {
+        sqlx::query(s).execute(db.pool()).await.unwrap();
+    }
+    sqlx::query("ALTER TABLE finance.invoices DROP COLUMN restricted_on").execute(db.pool()).await.unwrap();
+    // An invoice of Ann's from eight years ago: past the legal minimum.
+    sqlx::query(
+        "INSERT INTO finance.invoices (invoice_id, org_id, person_uuid, cents, issued_on) VALUES \
+         ('9f0e0000-0000-4000-8000-000000000003', 'acme', $1::uuid, 500, now() - interval '8 years')",
+    )
+    .bind(A)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let catalog = CATALOG
+        .replace(", restriction_column = \"restricted_on\"", "")
+        .replace("time_column = \"issued_on\"", "time_column = \"issued_on\"\nretention_days = 3650");
+    let settings = support::settings(dir.path(), url, None, &format!("{TEST_CONFIG}{catalog}"));
+    let app = spawn_on(settings, dir, Overrides::default()).await;
+
+    let r = app.delete(subject("acme", A, "")).await;
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let inv = outcome(&done, "invoices");
+    assert_eq!(
+        (inv.state, inv.records_found, inv.verified),
+        (OutcomeState::Retained as i32, 2, true),
+        "{inv:?}"
+    );
+    let restricted = keys(&app.db, "SELECT record_key FROM dsr_restrictions WHERE store = 'invoices'").await;
+    assert_eq!(
+        restricted,
+        set(&["9f0e0000-0000-4000-8000-000000000001", "9f0e0000-0000-4000-8000-000000000003"])
+    );
+    let preview = app.preview(subject("acme", A, "")).await;
+    let held = holdings(&preview, "invoices");
+    assert!(held.under_legal_hold && held.records == 2, "{held:?}");
+
+    // The sweep: the store keeps invoices 10 years, but a restricted one goes at the legal
+    // minimum (7 years): Ann's eight-year-old invoice, and its restriction, go.
+    app.sweep().await;
+    assert_eq!(
+        keys(&db, "SELECT CAST(invoice_id AS TEXT) FROM finance.invoices").await,
+        set(&["9f0e0000-0000-4000-8000-000000000001", "9f0e0000-0000-4000-8000-000000000002"])
+    );
+    assert_eq!(
+        keys(&app.db, "SELECT record_key FROM dsr_restrictions WHERE store = 'invoices'").await,
+        set(&["9f0e0000-0000-4000-8000-000000000001"])
+    );
+    app.shutdown().await;
+}

@@ -108,6 +108,12 @@ impl CatalogStore {
         let backend = self.rows.db.backend();
         let format = self.entry.time_format;
         let mut restricted = 0;
+        if self.restricts_in_ledger() {
+            let present =
+                self.rows.candidates(&Probe { tenant, keys: keys.to_vec(), ..Default::default() }).await?;
+            let present: Vec<String> = present.into_iter().map(|r| r.key).collect();
+            restricted = self.restrict_in_ledger(tenant, &present, now).await?;
+        }
         if let Some(col) = self.entry.retain.as_ref().and_then(|r| r.restriction_column.as_ref()) {
             let at = time::TimeValue::of(format, now);
             for chunk in keys.chunks(CHUNK) {

@@ -16,15 +16,21 @@ use crate::{
     stores::{ExpiredRecord, Expiry, StoreResult},
 };
 
+/// A value an expiry condition binds, after the tenant.
+pub(super) enum Bind {
+    Time(time::TimeValue),
+    Text(String),
+}
+
 impl CatalogStore {
-    /// The condition of the tenant's expired rows (over `$1` the tenant and `$2…` the times
+    /// The condition of the tenant's expired rows (over `$1` the tenant and `$2…` the values
     /// returned, in order); `None` without a time column.
-    fn expired(&self, e: &Expiry<'_>) -> Option<(String, Vec<time::TimeValue>)> {
-        let col = self.entry.time_column.as_ref()?;
+    async fn expired(&self, e: &Expiry<'_>) -> StoreResult<Option<(String, Vec<Bind>)>> {
+        let Some(col) = self.entry.time_column.as_ref() else { return Ok(None) };
         let format = self.entry.time_format;
         let backend = self.rows.db.backend();
         let p = |n| time::param(format, backend, n);
-        let mut times = vec![time::TimeValue::of(format, e.cutoff)];
+        let mut binds = vec![Bind::Time(time::TimeValue::of(format, e.cutoff))];
         let mut cond = format!("{} AND {col} IS NOT NULL AND ", self.rows.in_tenant());
         match (self.entry.erasure, &self.entry.retain) {
             (ErasureMode::Retain, Some(retain)) => {
@@ -32,6 +38,7 @@ impl CatalogStore {
                     .now
                     .checked_sub_months(Months::new(retain.years * 12))
                     .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                let legal = Bind::Time(time::TimeValue::of(format, legal));
                 match &self.rows.cleared {
                     Some(restricted) => {
                         cond.push_str(&format!(
@@ -39,7 +46,23 @@ impl CatalogStore {
                             p(2),
                             p(3)
                         ));
-                        times.push(time::TimeValue::of(format, legal));
+                        binds.push(legal);
+                    }
+                    None if self.restricts_in_ledger() => {
+                        let keys = self.restricted_keys(e.tenant).await?;
+                        if keys.is_empty() {
+                            cond.push_str(&format!("{col} < {}", p(2)));
+                        } else {
+                            let list = self.rows.params(&self.entry.key, 4, keys.len());
+                            cond.push_str(&format!(
+                                "({col} < {} OR ({} IN ({list}) AND {col} < {}))",
+                                p(2),
+                                self.entry.key,
+                                p(3)
+                            ));
+                            binds.push(legal);
+                            binds.extend(keys.into_iter().map(Bind::Text));
+                        }
                     }
                     None => cond.push_str(&format!("{col} < {}", p(2))),
                 }
@@ -55,15 +78,18 @@ impl CatalogStore {
             }
             _ => cond.push_str(&format!("{col} < {}", p(2))),
         }
-        Some((cond, times))
+        Ok(Some((cond, binds)))
     }
 
     fn query<'q>(
         sql: &'q str,
         tenant: &'q str,
-        times: &'q [time::TimeValue],
+        binds: &'q [Bind],
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        times.iter().fold(sqlx::query(sql).bind(tenant), |q, t| t.bind(q))
+        binds.iter().fold(sqlx::query(sql).bind(tenant), |q, b| match b {
+            Bind::Time(t) => t.bind(q),
+            Bind::Text(s) => q.bind(s.as_str()),
+        })
     }
 
     /// Up to `limit` tenants after `after`, in order: one index probe each
@@ -88,7 +114,7 @@ impl CatalogStore {
     }
 
     pub(super) async fn count_expired_rows(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        let Some((cond, times)) = self.expired(expiry) else { return Ok(0) };
+        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(0) };
         let sql = format!("SELECT COUNT(*) FROM {} WHERE {cond}", self.entry.table);
         let row = Self::query(&sql, expiry.tenant, &times).fetch_one(self.rows.db.pool()).await?;
         Ok(row.try_get::<i64, _>(0)? as u64)
@@ -120,7 +146,7 @@ impl CatalogStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let Some((cond, times)) = self.expired(expiry) else { return Ok(Vec::new()) };
+        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(Vec::new()) };
         let key = &self.entry.key;
         let after_param = times.len() + 2;
         let sql = format!(
@@ -153,10 +179,13 @@ impl CatalogStore {
     /// Up to `limit` expired rows in one short transaction: one statement where rows are simply
     /// deleted; otherwise their keys, then the erasure by key (objects first, or blank).
     pub(super) async fn erase_expired_rows(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
-        let Some((cond, times)) = self.expired(expiry) else { return Ok(0) };
+        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(0) };
         let t = &self.entry.table;
         let key = &self.entry.key;
-        if self.entry.objects.is_none() && self.entry.erasure != ErasureMode::Blank {
+        if self.entry.objects.is_none()
+            && self.entry.erasure != ErasureMode::Blank
+            && !self.restricts_in_ledger()
+        {
             let sql = format!(
                 "DELETE FROM {t} WHERE {} AND {key} IN (SELECT {key} FROM {t} WHERE {cond} LIMIT {limit})",
                 self.rows.in_tenant()

@@ -7,9 +7,11 @@
 //! |----------|-----------------------------------------------------------------------|
 //! | `erase`  | what erasure does: delete (objects first), blank, or retain restricted |
 //! | `expiry` | the retention sweep's queries                                         |
+//! | `restriction` | restrictions kept in dsr's ledger, for tables without a column for them |
 //! | `time`   | time columns as stored: epoch ms/s, ISO text, native timestamps        |
 mod erase;
 mod expiry;
+mod restriction;
 pub mod time;
 
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct Wiring {
     /// The linked store's table, key, tenant and account-id column, when it is in the same
     /// database: the retention sweep names the account of an expired linked record by it.
     pub link_account: Option<LinkAccount>,
+    /// dsr's own database: restrictions of a table without a restriction column live there.
+    pub ledger: Option<Db>,
 }
 
 #[derive(Clone, Debug)]
@@ -223,7 +227,11 @@ impl StoreAdapter for CatalogStore {
     }
 
     async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        self.rows.candidates(probe).await
+        let mut rows = self.rows.candidates(probe).await?;
+        if self.restricts_in_ledger() {
+            self.mark_restricted(probe.tenant, &mut rows).await?;
+        }
+        Ok(rows)
     }
 
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
@@ -374,7 +382,12 @@ impl StoreAdapter for CatalogStore {
         match self.entry.erasure {
             // As a deletion erases, but without marking the time: the sweep erases by age.
             ErasureMode::Blank => self.blank(tenant, keys, None).await,
-            // Past retention, what was kept goes.
+            // Past retention, what was kept goes, and its restriction with it.
+            ErasureMode::Retain if self.restricts_in_ledger() => {
+                let n = self.delete(tenant, keys).await?;
+                self.forget_restrictions(tenant, keys).await?;
+                Ok(n)
+            }
             ErasureMode::Delete | ErasureMode::Retain => self.delete(tenant, keys).await,
         }
     }

@@ -329,9 +329,9 @@ impl CatalogEntry {
             );
             anyhow::ensure!(r.years >= 1, "{}: at least 1", at("retain.years"));
             anyhow::ensure!(
-                self.retention_days.is_none_or(
-                    |d| u64::from(d) * 12 >= u64::from(r.years) * 365 * 12 + u64::from(r.years) * 3
-                ),
+                // A year has 365 days and, every fourth, one more.
+                self.retention_days
+                    .is_none_or(|d| u64::from(d) >= u64::from(r.years) * 365 + u64::from(r.years).div_ceil(4)),
                 "{}: shorter than the legal obligation (retain.years = {})",
                 at("retention_days"),
                 r.years

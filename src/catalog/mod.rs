@@ -218,6 +218,18 @@ pub enum TimeFormat {
     Iso8601,
 }
 
+impl TimeFormat {
+    /// Its name in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeFormat::EpochMs => "epoch_ms",
+            TimeFormat::EpochS => "epoch_s",
+            TimeFormat::Timestamp => "timestamp",
+            TimeFormat::Iso8601 => "iso8601",
+        }
+    }
+}
+
 /// A plain SQL identifier: letters, digits and `_`, not starting with a digit.
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()

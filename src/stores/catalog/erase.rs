@@ -161,8 +161,8 @@ impl CatalogStore {
             // SQLite columns may be declared with no type at all: taken as they come.
             if !fits && !ty.is_empty() {
                 problems.push(format!(
-                    "table {}: column {col:?} is of type {ty}, which does not hold time_format = {:?} (epoch_ms and epoch_s need an integer, iso8601 text, timestamp a native timestamp)",
-                    e.table, e.time_format
+                    "table {}: column {col:?} is of type {ty}, which does not hold time_format = \"{}\" (epoch_ms and epoch_s need an integer, iso8601 text, timestamp a native timestamp)",
+                    e.table, e.time_format.as_str()
                 ));
             }
         }

@@ -110,22 +110,33 @@ pub async fn assemble(
                 StoreError::Fatal(format!("no adapter for store {:?} in this process", part.store))
             })?;
             let mut names = HashSet::new();
+            let mut erased = 0;
             for file in &part.files {
                 let name = format!("{}/{}", part.store, unique_name(&mut names, &file.name));
-                let src = adapter.read_file(&file.key).await?;
+                let src = match adapter.read_file(&file.key).await {
+                    Ok(src) => src,
+                    // Erased since it was listed: a deletion of the subject ran meanwhile. The
+                    // archive cannot hold it, and the platform no longer does; the manifest says so.
+                    Err(StoreError::Gone(_)) => {
+                        erased += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let (bytes, sha256) = zip.add(&name, modified, src).await?;
                 files.push(ManifestFile { path: name, bytes, sha256, record: Some(file.record.clone()) });
             }
-            written.push((part, files));
+            written.push((part, files, erased));
         }
-        for (part, files) in written.drain(..) {
+        for (part, files, erased) in written.drain(..) {
             let entry = manifest.store(
                 &storage.notice,
                 &part.store,
                 OutcomeState::Done.as_str(),
-                part.records + part.files.len() as u64,
+                part.records + part.files.len() as u64 - erased,
             );
             entry.files = files;
+            entry.files_erased_meanwhile = erased;
         }
         // Store order, whatever order the parts and skips were met in.
         manifest.stores.sort_by_key(|s| names.iter().position(|n| *n == s.store));

@@ -43,6 +43,10 @@ pub struct ManifestStore {
     pub records: u64,
     /// The archive's files holding this store's data.
     pub files: Vec<ManifestFile>,
+    /// Files listed for the subject but erased before the archive could copy them (a deletion
+    /// of the same subject ran meanwhile): not in the archive, and no longer held.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_erased_meanwhile: u64,
     /// Art. 15(1)(d): how long the store keeps data.
     pub retention: String,
     /// Why the store processes (and may retain) the data.
@@ -60,6 +64,10 @@ pub struct ManifestFile {
     /// For a recording: its index record (call id, when, size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Record>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -103,6 +111,7 @@ impl Manifest {
             state: state.to_owned(),
             records,
             files: Vec::new(),
+            files_erased_meanwhile: 0,
             retention: notice.retention.get(store).cloned().unwrap_or_default(),
             legal_basis: notice.legal_basis.get(store).cloned(),
         });

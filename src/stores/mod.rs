@@ -11,15 +11,15 @@
 //! | `recordings`  | audio objects deleted and checked gone, then their index rows         |
 //! | `billing`     | retained under a 7-year legal obligation; rows restricted             |
 //!
-//! `table` builds every subject-facing query from a store's columns; `objects` opens object
+//! `table` builds every subject-facing query from a store's columns (with sea-query, `query`); `objects` opens object
 //! stores and deletes, counts and reads objects; `reference` creates the reference schema (for
 //! `dsr seed` and the embedded default only); `watch` re-checks the stores while serving.
 
 mod catalog;
 mod export;
 mod objects;
+mod query;
 pub mod reference;
-pub(crate) mod sql;
 mod table;
 pub mod watch;
 
@@ -124,6 +124,10 @@ pub enum StoreError {
     /// Retrying will not help (the table is missing, a column has the wrong type).
     #[error("{0}")]
     Fatal(String),
+    /// What was asked for is no longer there: erased since it was listed (an export's file
+    /// whose record a deletion erased meanwhile). Not retried.
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl From<sqlx::Error> for StoreError {

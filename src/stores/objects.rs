@@ -116,7 +116,13 @@ pub async fn count_present(objects: &dyn ObjectStore, keys: &[String]) -> StoreR
 
 /// Opens an object for reading, as a stream of its bytes.
 pub async fn read(objects: &dyn ObjectStore, key: &str) -> StoreResult<super::ByteStream> {
-    let found = objects.get(&object_path(key)?).await?;
+    let found = match objects.get(&object_path(key)?).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(StoreError::Gone("an object is no longer in the object store".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(found.into_stream().map_err(StoreError::from).boxed())
 }
 

@@ -17,9 +17,14 @@ use std::{
 };
 
 use futures::TryStreamExt;
+use sea_query::{Alias, Asterisk, Expr, ExprTrait, Func, Order, Query, SelectStatement, SimpleExpr};
 use sqlx::{any::AnyRow, Row};
 
-use super::{export::row_json, ExportSink, Probe, StoreResult};
+use super::{
+    export::row_json,
+    query::{self, Statement},
+    ExportSink, Probe, StoreResult,
+};
 use crate::{
     db::{Backend, Db},
     domain::Corrections,
@@ -27,7 +32,7 @@ use crate::{
 };
 
 /// Values bound per statement: well under SQLite's 32766 and Postgres' 65535 parameters.
-const CHUNK: usize = 500;
+pub const CHUNK: usize = 500;
 
 /// What one exported row becomes.
 pub enum Exported {
@@ -39,7 +44,7 @@ pub enum Exported {
 pub struct SubjectTable {
     pub db: Db,
     pub table: String,
-    /// The primary key (TEXT).
+    /// The primary key: text, uuid or an integer.
     pub key: String,
     /// The tenant column: every statement is scoped by it.
     pub tenant: String,
@@ -47,20 +52,20 @@ pub struct SubjectTable {
     pub identifiers: Vec<(String, IdentKind)>,
     /// The column holding another store's key (`call_id`).
     pub link: Option<String>,
-    /// What a record weighs, as a SQL expression (`LENGTH(text)`, `bytes`).
-    pub bytes: Option<String>,
+    /// What a record weighs (`LENGTH(text)`, `bytes`).
+    pub bytes: Option<SimpleExpr>,
     /// The column holding an object key, for object-backed stores.
     pub object: Option<String>,
-    /// A SQL condition that is true once the erasure has been applied to a row that stays
-    /// (personal columns blanked; restricted).
-    pub cleared: Option<String>,
-    /// The live table's columns and their types (Postgres `udt_name`), in table order, once
+    /// True once the erasure has been applied to a row that stays (personal columns blanked;
+    /// restricted).
+    pub cleared: Option<SimpleExpr>,
+    /// The live table's columns and their types (Postgres type names), in table order, once
     /// `check` has read them.
     pub columns: Arc<OnceLock<Vec<(String, String)>>>,
 }
 
 impl SubjectTable {
-    fn backend(&self) -> Backend {
+    pub fn backend(&self) -> Backend {
         self.db.backend()
     }
 
@@ -73,86 +78,121 @@ impl SubjectTable {
         (!matches!(ty.as_str(), "text" | "varchar" | "bpchar" | "name" | "citext")).then_some(ty.as_str())
     }
 
-    /// Parameter `$n` as a value of `column`: cast from its bound text where the column is not
-    /// text, so the comparison uses the column's own index.
-    pub fn param(&self, column: &str, n: usize) -> String {
+    /// `value` as a value of `column`: cast from its bound text where the column is not text, so
+    /// the comparison uses the column's own index.
+    pub fn value(&self, column: &str, value: &str) -> SimpleExpr {
+        query::typed(value, self.non_text_type(column))
+    }
+
+    /// `column` as text, for reading (a uuid or bigint key reads as the text it prints).
+    pub fn text(&self, column: &str) -> SimpleExpr {
+        self.text_of(query::col(column).into(), column)
+    }
+
+    /// `expr` (of `column`'s type) as text.
+    pub fn text_of(&self, expr: SimpleExpr, column: &str) -> SimpleExpr {
         match self.non_text_type(column) {
-            Some(ty) => format!("CAST(${n} AS {ty})"),
-            None => format!("${n}"),
+            Some(_) => expr.cast_as(Alias::new("TEXT")),
+            None => expr,
         }
     }
 
-    /// `$first, …` for `n` values of `column`.
-    pub fn params(&self, column: &str, first: usize, n: usize) -> String {
-        (first..first + n).map(|i| self.param(column, i)).collect::<Vec<_>>().join(", ")
+    /// The tenant's rows.
+    pub fn in_tenant(&self, tenant: &str) -> SimpleExpr {
+        query::col(&self.tenant).eq(self.value(&self.tenant, tenant))
     }
 
-    /// `column` as text, for reading (a uuid or bigint key is compared as the text it prints).
-    pub fn text(&self, column: &str) -> String {
-        match self.non_text_type(column) {
-            Some(_) => format!("CAST({column} AS TEXT)"),
-            None => column.to_owned(),
-        }
+    /// The tenant's rows with these keys.
+    pub fn by_keys(&self, tenant: &str, keys: &[String]) -> SimpleExpr {
+        self.in_tenant(tenant).and(query::col(&self.key).is_in(keys.iter().map(|k| self.value(&self.key, k))))
     }
 
-    /// `<tenant> = $1 AND <key> IN ($first, …)`: the tenant's rows with `n` keys.
-    pub fn by_keys(&self, first: usize, n: usize) -> String {
-        format!(
-            "{} = {} AND {} IN ({})",
-            self.tenant,
-            self.param(&self.tenant, 1),
-            self.key,
-            self.params(&self.key, first, n)
-        )
+    /// `SELECT … FROM <table>`, to be completed.
+    pub fn select(&self) -> SelectStatement {
+        let mut q = Query::select();
+        q.from(query::table(&self.table));
+        q
     }
 
-    /// `<tenant> = $1`.
-    pub fn in_tenant(&self) -> String {
-        format!("{} = {}", self.tenant, self.param(&self.tenant, 1))
+    /// Runs a statement; returns the rows it changed.
+    pub async fn execute(&self, stmt: &impl Statement) -> sqlx::Result<u64> {
+        let (sql, values) = stmt.build_for(self.backend());
+        Ok(query::bind(&sql, &values).execute(self.db.pool()).await?.rows_affected())
+    }
+
+    /// Runs a statement in a transaction; returns the rows it changed.
+    pub async fn execute_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        stmt: &impl Statement,
+    ) -> sqlx::Result<u64> {
+        let (sql, values) = stmt.build_for(self.backend());
+        Ok(query::bind(&sql, &values).execute(&mut **tx).await?.rows_affected())
+    }
+
+    pub async fn fetch_all(&self, stmt: &impl Statement) -> sqlx::Result<Vec<AnyRow>> {
+        let (sql, values) = stmt.build_for(self.backend());
+        query::bind(&sql, &values).fetch_all(self.db.pool()).await
+    }
+
+    pub async fn fetch_one(&self, stmt: &impl Statement) -> sqlx::Result<AnyRow> {
+        let (sql, values) = stmt.build_for(self.backend());
+        query::bind(&sql, &values).fetch_one(self.db.pool()).await
     }
 
     /// Every column of the table for an export, those of types the driver does not read as text
-    /// (`*` until `check` has read the columns).
-    fn export_list(&self) -> String {
-        let Some(cols) = self.columns.get().filter(|c| !c.is_empty()) else { return "*".to_owned() };
-        cols.iter()
-            .map(|(c, ty)| {
-                let q = format!("\"{}\"", c.replace('"', "\"\""));
-                let plain = self.backend() == Backend::Sqlite
-                    || matches!(
-                        ty.as_str(),
-                        "text"
-                            | "varchar"
-                            | "bpchar"
-                            | "name"
-                            | "bool"
-                            | "int2"
-                            | "int4"
-                            | "int8"
-                            | "float4"
-                            | "float8"
-                            | "bytea"
-                    );
-                if plain {
-                    q
-                } else {
-                    format!("CAST({q} AS TEXT) AS {q}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// cast to text (all of them, `*`, until `check` has read the columns).
+    fn export_columns(&self, q: &mut SelectStatement) {
+        let Some(cols) = self.columns.get().filter(|c| !c.is_empty()) else {
+            q.column(Asterisk);
+            return;
+        };
+        for (c, ty) in cols {
+            let plain = self.backend() == Backend::Sqlite
+                || matches!(
+                    ty.as_str(),
+                    "text"
+                        | "varchar"
+                        | "bpchar"
+                        | "name"
+                        | "bool"
+                        | "int2"
+                        | "int4"
+                        | "int8"
+                        | "float4"
+                        | "float8"
+                        | "bytea"
+                );
+            if plain {
+                q.column(Alias::new(c));
+            } else {
+                q.expr_as(query::col(c).cast_as(Alias::new("TEXT")), Alias::new(c));
+            }
+        }
     }
 
-    fn select_list(&self) -> String {
-        let mut cols = vec![format!("{} AS k", self.text(&self.key))];
+    /// `SELECT <key> AS k, <identifiers> AS i0…, <link> AS l, <bytes> AS b, <object> AS o,
+    /// <cleared> AS c`: what a candidate row is read from.
+    fn candidate_columns(&self, q: &mut SelectStatement) {
+        q.expr_as(self.text(&self.key), Alias::new("k"));
         for (i, (col, _)) in self.identifiers.iter().enumerate() {
-            cols.push(format!("{} AS i{i}", self.text(col)));
+            q.expr_as(self.text(col), Alias::new(format!("i{i}")));
         }
-        cols.push(self.link.as_deref().map_or_else(|| "NULL".to_owned(), |l| self.text(l)) + " AS l");
-        cols.push(format!("CAST(COALESCE({}, 0) AS BIGINT) AS b", self.bytes.as_deref().unwrap_or("0")));
-        cols.push(self.object.clone().unwrap_or_else(|| "NULL".to_owned()) + " AS o");
-        cols.push(format!("CASE WHEN {} THEN 1 ELSE 0 END AS c", self.cleared.as_deref().unwrap_or("1 = 0")));
-        cols.join(", ")
+        let null = || Expr::cust("NULL");
+        q.expr_as(self.link.as_deref().map_or_else(null, |l| self.text(l)), Alias::new("l"));
+        let bytes = self.bytes.clone().unwrap_or_else(|| Expr::val(0i64).into());
+        q.expr_as(
+            SimpleExpr::from(Func::coalesce([bytes, Expr::val(0i64).into()])).cast_as(Alias::new("BIGINT")),
+            Alias::new("b"),
+        );
+        q.expr_as(self.object.as_deref().map_or_else(null, |o| query::col(o).into()), Alias::new("o"));
+        let cleared = match &self.cleared {
+            Some(c) => {
+                SimpleExpr::Case(Box::new(Expr::case(c.clone(), Expr::val(1i64)).finally(Expr::val(0i64))))
+            }
+            None => Expr::val(0i64).into(),
+        };
+        q.expr_as(cleared, Alias::new("c"));
     }
 
     fn row(&self, row: &AnyRow) -> sqlx::Result<CandidateRow> {
@@ -170,31 +210,34 @@ impl SubjectTable {
         })
     }
 
-    /// The conditions (one SQL expression over the row, and its values) a probe asks for.
-    /// Each lookup: the SQL expression compared, the column whose type its values take
+    /// Each lookup a probe asks for: the expression compared (an identifier column, or the
+    /// compared form of an email or phone column), the column whose type its values take
     /// (`None`: text), and the values.
-    fn lookups(&self, probe: &Probe<'_>) -> Vec<(String, Option<String>, Vec<String>)> {
+    fn lookups(&self, probe: &Probe<'_>) -> Vec<(SimpleExpr, Option<String>, Vec<String>)> {
         let mut out = Vec::new();
         for (col, kind) in &self.identifiers {
             match kind {
                 IdentKind::AccountId if !probe.account_ids.is_empty() => {
-                    out.push((col.to_string(), Some(col.clone()), probe.account_ids.clone()))
+                    out.push((query::col(col).into(), Some(col.clone()), probe.account_ids.clone()))
                 }
-                IdentKind::Email if !probe.emails.is_empty() => {
-                    out.push((normalize::email_key(self.backend(), col), None, probe.emails.clone()))
-                }
+                // The same expression as the store's expression index (`reference`).
+                IdentKind::Email if !probe.emails.is_empty() => out.push((
+                    Expr::cust(normalize::email_key(self.backend(), col)),
+                    None,
+                    probe.emails.clone(),
+                )),
                 IdentKind::Phone if !probe.phones.is_empty() => {
                     let forms = probe.phones.iter().flat_map(|p| normalize::phone_digit_forms(p)).collect();
-                    out.push((normalize::phone_digits(col), None, forms))
+                    out.push((Expr::cust(normalize::phone_digits(col)), None, forms))
                 }
                 _ => {}
             }
         }
         if let (Some(link), false) = (&self.link, probe.links.is_empty()) {
-            out.push((link.clone(), Some(link.clone()), probe.links.clone()));
+            out.push((query::col(link).into(), Some(link.clone()), probe.links.clone()));
         }
         if !probe.keys.is_empty() {
-            out.push((self.key.clone(), Some(self.key.clone()), probe.keys.clone()));
+            out.push((query::col(&self.key).into(), Some(self.key.clone()), probe.keys.clone()));
         }
         out
     }
@@ -204,7 +247,6 @@ impl SubjectTable {
     /// an index for `tenant AND (a OR b)`.
     pub async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
         let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
-        let select = self.select_list();
         for (expr, typed_as, values) in self.lookups(probe) {
             // A value that cannot be of the column's type (text for a uuid key) names no row.
             let values: Vec<String> = match typed_as.as_deref().and_then(|c| self.non_text_type(c)) {
@@ -212,18 +254,14 @@ impl SubjectTable {
                 None => values,
             };
             for chunk in values.chunks(CHUNK) {
-                let list = match &typed_as {
-                    Some(col) => self.params(col, 2, chunk.len()),
-                    None => super::sql::params(2, chunk.len()),
-                };
-                let sql = format!(
-                    "SELECT {select} FROM {} WHERE {} AND {expr} IN ({list})",
-                    self.table,
-                    self.in_tenant()
-                );
-                let q = chunk.iter().fold(sqlx::query(&sql).bind(probe.tenant), |q, v| q.bind(v.as_str()));
-                let rows = q.fetch_all(self.db.pool()).await?;
-                for row in &rows {
+                let list = chunk.iter().map(|v| match &typed_as {
+                    Some(col) => self.value(col, v),
+                    None => Expr::val(v.as_str()).into(),
+                });
+                let mut q = self.select();
+                self.candidate_columns(&mut q);
+                q.and_where(self.in_tenant(probe.tenant)).and_where(expr.clone().is_in(list));
+                for row in &self.fetch_all(&q).await? {
                     let r = self.row(row)?;
                     found.entry(r.key.clone()).or_insert(r);
                 }
@@ -236,9 +274,9 @@ impl SubjectTable {
     pub async fn delete(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
         let mut n = 0;
         for chunk in keys.chunks(CHUNK) {
-            let sql = format!("DELETE FROM {} WHERE {}", self.table, self.by_keys(2, chunk.len()));
-            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
-            n += q.execute(self.db.pool()).await?.rows_affected();
+            let mut q = Query::delete();
+            q.from_table(query::table(&self.table)).and_where(self.by_keys(tenant, chunk));
+            n += self.execute(&q).await?;
         }
         Ok(n)
     }
@@ -249,21 +287,21 @@ impl SubjectTable {
         &self,
         tenant: &str,
         keys: &[String],
-        extra: &str,
+        extra: Option<SimpleExpr>,
         sink: &mut dyn ExportSink,
     ) -> StoreResult<u64> {
-        let order = self.key.clone();
+        let order = [self.key.clone()];
         self.export_with(tenant, keys, extra, &order, sink, &|row| Ok(Exported::Record(row_json(row)?))).await
     }
 
-    /// The rows with these keys (`extra`: a further condition), in `order`, each made a record or
-    /// a file by `item`, into `sink`; returns how many.
+    /// The rows with these keys (`extra`: a further condition), ordered by the `order` columns,
+    /// each made a record or a file by `item`, into `sink`; returns how many.
     pub async fn export_with(
         &self,
         tenant: &str,
         keys: &[String],
-        extra: &str,
-        order: &str,
+        extra: Option<SimpleExpr>,
+        order: &[String],
         sink: &mut dyn ExportSink,
         item: &(dyn Fn(&AnyRow) -> StoreResult<Exported> + Sync),
     ) -> StoreResult<u64> {
@@ -271,14 +309,17 @@ impl SubjectTable {
         let mut keys = keys.to_vec();
         keys.sort();
         for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {}{extra} ORDER BY {order}",
-                self.export_list(),
-                self.table,
-                self.by_keys(2, chunk.len()),
-            );
-            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, v| q.bind(v.as_str()));
-            let mut rows = q.fetch(self.db.pool());
+            let mut q = self.select();
+            self.export_columns(&mut q);
+            q.and_where(self.by_keys(tenant, chunk));
+            if let Some(extra) = &extra {
+                q.and_where(extra.clone());
+            }
+            for o in order {
+                q.order_by(Alias::new(o), Order::Asc);
+            }
+            let (sql, values) = q.build_for(self.backend());
+            let mut rows = query::bind(&sql, &values).fetch(self.db.pool());
             while let Some(row) = rows.try_next().await? {
                 match item(&row)? {
                     Exported::Record(r) => sink.record(r).await?,
@@ -301,13 +342,12 @@ impl SubjectTable {
     ) -> StoreResult<u64> {
         let mut n = 0;
         for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE {} SET {column} = $2 WHERE {} AND ({column} IS NULL OR {column} <> $2)",
-                self.table,
-                self.by_keys(3, chunk.len()),
-            );
-            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant).bind(value), |q, v| q.bind(v.as_str()));
-            n += q.execute(self.db.pool()).await?.rows_affected();
+            let mut q = Query::update();
+            q.table(query::table(&self.table))
+                .value(Alias::new(column), value)
+                .and_where(self.by_keys(tenant, chunk))
+                .and_where(query::col(column).is_null().or(query::col(column).ne(value)));
+            n += self.execute(&q).await?;
         }
         Ok(n)
     }
@@ -396,9 +436,17 @@ impl SubjectTable {
     /// column (`extra`: columns beyond the key, identifiers, link, object), and a unique index
     /// on the key. Empty when it fits.
     pub async fn check(&self, extra: &[&str]) -> Vec<String> {
-        let probe =
-            |sql: String| async move { sqlx::query(&sql).fetch_optional(self.db.pool()).await.map(drop) };
-        if let Err(e) = probe(format!("SELECT 1 FROM {} WHERE 1 = 0", self.table)).await {
+        // `SELECT <column> FROM <table> WHERE 1 = 0`: reads nothing, fails when either is missing.
+        let probe = |column: Option<&str>| {
+            let mut q = self.select();
+            match column {
+                Some(c) => q.column(Alias::new(c)),
+                None => q.expr(Expr::val(1i64)),
+            };
+            q.and_where(Expr::cust("1 = 0"));
+            async move { self.fetch_all(&q).await.map(drop) }
+        };
+        if let Err(e) = probe(None).await {
             return vec![format!("table {} cannot be read: {}", self.table, schema_error(&e))];
         }
         let mut columns: Vec<&str> = vec![&self.key, &self.tenant];
@@ -410,7 +458,7 @@ impl SubjectTable {
         columns.retain(|c| seen.insert(*c));
         let mut problems = Vec::new();
         for col in columns {
-            if let Err(e) = probe(format!("SELECT {col} FROM {} WHERE 1 = 0", self.table)).await {
+            if let Err(e) = probe(Some(col)).await {
                 problems.push(format!(
                     "table {}: column {col:?} is missing ({})",
                     self.table,
@@ -474,8 +522,10 @@ impl SubjectTable {
                 .await?
             }
             Backend::Sqlite => {
-                let sql = format!("SELECT name, lower(type) FROM pragma_table_info('{}') ORDER BY cid", self.table);
-                sqlx::query_as(&sql).fetch_all(self.db.pool()).await?
+                sqlx::query_as("SELECT name, lower(type) FROM pragma_table_info($1) ORDER BY cid")
+                    .bind(&self.table)
+                    .fetch_all(self.db.pool())
+                    .await?
             }
         };
         Ok(rows)
@@ -501,13 +551,15 @@ impl SubjectTable {
                 Ok(n > 0)
             }
             Backend::Sqlite => {
-                let sql = format!(
-                    "SELECT COUNT(*) FROM pragma_index_list('{t}') l \
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pragma_index_list($1) l \
                      WHERE l.\"unique\" = 1 AND (SELECT COUNT(*) FROM pragma_index_info(l.name)) = 1 \
-                     AND (SELECT name FROM pragma_index_info(l.name)) = $1",
-                    t = self.table
-                );
-                let n: i64 = sqlx::query_scalar(&sql).bind(&self.key).fetch_one(self.db.pool()).await?;
+                     AND (SELECT name FROM pragma_index_info(l.name)) = $2",
+                )
+                .bind(&self.table)
+                .bind(&self.key)
+                .fetch_one(self.db.pool())
+                .await?;
                 Ok(n > 0)
             }
         }

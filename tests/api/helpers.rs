@@ -261,6 +261,18 @@ macro_rules! both {
 #[macro_export]
 macro_rules! store_wrapper {
     ($wrapper:ty { $($method:item)* }) => {
+        $crate::store_wrapper!(@impl $wrapper {
+            async fn read_file(&self, key: &str) -> dsr::stores::StoreResult<dsr::stores::ByteStream> {
+                self.inner.read_file(key).await
+            }
+            $($method)*
+        });
+    };
+    // A wrapper that gives its own `read_file`.
+    ($wrapper:ty, reads_files { $($method:item)* }) => {
+        $crate::store_wrapper!(@impl $wrapper { $($method)* });
+    };
+    (@impl $wrapper:ty { $($method:item)* }) => {
         #[async_trait::async_trait]
         impl dsr::stores::StoreAdapter for $wrapper {
             fn name(&self) -> &'static str {
@@ -309,9 +321,6 @@ macro_rules! store_wrapper {
                 c: &dsr::domain::Corrections,
             ) -> dsr::stores::StoreResult<bool> {
                 self.inner.verify_rectified(p, keys, c).await
-            }
-            async fn read_file(&self, key: &str) -> dsr::stores::StoreResult<dsr::stores::ByteStream> {
-                self.inner.read_file(key).await
             }
             $($method)*
         }

@@ -1183,6 +1183,55 @@ async fn a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left(backen
 }
 both!(a_hold_placed_during_an_erase_is_reported_and_keeps_what_is_left);
 
+struct ErasedMeanwhile {
+    inner: Arc<dyn StoreAdapter>,
+}
+
+crate::store_wrapper!(ErasedMeanwhile, reads_files {
+    async fn read_file(&self, _key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        // A deletion of the subject erased the object after the export listed it.
+        Err(dsr::stores::StoreError::Gone("an object is no longer in the object store".into()))
+    }
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.inner.erase(tenant, keys, now).await
+    }
+    async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        sink: &mut dyn dsr::stores::ExportSink,
+    ) -> StoreResult<u64> {
+        self.inner.export(tenant, keys, sink).await
+    }
+});
+
+/// A file the export listed but a deletion erased before the archive copied it: the export
+/// completes without it, and the manifest counts it as erased meanwhile.
+async fn a_file_erased_while_its_export_runs_is_left_out_and_counted(backend: Backend) {
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(|inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            Arc::new(ErasedMeanwhile { inner })
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let target = app.seed("acme", 1, 2).await.remove(0);
+    let export = app.export(by_phone("acme", &target.phone), pb::Regime::Gdpr).await;
+    let done = app.wait_terminal(&export.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let files = crate::export::unzip(&app.download(&export.id, 0).await.unwrap());
+    assert!(!files.keys().any(|f| f.starts_with("recordings/")), "{:?}", files.keys());
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let rec = manifest["stores"].as_array().unwrap().iter().find(|s| s["store"] == "recordings").unwrap();
+    assert_eq!(
+        (rec["files_erased_meanwhile"].as_u64(), rec["records"].as_u64()),
+        (Some(2), Some(0)),
+        "{rec}"
+    );
+    app.shutdown().await;
+}
+both!(a_file_erased_while_its_export_runs_is_left_out_and_counted);
+
 /// A deletion submitted before an export of the same person, still running when the export was
 /// made, supersedes the archive once it completes.
 async fn a_deletion_running_when_an_export_was_made_supersedes_its_archive(backend: Backend) {
@@ -1208,7 +1257,8 @@ async fn a_deletion_running_when_an_export_was_made_supersedes_its_archive(backe
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(app.wait_terminal(&export.id).await.status, RequestStatus::Completed as i32);
+    let exported = app.wait_terminal(&export.id).await;
+    assert_eq!(exported.status, RequestStatus::Completed as i32, "{exported:#?}");
     let ledger = Ledger::new(app.db.clone());
     assert!(!ledger.is_export_superseded(&export.id).await.unwrap(), "the deletion has not completed yet");
     gate.add_permits(1);

@@ -4,15 +4,13 @@
 //! another store is kept blanked, the others deleted); or keep them restricted under a legal
 //! obligation.
 use chrono::{DateTime, Utc};
+use sea_query::{Alias, Expr, Func, Query, SimpleExpr};
 
 use super::{time, CatalogStore};
 use crate::{
     catalog::TimeFormat,
-    stores::{objects, Erasure, Probe, StoreResult},
+    stores::{objects, query, table::CHUNK, Erasure, Probe, StoreResult},
 };
-
-/// Keys per statement: well under SQLite's and Postgres' parameter limits.
-const CHUNK: usize = 500;
 
 impl CatalogStore {
     /// Deletes the tenant's rows with these keys (their objects first); returns how many.
@@ -31,17 +29,21 @@ impl CatalogStore {
         self.rows.delete(tenant, keys).await
     }
 
-    /// `EXISTS` a record of the referencing store naming the row (unaliased table), or `None`.
-    pub(super) fn referenced(&self) -> Option<String> {
+    /// Whether a record of the referencing store names the row, or `None`.
+    pub(super) fn referenced(&self) -> Option<SimpleExpr> {
         let r = self.entry.kept_while_referenced_by.as_ref()?;
         let (table, tenant) = self.wiring.referenced_in.as_ref()?;
         let t = &self.entry.table;
-        Some(format!(
-            "EXISTS (SELECT 1 FROM {table} WHERE {table}.{tenant} = {t}.{own_tenant} AND {table}.{col} = {t}.{key})",
-            col = r.column,
-            own_tenant = self.entry.tenant,
-            key = self.entry.key
-        ))
+        let mut q = Query::select();
+        q.expr(Expr::val(1i64))
+            .from(query::table(table))
+            .and_where(
+                Expr::col(query::qualified(table, tenant)).equals(query::qualified(t, &self.entry.tenant)),
+            )
+            .and_where(
+                Expr::col(query::qualified(table, &r.column)).equals(query::qualified(t, &self.entry.key)),
+            );
+        Some(Expr::exists(q))
     }
 
     /// Blanks the personal columns of the tenant's rows with these keys (and marks when, when
@@ -53,44 +55,37 @@ impl CatalogStore {
         keys: &[String],
         now: Option<DateTime<Utc>>,
     ) -> StoreResult<u64> {
-        let backend = self.rows.db.backend();
-        let format = self.entry.time_format;
-        let mut set: Vec<String> = self.blanked.iter().map(|c| format!("{c} = NULL")).collect();
-        let mark = match (&self.entry.erased_at_column, now) {
-            (Some(col), Some(now)) => {
-                set.push(format!("{col} = COALESCE({col}, {})", time::param(format, backend, 2)));
-                Some(time::TimeValue::of(format, now))
-            }
-            _ => None,
-        };
-        let first = if mark.is_some() { 3 } else { 2 };
-        let not_yet =
-            self.blanked.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR ");
+        let backend = self.rows.backend();
+        let not_yet = self
+            .blanked
+            .iter()
+            .map(|c| query::col(c).is_not_null())
+            .reduce(SimpleExpr::or)
+            .unwrap_or_else(|| Expr::cust("1 = 0"));
         let referenced = self.referenced();
         let mut n = 0;
         for chunk in keys.chunks(CHUNK) {
-            let kept = format!(
-                "UPDATE {} SET {} WHERE {} AND ({not_yet}){}",
-                self.entry.table,
-                set.join(", "),
-                self.rows.by_keys(first, chunk.len()),
-                referenced.as_ref().map(|r| format!(" AND {r}")).unwrap_or_default()
-            );
-            let mut q = sqlx::query(&kept).bind(tenant);
-            if let Some(m) = &mark {
-                q = m.bind(q);
+            let mut kept = Query::update();
+            kept.table(query::table(&self.entry.table));
+            for c in &self.blanked {
+                kept.value(Alias::new(c), Expr::cust("NULL"));
             }
-            let q = chunk.iter().fold(q, |q, k| q.bind(k.as_str()));
-            let mut tx = self.rows.db.begin_write().await?;
-            n += q.execute(&mut *tx).await?.rows_affected();
+            if let (Some(col), Some(now)) = (&self.entry.erased_at_column, now) {
+                let at = time::value(self.entry.time_format, backend, now);
+                kept.value(Alias::new(col), Func::coalesce([query::col(col).into(), at]));
+            }
+            kept.and_where(self.rows.by_keys(tenant, chunk)).and_where(not_yet.clone());
             if let Some(r) = &referenced {
-                let gone = format!(
-                    "DELETE FROM {} WHERE {} AND NOT {r}",
-                    self.entry.table,
-                    self.rows.by_keys(2, chunk.len())
-                );
-                let q = chunk.iter().fold(sqlx::query(&gone).bind(tenant), |q, k| q.bind(k.as_str()));
-                n += q.execute(&mut *tx).await?.rows_affected();
+                kept.and_where(r.clone());
+            }
+            let mut tx = self.rows.db.begin_write().await?;
+            n += self.rows.execute_in(&mut tx, &kept).await?;
+            if let Some(r) = &referenced {
+                let mut gone = Query::delete();
+                gone.from_table(query::table(&self.entry.table))
+                    .and_where(self.rows.by_keys(tenant, chunk))
+                    .and_where(r.clone().not());
+                n += self.rows.execute_in(&mut tx, &gone).await?;
             }
             tx.commit().await?;
         }
@@ -105,8 +100,6 @@ impl CatalogStore {
         keys: &[String],
         now: DateTime<Utc>,
     ) -> StoreResult<Erasure> {
-        let backend = self.rows.db.backend();
-        let format = self.entry.time_format;
         let mut restricted = 0;
         if self.restricts_in_ledger() {
             let present =
@@ -115,17 +108,13 @@ impl CatalogStore {
             restricted = self.restrict_in_ledger(tenant, &present, now).await?;
         }
         if let Some(col) = self.entry.retain.as_ref().and_then(|r| r.restriction_column.as_ref()) {
-            let at = time::TimeValue::of(format, now);
+            let at = time::value(self.entry.time_format, self.rows.backend(), now);
             for chunk in keys.chunks(CHUNK) {
-                let sql = format!(
-                    "UPDATE {} SET {col} = COALESCE({col}, {}) WHERE {}",
-                    self.entry.table,
-                    time::param(format, backend, 2),
-                    self.rows.by_keys(3, chunk.len())
-                );
-                let q = at.bind(sqlx::query(&sql).bind(tenant));
-                let q = chunk.iter().fold(q, |q, k| q.bind(k.as_str()));
-                restricted += q.execute(self.rows.db.pool()).await?.rows_affected();
+                let mut q = Query::update();
+                q.table(query::table(&self.entry.table))
+                    .value(Alias::new(col), Func::coalesce([query::col(col).into(), at.clone()]))
+                    .and_where(self.rows.by_keys(tenant, chunk));
+                restricted += self.rows.execute(&q).await?;
             }
         }
         match self.hold(tenant, keys, "restricted until then").await? {

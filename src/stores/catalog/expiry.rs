@@ -7,105 +7,73 @@
 //! legal obligation and restricted (its subject asked for erasure) goes as soon as the legal
 //! minimum (`retain.years`) has passed, whatever longer period the tenant keeps for everyone else.
 use chrono::{DateTime, Months, Utc};
+use sea_query::{Alias, Expr, ExprTrait, Func, Order, Query, SimpleExpr};
 use sqlx::Row;
 
 use super::{time, CatalogStore};
 use crate::{
     catalog::ErasureMode,
     resolve::IdentKind,
-    stores::{ExpiredRecord, Expiry, StoreResult},
+    stores::{query, ExpiredRecord, Expiry, StoreResult},
 };
 
-/// A value an expiry condition binds, after the tenant.
-pub(super) enum Bind {
-    Time(time::TimeValue),
-    Text(String),
-}
-
 impl CatalogStore {
-    /// The condition of the tenant's expired rows (over `$1` the tenant and `$2…` the values
-    /// returned, in order); `None` without a time column.
-    async fn expired(&self, e: &Expiry<'_>) -> StoreResult<Option<(String, Vec<Bind>)>> {
+    /// The condition of the tenant's expired rows; `None` without a time column.
+    async fn expired(&self, e: &Expiry<'_>) -> StoreResult<Option<SimpleExpr>> {
         let Some(col) = self.entry.time_column.as_ref() else { return Ok(None) };
         let format = self.entry.time_format;
-        let backend = self.rows.db.backend();
-        let p = |n| time::param(format, backend, n);
-        let mut binds = vec![Bind::Time(time::TimeValue::of(format, e.cutoff))];
-        let mut cond = format!("{} AND {col} IS NOT NULL AND ", self.rows.in_tenant());
+        let backend = self.rows.backend();
+        let at = |t| time::value(format, backend, t);
+        let time = || query::col(col);
+        let before_cutoff = time().lt(at(e.cutoff));
+        let mut cond = self.rows.in_tenant(e.tenant).and(time().is_not_null());
         match (self.entry.erasure, &self.entry.retain) {
             (ErasureMode::Retain, Some(retain)) => {
                 let legal: DateTime<Utc> = e
                     .now
                     .checked_sub_months(Months::new(retain.years * 12))
                     .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                let legal = Bind::Time(time::TimeValue::of(format, legal));
-                match &self.rows.cleared {
-                    Some(restricted) => {
-                        cond.push_str(&format!(
-                            "({col} < {} OR (({restricted}) AND {col} < {}))",
-                            p(2),
-                            p(3)
-                        ));
-                        binds.push(legal);
-                    }
+                let restricted = match &self.rows.cleared {
+                    Some(restricted) => Some(restricted.clone()),
                     None if self.restricts_in_ledger() => {
                         let keys = self.restricted_keys(e.tenant).await?;
-                        if keys.is_empty() {
-                            cond.push_str(&format!("{col} < {}", p(2)));
-                        } else {
-                            let list = self.rows.params(&self.entry.key, 4, keys.len());
-                            cond.push_str(&format!(
-                                "({col} < {} OR ({} IN ({list}) AND {col} < {}))",
-                                p(2),
-                                self.entry.key,
-                                p(3)
-                            ));
-                            binds.push(legal);
-                            binds.extend(keys.into_iter().map(Bind::Text));
-                        }
+                        (!keys.is_empty()).then(|| {
+                            query::col(&self.entry.key)
+                                .is_in(keys.iter().map(|k| self.rows.value(&self.entry.key, k)))
+                        })
                     }
-                    None => cond.push_str(&format!("{col} < {}", p(2))),
-                }
+                    None => None,
+                };
+                cond = match restricted {
+                    Some(r) => cond.and(before_cutoff.or(r.and(time().lt(at(legal))))),
+                    None => cond.and(before_cutoff),
+                };
             }
             (ErasureMode::Blank, _) => {
-                cond.push_str(&format!("{col} < {}", p(2)));
-                let cleared = self.rows.cleared.clone().unwrap_or_else(|| "1 = 0".into());
-                match self.referenced() {
+                let cleared = self.rows.cleared.clone().unwrap_or_else(|| Expr::cust("1 = 0"));
+                cond = cond.and(before_cutoff);
+                cond = match self.referenced() {
                     // Personal data left, or a bare row nothing needs any more.
-                    Some(r) => cond.push_str(&format!(" AND (NOT ({cleared}) OR NOT {r})")),
-                    None => cond.push_str(&format!(" AND NOT ({cleared})")),
-                }
+                    Some(r) => cond.and(cleared.not().or(r.not())),
+                    None => cond.and(cleared.not()),
+                };
             }
-            _ => cond.push_str(&format!("{col} < {}", p(2))),
+            _ => cond = cond.and(before_cutoff),
         }
-        Ok(Some((cond, binds)))
-    }
-
-    fn query<'q>(
-        sql: &'q str,
-        tenant: &'q str,
-        binds: &'q [Bind],
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        binds.iter().fold(sqlx::query(sql).bind(tenant), |q, b| match b {
-            Bind::Time(t) => t.bind(q),
-            Bind::Text(s) => q.bind(s.as_str()),
-        })
+        Ok(Some(cond))
     }
 
     /// Up to `limit` tenants after `after`, in order: one index probe each
     /// (`MIN(tenant) WHERE tenant > $1`), so millions of rows and few tenants cost a few lookups.
     pub(super) async fn tenants_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         let t = &self.entry.tenant;
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {t} > {}",
-            self.rows.text(&format!("MIN({t})")),
-            self.entry.table,
-            self.rows.param(t, 1)
-        );
         let mut out = Vec::new();
         let mut last = after.unwrap_or("").to_owned();
         while out.len() < limit {
-            let row = sqlx::query(&sql).bind(&last).fetch_one(self.rows.db.pool()).await?;
+            let mut q = self.rows.select();
+            q.expr(self.rows.text_of(Func::min(query::col(t)).into(), t))
+                .and_where(query::col(t).gt(self.rows.value(t, &last)));
+            let row = self.rows.fetch_one(&q).await?;
             let Some(next) = row.try_get::<Option<String>, _>(0)? else { break };
             last = next.clone();
             out.push(next);
@@ -114,29 +82,33 @@ impl CatalogStore {
     }
 
     pub(super) async fn count_expired_rows(&self, expiry: &Expiry<'_>) -> StoreResult<u64> {
-        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(0) };
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE {cond}", self.entry.table);
-        let row = Self::query(&sql, expiry.tenant, &times).fetch_one(self.rows.db.pool()).await?;
-        Ok(row.try_get::<i64, _>(0)? as u64)
+        let Some(cond) = self.expired(expiry).await? else { return Ok(0) };
+        let mut q = self.rows.select();
+        q.expr(Func::count(Expr::cust("*"))).and_where(cond);
+        Ok(self.rows.fetch_one(&q).await?.try_get::<i64, _>(0)? as u64)
     }
 
     /// The account id of a row: its own column, or its linked record's (same database).
-    fn account_expr(&self) -> String {
+    fn account_expr(&self) -> SimpleExpr {
         if self.rows.identifiers.iter().any(|(_, k)| *k == IdentKind::AccountId) {
             return self.first_column(IdentKind::AccountId);
         }
         match (&self.wiring.link_account, &self.entry.link) {
-            (Some(l), Some(link)) => format!(
-                "(SELECT {} FROM {lt} c WHERE c.{lten} = {t}.{ten} AND c.{lkey} = {t}.{lcol})",
-                self.rows.text(&format!("c.{}", l.account_column)),
-                lt = l.table,
-                lten = l.tenant,
-                lkey = l.key,
-                t = self.entry.table,
-                ten = self.entry.tenant,
-                lcol = link.column
-            ),
-            _ => "NULL".into(),
+            (Some(l), Some(link)) => {
+                let mut q = Query::select();
+                q.expr(Expr::col(query::qualified(&l.table, &l.account_column)).cast_as(Alias::new("TEXT")))
+                    .from(query::table(&l.table))
+                    .and_where(
+                        Expr::col(query::qualified(&l.table, &l.tenant))
+                            .equals(query::qualified(&self.entry.table, &self.entry.tenant)),
+                    )
+                    .and_where(
+                        Expr::col(query::qualified(&l.table, &l.key))
+                            .equals(query::qualified(&self.entry.table, &link.column)),
+                    );
+                SimpleExpr::SubQuery(None, Box::new(q.into_sub_query_statement()))
+            }
+            _ => Expr::cust("NULL"),
         }
     }
 
@@ -146,24 +118,19 @@ impl CatalogStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(Vec::new()) };
+        let Some(cond) = self.expired(expiry).await? else { return Ok(Vec::new()) };
         let key = &self.entry.key;
-        let after_param = times.len() + 2;
-        let sql = format!(
-            "SELECT {}, {}, {}, {} FROM {} WHERE {cond} AND {} > {} ORDER BY {} LIMIT {limit}",
-            self.rows.text(&format!("{}.{key}", self.entry.table)),
-            self.account_expr(),
-            self.first_column(IdentKind::Email),
-            self.first_column(IdentKind::Phone),
-            self.entry.table,
-            self.rows.text(key),
-            format_args!("${after_param}"),
-            self.rows.text(key),
-        );
-        let rows = Self::query(&sql, expiry.tenant, &times)
-            .bind(after.unwrap_or(""))
-            .fetch_all(self.rows.db.pool())
-            .await?;
+        let key_text = self.rows.text(key);
+        let mut q = self.rows.select();
+        q.expr(self.rows.text_of(Expr::col(query::qualified(&self.entry.table, key)).into(), key))
+            .expr(self.account_expr())
+            .expr(self.first_column(IdentKind::Email))
+            .expr(self.first_column(IdentKind::Phone))
+            .and_where(cond)
+            .and_where(key_text.clone().gt(after.unwrap_or("")))
+            .order_by_expr(key_text, Order::Asc)
+            .limit(limit as u64);
+        let rows = self.rows.fetch_all(&q).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             out.push(ExpiredRecord {
@@ -179,25 +146,25 @@ impl CatalogStore {
     /// Up to `limit` expired rows in one short transaction: one statement where rows are simply
     /// deleted; otherwise their keys, then the erasure by key (objects first, or blank).
     pub(super) async fn erase_expired_rows(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
-        let Some((cond, times)) = self.expired(expiry).await? else { return Ok(0) };
-        let t = &self.entry.table;
+        let Some(cond) = self.expired(expiry).await? else { return Ok(0) };
         let key = &self.entry.key;
+        let mut expired = self.rows.select();
+        expired.column(Alias::new(key)).and_where(cond).limit(limit as u64);
         if self.entry.objects.is_none()
             && self.entry.erasure != ErasureMode::Blank
             && !self.restricts_in_ledger()
         {
-            let sql = format!(
-                "DELETE FROM {t} WHERE {} AND {key} IN (SELECT {key} FROM {t} WHERE {cond} LIMIT {limit})",
-                self.rows.in_tenant()
-            );
-            return Ok(Self::query(&sql, expiry.tenant, &times)
-                .execute(self.rows.db.pool())
-                .await?
-                .rows_affected());
+            let mut q = Query::delete();
+            q.from_table(query::table(&self.entry.table))
+                .and_where(self.rows.in_tenant(expiry.tenant))
+                .and_where(query::col(key).in_subquery(expired));
+            return Ok(self.rows.execute(&q).await?);
         }
-        let sql = format!("SELECT {} FROM {t} WHERE {cond} LIMIT {limit}", self.rows.text(key));
-        let keys: Vec<String> = Self::query(&sql, expiry.tenant, &times)
-            .fetch_all(self.rows.db.pool())
+        let mut q = self.rows.select();
+        q.expr(self.rows.text(key)).and_where(query::col(key).in_subquery(expired));
+        let keys: Vec<String> = self
+            .rows
+            .fetch_all(&q)
             .await?
             .iter()
             .map(|r| r.try_get::<String, _>(0))

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Months, Utc};
 use object_store::ObjectStore;
+use sea_query::{Alias, Expr, Func, SimpleExpr};
 use sqlx::Row;
 
 use super::{
-    objects,
-    table::{Exported, SubjectTable},
+    objects, query,
+    table::{Exported, SubjectTable, CHUNK},
     ByteStream, CandidateRow, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, LegalHold, Probe,
     Rectification, StoreAdapter, StoreError, StoreResult,
 };
@@ -91,19 +92,20 @@ impl CatalogStore {
             }
         }
         // A row the erasure has been applied to and that stays: blanked, or restricted.
-        let cleared = match entry.erasure {
+        let cleared: Option<SimpleExpr> = match entry.erasure {
             ErasureMode::Delete => None,
-            ErasureMode::Blank => {
-                Some(blanked.iter().map(|c| format!("{c} IS NULL")).collect::<Vec<_>>().join(" AND "))
-            }
+            ErasureMode::Blank => Some(all(blanked.iter().map(|c| query::col(c).is_null()))),
             ErasureMode::Retain => entry
                 .retain
                 .as_ref()
                 .and_then(|r| r.restriction_column.as_ref())
-                .map(|c| format!("{c} IS NOT NULL")),
+                .map(|c| query::col(c).is_not_null()),
         };
-        let bytes =
-            entry.bytes_column.clone().or_else(|| entry.size_of.as_ref().map(|c| format!("LENGTH({c})")));
+        let bytes: Option<SimpleExpr> = match (&entry.bytes_column, &entry.size_of) {
+            (Some(b), _) => Some(query::col(b).into()),
+            (None, Some(t)) => Some(Func::cust(Alias::new("LENGTH")).arg(query::col(t)).into()),
+            (None, None) => None,
+        };
         let rows = SubjectTable {
             db,
             table: entry.table.clone(),
@@ -130,25 +132,21 @@ impl CatalogStore {
             .ok_or_else(|| StoreError::Fatal(format!("the {} store has no object store", self.name)))
     }
 
-    /// `NOT (<cleared>)`, as a further condition (empty when rows are never kept erased).
-    fn not_cleared(&self) -> String {
-        self.rows.cleared.as_ref().map(|c| format!(" AND NOT ({c})")).unwrap_or_default()
+    /// Rows the erasure has not been applied to, when rows are ever kept erased.
+    fn not_cleared(&self) -> Option<SimpleExpr> {
+        self.rows.cleared.clone().map(SimpleExpr::not)
     }
 
     /// The newest time of these rows: a legal obligation runs from it.
     async fn newest(&self, tenant: &str, keys: &[String]) -> StoreResult<Option<DateTime<Utc>>> {
         let Some(col) = &self.entry.time_column else { return Ok(None) };
-        let backend = self.rows.db.backend();
+        let backend = self.rows.backend();
         let mut newest = None;
-        for chunk in keys.chunks(500) {
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {}",
-                time::newest(self.entry.time_format, backend, col),
-                self.rows.table,
-                self.rows.by_keys(2, chunk.len())
-            );
-            let q = chunk.iter().fold(sqlx::query(&sql).bind(tenant), |q, k| q.bind(k.as_str()));
-            let row = q.fetch_one(self.rows.db.pool()).await?;
+        for chunk in keys.chunks(CHUNK) {
+            let mut q = self.rows.select();
+            q.expr(time::newest(self.entry.time_format, backend, col))
+                .and_where(self.rows.by_keys(tenant, chunk));
+            let row = self.rows.fetch_one(&q).await?;
             newest = newest.max(time::read(self.entry.time_format, backend, &row)?);
         }
         Ok(newest)
@@ -165,14 +163,19 @@ impl CatalogStore {
         }))
     }
 
-    /// The first column holding this kind of identifier, qualified by the table (or `NULL`).
-    fn first_column(&self, kind: IdentKind) -> String {
-        self.rows
-            .identifiers
-            .iter()
-            .find(|(_, k)| *k == kind)
-            .map_or("NULL".to_owned(), |(c, _)| self.rows.text(&format!("{}.{c}", self.entry.table)))
+    /// The first column holding this kind of identifier, qualified by the table, as text (or
+    /// NULL).
+    fn first_column(&self, kind: IdentKind) -> SimpleExpr {
+        match self.rows.identifiers.iter().find(|(_, k)| *k == kind) {
+            Some((c, _)) => self.rows.text_of(Expr::col(query::qualified(&self.entry.table, c)).into(), c),
+            None => Expr::cust("NULL"),
+        }
     }
+}
+
+/// Every condition at once (`1 = 1` for none).
+fn all(conditions: impl IntoIterator<Item = SimpleExpr>) -> SimpleExpr {
+    conditions.into_iter().reduce(SimpleExpr::and).unwrap_or_else(|| Expr::cust("1 = 1"))
 }
 
 #[async_trait]
@@ -215,8 +218,9 @@ impl StoreAdapter for CatalogStore {
             problems.extend(self.check_time_types());
         }
         if let (Some(r), Some((table, _))) = (&e.kept_while_referenced_by, &self.wiring.referenced_in) {
-            let sql = format!("SELECT {} FROM {table} WHERE 1 = 0", r.column);
-            if let Err(err) = sqlx::query(&sql).fetch_optional(self.rows.db.pool()).await {
+            let mut q = sea_query::Query::select();
+            q.column(Alias::new(&r.column)).from(query::table(table)).and_where(Expr::cust("1 = 0"));
+            if let Err(err) = self.rows.fetch_all(&q).await {
                 problems.push(format!(
                     "kept_while_referenced_by: table {table}: column {:?} cannot be read ({err})",
                     r.column
@@ -302,16 +306,18 @@ impl StoreAdapter for CatalogStore {
         if keys.is_empty() {
             return Ok(true);
         }
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE {}{} AND ({col} IS NULL OR {col} <> ${})",
-            self.entry.table,
-            self.rows.by_keys(2, keys.len()),
-            self.not_cleared(),
-            keys.len() + 2
-        );
-        let q = keys.iter().fold(sqlx::query(&sql).bind(&person.tenant), |q, k| q.bind(k.as_str()));
-        let row = q.bind(name.as_str()).fetch_one(self.rows.db.pool()).await?;
-        Ok(row.try_get::<i64, _>(0)? == 0)
+        let mut wrong = 0;
+        for chunk in keys.chunks(CHUNK) {
+            let mut q = self.rows.select();
+            q.expr(Func::count(Expr::cust("*")))
+                .and_where(self.rows.by_keys(&person.tenant, chunk))
+                .and_where(query::col(col).is_null().or(query::col(col).ne(name.as_str())));
+            if let Some(live) = self.not_cleared() {
+                q.and_where(live);
+            }
+            wrong += self.rows.fetch_one(&q).await?.try_get::<i64, _>(0)?;
+        }
+        Ok(wrong == 0)
     }
 
     /// The records, as JSON objects; an object-backed store's rows as files (the object, with its
@@ -322,18 +328,15 @@ impl StoreAdapter for CatalogStore {
         if !self.entry.export {
             return Ok(0);
         }
-        let extra = if self.entry.erasure == ErasureMode::Blank { self.not_cleared() } else { String::new() };
+        let extra = if self.entry.erasure == ErasureMode::Blank { self.not_cleared() } else { None };
         let Some(o) = &self.entry.objects else {
-            return self.rows.export(tenant, keys, &extra, sink).await;
+            return self.rows.export(tenant, keys, extra, sink).await;
         };
         let column = o.column.clone();
         let link = self.entry.link.as_ref().map(|l| l.column.clone());
         let key = self.entry.key.clone();
         let bytes = self.entry.bytes_column.clone();
-        let order = match &link {
-            Some(l) => format!("{l}, {key}"),
-            None => key.clone(),
-        };
+        let order: Vec<String> = link.iter().chain([&key]).cloned().collect();
         let item = move |row: &sqlx::any::AnyRow| -> StoreResult<Exported> {
             let mut record = super::row_json(row)?;
             let object = match record.remove(&column) {
@@ -354,7 +357,7 @@ impl StoreAdapter for CatalogStore {
                 record,
             }))
         };
-        self.rows.export_with(tenant, keys, &extra, &order, sink, &item).await
+        self.rows.export_with(tenant, keys, extra, &order, sink, &item).await
     }
 
     async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {

@@ -3,17 +3,19 @@
 //! A restricted record reads as such (`CandidateRow::cleared`), expires at the legal minimum,
 //! and its restriction goes with it.
 use chrono::{DateTime, Utc};
+use sea_query::{Alias, OnConflict, Order, Query, SimpleExpr};
 use sqlx::Row;
 
 use super::CatalogStore;
 use crate::{
     catalog::ErasureMode,
     clock::to_millis,
-    stores::{CandidateRow, StoreError, StoreResult},
+    stores::{
+        query::{self, Statement},
+        table::CHUNK,
+        CandidateRow, StoreError, StoreResult,
+    },
 };
-
-/// Keys per statement.
-const CHUNK: usize = 500;
 
 /// At most this many of a tenant's ledger restrictions are looked at by one expiry query; the
 /// rest are reached by later sweeps, once the first have gone.
@@ -35,6 +37,18 @@ impl CatalogStore {
         })
     }
 
+    /// Runs a statement on the ledger.
+    async fn on_ledger(&self, stmt: &impl Statement) -> StoreResult<Vec<sqlx::any::AnyRow>> {
+        let ledger = self.ledger()?;
+        let (sql, values) = stmt.build_for(ledger.backend());
+        Ok(query::bind(&sql, &values).fetch_all(ledger.pool()).await?)
+    }
+
+    /// The ledger rows of this store and tenant.
+    fn mine(&self, tenant: &str) -> SimpleExpr {
+        query::col("store").eq(self.name).and(query::col("tenant_id").eq(tenant))
+    }
+
     /// Records the restriction of these keys (the first time stays); returns how many keys.
     pub(super) async fn restrict_in_ledger(
         &self,
@@ -42,34 +56,33 @@ impl CatalogStore {
         keys: &[String],
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let ledger = self.ledger()?;
         for chunk in keys.chunks(CHUNK) {
-            let values =
-                (0..chunk.len()).map(|i| format!("($1, $2, ${}, $3)", i + 4)).collect::<Vec<_>>().join(", ");
-            let sql = format!(
-                "INSERT INTO dsr_restrictions (store, tenant_id, record_key, restricted_at) VALUES {values} \
-                 ON CONFLICT (store, tenant_id, record_key) DO NOTHING"
-            );
-            let q = sqlx::query(&sql).bind(self.name).bind(tenant).bind(to_millis(now));
-            chunk.iter().fold(q, |q, k| q.bind(k.as_str())).execute(ledger.pool()).await?;
+            let mut q = Query::insert();
+            q.into_table(Alias::new("dsr_restrictions"))
+                .columns(["store", "tenant_id", "record_key", "restricted_at"].map(Alias::new))
+                .on_conflict(
+                    OnConflict::columns(["store", "tenant_id", "record_key"].map(Alias::new))
+                        .do_nothing()
+                        .to_owned(),
+                );
+            for k in chunk {
+                q.values_panic([self.name.into(), tenant.into(), k.as_str().into(), to_millis(now).into()]);
+            }
+            self.on_ledger(&q).await?;
         }
         Ok(keys.len() as u64)
     }
 
     /// Marks the rows the ledger holds restricted.
     pub(super) async fn mark_restricted(&self, tenant: &str, rows: &mut [CandidateRow]) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let ledger = self.ledger()?;
         let mut restricted = std::collections::BTreeSet::new();
         for chunk in rows.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT record_key FROM dsr_restrictions WHERE store = $1 AND tenant_id = $2 AND record_key IN ({})",
-                crate::stores::sql::params(3, chunk.len())
-            );
-            let q = sqlx::query(&sql).bind(self.name).bind(tenant);
-            for row in chunk.iter().fold(q, |q, r| q.bind(r.key.as_str())).fetch_all(ledger.pool()).await? {
+            let mut q = Query::select();
+            q.column(Alias::new("record_key"))
+                .from(Alias::new("dsr_restrictions"))
+                .and_where(self.mine(tenant))
+                .and_where(query::col("record_key").is_in(chunk.iter().map(|r| r.key.as_str())));
+            for row in self.on_ledger(&q).await? {
                 restricted.insert(row.try_get::<String, _>(0)?);
             }
         }
@@ -81,23 +94,27 @@ impl CatalogStore {
 
     /// Up to `EXPIRY_KEYS` of the tenant's restricted keys, in key order.
     pub(super) async fn restricted_keys(&self, tenant: &str) -> StoreResult<Vec<String>> {
-        let sql = format!(
-            "SELECT record_key FROM dsr_restrictions WHERE store = $1 AND tenant_id = $2 ORDER BY record_key LIMIT {EXPIRY_KEYS}"
-        );
-        let rows = sqlx::query(&sql).bind(self.name).bind(tenant).fetch_all(self.ledger()?.pool()).await?;
-        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+        let mut q = Query::select();
+        q.column(Alias::new("record_key"))
+            .from(Alias::new("dsr_restrictions"))
+            .and_where(self.mine(tenant))
+            .order_by(Alias::new("record_key"), Order::Asc)
+            .limit(EXPIRY_KEYS as u64);
+        self.on_ledger(&q)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+            .collect()
     }
 
     /// Forgets the restrictions of records that have gone.
     pub(super) async fn forget_restrictions(&self, tenant: &str, keys: &[String]) -> StoreResult<()> {
-        let ledger = self.ledger()?;
         for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "DELETE FROM dsr_restrictions WHERE store = $1 AND tenant_id = $2 AND record_key IN ({})",
-                crate::stores::sql::params(3, chunk.len())
-            );
-            let q = sqlx::query(&sql).bind(self.name).bind(tenant);
-            chunk.iter().fold(q, |q, k| q.bind(k.as_str())).execute(ledger.pool()).await?;
+            let mut q = Query::delete();
+            q.from_table(Alias::new("dsr_restrictions"))
+                .and_where(self.mine(tenant))
+                .and_where(query::col("record_key").is_in(chunk.iter().map(String::as_str)));
+            self.on_ledger(&q).await?;
         }
         Ok(())
     }

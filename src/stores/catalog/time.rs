@@ -2,6 +2,7 @@
 //! or a native timestamp. Bounds are bound as values in the column's own form (a native
 //! timestamp gets its text cast on Postgres), and times read back become UTC.
 use chrono::{DateTime, SecondsFormat, Utc};
+use sea_query::{Alias, Expr, Func, SimpleExpr};
 
 use crate::{catalog::TimeFormat, clock::from_millis, db::Backend};
 
@@ -23,36 +24,29 @@ impl TimeValue {
             TimeFormat::Iso8601 => TimeValue::Text(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
         }
     }
-
-    pub fn bind<'q>(
-        &'q self,
-        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        match self {
-            TimeValue::Int(i) => q.bind(*i),
-            TimeValue::Text(s) => q.bind(s.as_str()),
-        }
-    }
 }
 
-/// Parameter `$n` as a value of the column: a native timestamp on Postgres gets a cast from its
-/// text.
-pub fn param(format: TimeFormat, backend: Backend, n: usize) -> String {
-    match (format, backend) {
-        (TimeFormat::Timestamp, Backend::Postgres) => format!("CAST(${n} AS TIMESTAMPTZ)"),
-        _ => format!("${n}"),
+/// `at` as a value of the column: a native timestamp on Postgres is cast from its text.
+pub fn value(format: TimeFormat, backend: Backend, at: DateTime<Utc>) -> SimpleExpr {
+    match (TimeValue::of(format, at), format, backend) {
+        (TimeValue::Text(t), TimeFormat::Timestamp, Backend::Postgres) => {
+            Expr::val(t).cast_as(Alias::new("TIMESTAMPTZ"))
+        }
+        (TimeValue::Text(t), ..) => Expr::val(t).into(),
+        (TimeValue::Int(i), ..) => Expr::val(i).into(),
     }
 }
 
 /// `MAX(column)` as something `read` turns back into a time: epoch milliseconds for a native
 /// Postgres timestamp, the column's own form otherwise.
-pub fn newest(format: TimeFormat, backend: Backend, column: &str) -> String {
+pub fn newest(format: TimeFormat, backend: Backend, column: &str) -> SimpleExpr {
+    let max = SimpleExpr::from(Func::max(Expr::col(Alias::new(column))));
     match (format, backend) {
         (TimeFormat::Timestamp, Backend::Postgres) => {
-            format!("CAST(EXTRACT(EPOCH FROM MAX({column})) * 1000 AS BIGINT)")
+            Expr::cust_with_expr("CAST(EXTRACT(EPOCH FROM $1) * 1000 AS BIGINT)", max)
         }
-        (TimeFormat::EpochMs | TimeFormat::EpochS, _) => format!("CAST(MAX({column}) AS BIGINT)"),
-        _ => format!("CAST(MAX({column}) AS TEXT)"),
+        (TimeFormat::EpochMs | TimeFormat::EpochS, _) => max.cast_as(Alias::new("BIGINT")),
+        _ => max.cast_as(Alias::new("TEXT")),
     }
 }
 

@@ -66,6 +66,9 @@ pub struct FileConfig {
     pub database: DatabaseConfig,
     /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
+    /// Recipients told of erasures and corrections (`[recipients]`; the entries themselves are
+    /// `[[catalog]] kind = "recipient"`).
+    pub recipients: crate::recipients::RecipientsConfig,
 }
 
 /// dsr's own database (the ledger).
@@ -696,8 +699,22 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let mut cfg: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let recipients = crate::recipients::config::split_catalog(&mut table)?;
+        let mut cfg: Self = toml::Value::Table(table).try_into()?;
+        cfg.recipients.entries = recipients;
         cfg.validate()?;
+        // Art. 15(1)(c): the export manifest names every recipient of the catalog, from the
+        // same entries the outbox delivers to.
+        for r in &cfg.recipients.entries {
+            if !cfg.export.notice.recipients.iter().any(|n| n.name == r.name) {
+                let purpose = match r.description.is_empty() {
+                    true => "told of erasures and corrections of your data (GDPR Art. 19)".to_owned(),
+                    false => r.description.clone(),
+                };
+                cfg.export.notice.recipients.push(Recipient { name: r.name.clone(), purpose });
+            }
+        }
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
             if let Some(days) = e.retention_days {
@@ -820,6 +837,7 @@ impl FileConfig {
         }
         self.retention.validate()?;
         self.subjects.validate()?;
+        self.recipients.validate(&known)?;
         Ok(())
     }
 

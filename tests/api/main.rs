@@ -16,6 +16,7 @@ mod idempotency;
 mod lifecycle;
 mod metrics;
 mod protocol;
+mod recipients;
 mod rectification;
 mod retention;
 mod security;

@@ -50,7 +50,7 @@ impl Transport for Nats {
     async fn send(&self, id: &str, body: &[u8]) -> Result<(), SendError> {
         let ctx = self.context().await?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         headers.insert("Content-Type", "application/cloudevents+json");
         let ack = ctx
             .publish_with_headers(self.subject.clone(), headers, bytes::Bytes::copy_from_slice(body))

@@ -305,7 +305,11 @@ async fn nats_jetstream_gets_the_event_once_deduplicated_by_id_across_a_resend(b
     assert_eq!(stream.info().await.unwrap().state.messages, 1, "deduplicated by Nats-Msg-Id");
 
     let headers = message.headers;
-    assert_eq!(headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(told.event_id.as_str()));
+    assert_eq!(
+        headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str()),
+        Some(told.event_id.as_str()),
+        "{headers:?}"
+    );
     let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
     assert_eq!(event["id"], told.event_id.as_str());
     assert_eq!(event["data"]["subject"]["phones"], serde_json::json!([acme[1].phone]));

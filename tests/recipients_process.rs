@@ -86,6 +86,11 @@ fn seed(dir: &Path, db: &str, subjects: usize) -> Vec<Value> {
 /// A webhook recipient, a short delivery lease (a killed server's delivery is resent soon), and
 /// a send timeout under it.
 fn config(dir: &Path, receiver: &Receiver) -> std::path::PathBuf {
+    config_with(dir, receiver, "")
+}
+
+/// `config` with more `[recipients]` keys.
+fn config_with(dir: &Path, receiver: &Receiver, recipients: &str) -> std::path::PathBuf {
     let secret = dir.join("hook.secret");
     std::fs::write(&secret, TEST_SECRET).unwrap();
     let path = dir.join("dsr.toml");
@@ -93,7 +98,7 @@ fn config(dir: &Path, receiver: &Receiver) -> std::path::PathBuf {
         &path,
         format!(
             "[engine]\nlease_secs = 2\npoll_interval_ms = 50\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
-             [recipients]\npoll_interval_ms = 50\nlease_secs = 4\ntimeout_secs = 3\nbackoff_base_ms = 20\nbackoff_max_ms = 200\n\
+             [recipients]\npoll_interval_ms = 50\nlease_secs = 4\ntimeout_secs = 3\nbackoff_base_ms = 20\nbackoff_max_ms = 200\n{recipients}\n\
              [[catalog]]\nkind = \"recipient\"\nname = \"analytics\"\nhears = [\"deletion\"]\nidentifiers = [\"account_id\"]\n\
              transport = \"webhook\"\nurl = \"{}\"\nsecret_file = \"{}\"\n",
             receiver.url(),
@@ -234,4 +239,63 @@ async fn two_replicas_never_deliver_one_event_twice() {
     }
     assert_eq!(sent_by[0] + sent_by[1], ids.len(), "acknowledgements by replica: {sent_by:?}");
     eprintln!("deliveries by replica: {sent_by:?} of {}", ids.len());
+}
+
+/// `dsr recipients retry` re-drives a delivery that was given up, and `dsr status` shows the
+/// recipient's outcome under the stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsr_recipients_retry_redrives_a_given_up_delivery_and_dsr_status_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
+    let receiver = Receiver::start().await;
+    receiver.fail_next(1000, 410);
+    let config = config_with(dir.path(), &receiver, "permanent_failures = 1");
+    let seeded = seed(dir.path(), &db, 1);
+    let server = start(dir.path(), &db, &config, &dir.path().join("serve.log"));
+    let mut c = DataSubjectRightsClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let id = c
+        .submit_deletion(pb::SubmitDeletionRequest {
+            subject: Some(pb::Subject {
+                tenant_id: "acme".into(),
+                phone: seeded[0]["phone"].as_str().unwrap().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    wait_for("the give-up", async || get(server.addr, &id).await.status == RequestStatus::Failed as i32)
+        .await;
+    receiver.fail_next(0, 410);
+
+    let out = Command::new(BIN)
+        .args(["recipients", "retry", "--recipient", "analytics"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--database-url")
+        .arg(&db)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "1 deliveries queued again");
+    wait_for("the delivery", async || get(server.addr, &id).await.status == RequestStatus::Completed as i32)
+        .await;
+
+    let out = Command::new(BIN)
+        .args(["status", &id])
+        .env("DSR_SERVER", format!("http://{}", server.addr))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with("analytics")).unwrap_or_else(|| panic!("{text}"));
+    let event_id = &get(server.addr, &id).await.recipients[0].event_id;
+    assert!(line.contains("DONE") && line.contains(event_id.as_str()), "{text}");
+    assert!(text.contains("RECIPIENT"), "{text}");
 }

@@ -119,6 +119,10 @@ async fn a_webhook_that_fails_for_a_while_gets_the_event_after_recovery_signed_a
     assert_eq!(keys, billing_keys(&app, &target.account_id, &target.phone).await);
     assert!(!keys.is_empty());
     let body = String::from_utf8(accepted.body.clone()).unwrap();
+    eprintln!(
+        "event as received: webhook-id {} webhook-timestamp {} webhook-signature {}\n{body}",
+        accepted.id, accepted.timestamp, accepted.signature
+    );
     for leak in [&target.email, &target.phone, &target.phone[1..].to_owned()] {
         assert!(!body.contains(leak.as_str()), "the event holds an identifier it was not allowed: {body}");
     }
@@ -212,6 +216,34 @@ async fn a_recipient_that_refuses_is_given_up_the_request_fails_and_a_retry_redr
     assert_eq!(app.count("dsr_deliveries WHERE state = 'failed'").await, 0);
 }
 both!(a_recipient_that_refuses_is_given_up_the_request_fails_and_a_retry_redrives_it);
+
+async fn a_recipient_down_past_the_give_up_fails_the_request_and_raises_the_alert(backend: Backend) {
+    let receiver = Receiver::start().await;
+    receiver.fail_next(100_000, 503);
+    let secrets = tempfile::tempdir().unwrap();
+    let config = recipients_config(&payments(&receiver, &secret_file(secrets.path())))
+        .replace("[recipients]\n", "[recipients]\ngive_up_secs = 1\n")
+        + "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let app = spawn_app_with(backend, &config, Overrides::default()).await;
+    let acme = app.seed("acme", 1, 1).await;
+    let failed = app.wait_terminal(&app.delete(by_phone("acme", &acme[0].phone)).await.id).await;
+    assert_eq!(failed.status, RequestStatus::Failed as i32, "{failed:#?}");
+    let given_up = recipient(&failed, "payments");
+    assert_eq!(given_up.state, OutcomeState::Failed as i32);
+    assert!(given_up.attempts >= 2, "{given_up:?}");
+    assert!(
+        given_up.last_error.contains("not acknowledged within 1 s") && given_up.last_error.contains("503"),
+        "{given_up:?}"
+    );
+    let m = crate::metrics::scrape(app.metrics.unwrap()).await;
+    let value = crate::metrics::value;
+    assert_eq!(value(&m, "dsr_recipient_gave_up_total{recipient=\"payments\"}"), 1.0, "the alert");
+    assert_eq!(value(&m, "dsr_recipient_dead_letters"), 1.0);
+    assert_eq!(value(&m, "dsr_outbox_pending"), 0.0);
+    assert_eq!(value(&m, "dsr_recipient_deliveries_total{recipient=\"payments\",result=\"failed\"}"), 1.0);
+    assert!(value(&m, "dsr_recipient_deliveries_total{recipient=\"payments\",result=\"retry\"}") >= 1.0);
+}
+both!(a_recipient_down_past_the_give_up_fails_the_request_and_raises_the_alert);
 
 async fn a_rectification_reaches_only_the_recipients_that_hear_of_it(backend: Backend) {
     let receiver = Receiver::start().await;

@@ -6,7 +6,9 @@
 #     when it is missing), unless DSR_TEST_POSTGRES_URL already points at one;
 #   - an S3-compatible server (moto, from PyPI) on a random loopback port, unless
 #     DSR_TEST_S3_ENDPOINT is already set;
-#   - `promtool` (apt package `prometheus`, installed when missing): a test lints /metrics with it.
+#   - `promtool` (apt package `prometheus`, installed when missing): a test lints /metrics with it;
+#   - a NATS server with JetStream (apt package `nats-server`, installed when missing) on a random
+#     loopback port, unless DSR_TEST_NATS_URL is already set: the recipients' tests publish to it.
 # Then: the offline deployment checks, rustfmt, clippy, and `cargo test` over everything
 # (SQLite and Postgres, local files and S3). No test skips itself.
 set -euo pipefail
@@ -14,8 +16,9 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d /tmp/dsr-test.XXXXXX)
 chmod 755 "$work"
-pg_dir="" moto_pid=""
+pg_dir="" moto_pid="" nats_pid=""
 cleanup() {
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; fi
   if [ -n "$pg_dir" ]; then as_postgres "$pg_bin/pg_ctl" -D "$pg_dir" -m immediate stop >/dev/null 2>&1 || true; fi
   if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -60,6 +63,24 @@ if [ -z "${DSR_TEST_S3_ENDPOINT:-}" ]; then
   done
   export DSR_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
   echo "== s3 (moto) on 127.0.0.1:$s3_port"
+fi
+
+if [ -z "${DSR_TEST_NATS_URL:-}" ]; then
+  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    echo "== installing nats-server (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  fi
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  nats_port=$(free_port)
+  mkdir -p "$work/nats"
+  "$nats_bin" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 1 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port), 0.2)" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  export DSR_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+  echo "== nats (JetStream) on 127.0.0.1:$nats_port"
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then

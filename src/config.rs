@@ -68,6 +68,9 @@ pub struct FileConfig {
     /// the service runs: the default entries (the reference stores, `config/catalog.toml`), each
     /// replaced by the file's entry of the same name, then the file's others.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
+    /// Recipients told of erasures and corrections (`[recipients]`; the entries themselves are
+    /// `[[catalog]] kind = "recipient"`).
+    pub recipients: crate::recipients::RecipientsConfig,
 }
 
 /// dsr's own database (the ledger).
@@ -702,13 +705,27 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let mut cfg: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let recipients = crate::recipients::config::split_catalog(&mut table)?;
+        let mut cfg: Self = toml::Value::Table(table).try_into()?;
+        cfg.recipients.entries = recipients;
         let keep_defaults = cfg.stores.default_catalog.unwrap_or(true);
         let stores = cfg.stores.each.clone();
         cfg.catalog = crate::catalog::effective(&cfg.catalog, keep_defaults, |name| {
             stores.get(name).and_then(|s| s.table.clone())
         });
         cfg.validate()?;
+        // Art. 15(1)(c): the export manifest names every recipient of the catalog, from the
+        // same entries the outbox delivers to.
+        for r in &cfg.recipients.entries {
+            if !cfg.export.notice.recipients.iter().any(|n| n.name == r.name) {
+                let purpose = match r.description.is_empty() {
+                    true => "told of erasures and corrections of your data (GDPR Art. 19)".to_owned(),
+                    false => r.description.clone(),
+                };
+                cfg.export.notice.recipients.push(Recipient { name: r.name.clone(), purpose });
+            }
+        }
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
             let period = match (e.retention_days, &e.retain) {
@@ -847,6 +864,7 @@ impl FileConfig {
         }
         self.retention.validate()?;
         self.subjects.validate()?;
+        self.recipients.validate(&known)?;
         Ok(())
     }
 

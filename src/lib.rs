@@ -22,6 +22,7 @@
 //! | `clock`     | injected time                                                          |
 //! | `telemetry` | logs, OpenTelemetry traces (OTLP), the gRPC server span                 |
 //! | `metrics`   | Prometheus `/metrics`: counters, durations, deadlines from the ledger  |
+//! | `recipients`| GDPR Art. 19: tell downstream recipients through an outbox (webhook, NATS) |
 
 pub mod api;
 pub mod bench;
@@ -37,6 +38,7 @@ pub mod files;
 pub mod ledger;
 pub mod metrics;
 pub mod privacy;
+pub mod recipients;
 pub mod resolve;
 pub mod retention;
 pub mod seed;

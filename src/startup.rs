@@ -41,6 +41,9 @@ pub struct Overrides {
     /// Do not run the engine: requests are accepted but no store task starts (tests of what
     /// happens before work begins).
     pub paused_engine: bool,
+    /// Do not run the recipients' dispatcher: events stay in the outbox (tests of what happens
+    /// between the commit and the delivery).
+    pub paused_dispatcher: bool,
 }
 
 pub struct Application {
@@ -48,6 +51,8 @@ pub struct Application {
     ctx: Arc<ServiceContext>,
     engine: Arc<Engine>,
     sweeper: Arc<Sweeper>,
+    /// Tells the recipients (GDPR Art. 19); `None` when paused.
+    dispatcher: Option<Arc<crate::recipients::Dispatcher>>,
     auth: Arc<Authenticator>,
     tls: Option<ServerTlsConfig>,
     paused_engine: bool,
@@ -140,6 +145,19 @@ impl Application {
             &settings.file.retention,
             metrics.clone(),
         ));
+        let dispatcher = match overrides.paused_dispatcher {
+            true => None,
+            false => Some(Arc::new(
+                crate::recipients::Dispatcher::new(
+                    ledger.clone(),
+                    &settings.file.recipients,
+                    clock.clone(),
+                    metrics.clone(),
+                    signals.clone(),
+                )
+                .context("setting up the recipients")?,
+            )),
+        };
         let ctx = Arc::new(ServiceContext {
             ledger,
             stores,
@@ -166,6 +184,7 @@ impl Application {
             ctx,
             engine,
             sweeper,
+            dispatcher,
             auth,
             tls,
             paused_engine: overrides.paused_engine,
@@ -250,6 +269,7 @@ impl Application {
             stop.clone(),
         ));
         let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
+        let dispatch_task = self.dispatcher.clone().map(|d| tokio::spawn(d.run_until_stopped(stop.clone())));
         let store_watch = tokio::spawn(crate::stores::watch::watch_until_stopped(
             self.ctx.stores.clone(),
             health.clone(),
@@ -318,6 +338,9 @@ impl Application {
         }
         let _ = janitor.await;
         let _ = store_watch.await;
+        if let Some(task) = dispatch_task {
+            let _ = task.await;
+        }
         if let Err(e) = sweep_task.await {
             warn!(error = %e, "retention sweep task ended abnormally");
         }

@@ -140,6 +140,19 @@ impl From<&RequestRecord> for pb::DsrRequest {
                 expires_at: Some(timestamp(x.expires_at)),
             }),
             deadline_extended: r.deadline_extended,
+            recipients: r
+                .recipients
+                .iter()
+                .map(|d| pb::RecipientOutcome {
+                    recipient: d.recipient.clone(),
+                    state: outcome_state(d.state) as i32,
+                    event_id: d.event_id.clone(),
+                    attempts: d.attempts,
+                    last_error: d.last_error.clone().unwrap_or_default(),
+                    next_attempt_at: d.next_attempt_at.map(timestamp),
+                    finished_at: d.finished_at.map(timestamp),
+                })
+                .collect(),
         }
     }
 }

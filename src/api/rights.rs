@@ -120,6 +120,8 @@ impl RightsService {
             resolution: Some(resolution),
         };
         let id = RequestId::new().to_string();
+        // The recipients' outbox rows, with only what each may see of the resolved person.
+        let deliveries = crate::recipients::plan(&ctx.config.recipients, s.kind, &record);
         let new = NewDsrRequest {
             id: id.clone(),
             tenant_id: s.subject.tenant.to_string(),
@@ -150,6 +152,7 @@ impl RightsService {
             },
             attempt_limit: ctx.config.engine.max_attempts,
             detail,
+            deliveries,
         };
         let submitted = ctx.ledger.submit(&new).await?;
         record_request(submitted.id(), &new.tenant_id);

@@ -560,6 +560,26 @@ pub fn render(r: &pb::DsrRequest) -> String {
             note
         ));
     }
+    if !r.recipients.is_empty() {
+        out.push_str(&format!(
+            "  {:<12} {:<10} {:>8}  {:<36} NOTE\n",
+            "RECIPIENT", "STATE", "ATTEMPTS", "EVENT"
+        ));
+        for d in &r.recipients {
+            let note = match (&d.last_error, d.next_attempt_at.as_ref()) {
+                (e, Some(next)) if !e.is_empty() => format!("next attempt {}: {e}", time(Some(next))),
+                (e, _) => e.clone(),
+            };
+            out.push_str(&format!(
+                "  {:<12} {:<10} {:>8}  {:<36} {}\n",
+                d.recipient,
+                outcome_name(d.state),
+                d.attempts,
+                d.event_id,
+                note
+            ));
+        }
+    }
     if let Some(x) = &r.export {
         out.push_str(&format!(
             "  archive {}  {} bytes  sha256 {}  expires {}\n",
@@ -606,6 +626,15 @@ pub fn as_json(r: &pb::DsrRequest) -> serde_json::Value {
             "last_error": o.last_error,
             "started_at": rfc3339(o.started_at.as_ref()),
             "finished_at": rfc3339(o.finished_at.as_ref()),
+        })).collect::<Vec<_>>(),
+        "recipients": r.recipients.iter().map(|d| serde_json::json!({
+            "recipient": d.recipient,
+            "state": name(pb::OutcomeState::try_from(d.state).ok().map(|k| k.as_str_name())),
+            "event_id": d.event_id,
+            "attempts": d.attempts,
+            "last_error": d.last_error,
+            "next_attempt_at": rfc3339(d.next_attempt_at.as_ref()),
+            "finished_at": rfc3339(d.finished_at.as_ref()),
         })).collect::<Vec<_>>(),
         "export": r.export.as_ref().map(|x| serde_json::json!({
             "format": x.format,

@@ -193,6 +193,28 @@ pub enum Command {
         #[command(subcommand)]
         command: StoresCommand,
     },
+    /// The recipients told of erasures and corrections (GDPR Art. 19).
+    Recipients {
+        #[command(subcommand)]
+        command: RecipientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipientsCommand {
+    /// Re-drive deliveries that were given up (FAILED): due again at once, with a new give-up,
+    /// and their requests back IN_PROGRESS until the recipients acknowledge. Runs on the
+    /// ledger's database, like `sweep`.
+    Retry {
+        #[command(flatten)]
+        loc: Locations,
+        /// Only this request's deliveries.
+        #[arg(long)]
+        request: Option<String>,
+        /// Only this recipient's deliveries.
+        #[arg(long)]
+        recipient: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,5 +455,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             AuditCommand::Prune { loc, before_days } => server::audit_prune(&loc, before_days).await,
         },
         Command::Stores { command: StoresCommand::Check { loc } } => server::stores_check(&loc).await,
+        Command::Recipients { command: RecipientsCommand::Retry { loc, request, recipient } } => {
+            server::recipients_retry(&loc, request.as_deref(), recipient.as_deref()).await
+        }
     }
 }

@@ -71,6 +71,21 @@ async fn platform_db(settings: &Settings) -> anyhow::Result<crate::db::Db> {
     crate::db::Db::connect(&settings.database_url, 4).await
 }
 
+/// `dsr recipients retry`: given-up deliveries back in the outbox; prints how many.
+pub async fn recipients_retry(
+    loc: &Locations,
+    request: Option<&str>,
+    recipient: Option<&str>,
+) -> anyhow::Result<()> {
+    let settings = Settings::load(loc)?;
+    let ledger = open_ledger(&settings).await?;
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "operator".into()));
+    let n = ledger.retry_deliveries(request, recipient, &actor, SystemClock.now()).await?;
+    println!("{n} deliveries queued again");
+    ledger.db().close().await;
+    Ok(())
+}
+
 /// `dsr stores check`: every store against its live schema; an error (non-zero exit) when one
 /// does not match.
 pub async fn stores_check(loc: &Locations) -> anyhow::Result<()> {

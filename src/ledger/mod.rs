@@ -6,6 +6,7 @@
 //! lease expired (and whose task another worker took over) cannot overwrite the newer result.
 
 mod audit;
+mod deliveries;
 mod events;
 mod exports;
 mod holds;
@@ -17,6 +18,7 @@ mod tasks;
 use sqlx::{any::AnyRow, Row};
 
 pub use audit::{canonical, chain_hash, AuditFilter, ChainVerdict, PruneReport, GENESIS_HASH};
+pub use deliveries::{ClaimedDelivery, DeliveryEnd, DeliveryFenced, DeliveryRecord, OutboxStats};
 pub use events::{EventRecord, NewEvent};
 pub use exports::{ExportRecord, ARCHIVE_TASK};
 pub use holds::{
@@ -91,6 +93,8 @@ pub struct RequestRecord {
     pub outcomes: Vec<TaskRecord>,
     /// An export's archive, once it has one.
     pub export: Option<ExportRecord>,
+    /// The recipients told of the request (GDPR Art. 19), in catalog order.
+    pub recipients: Vec<DeliveryRecord>,
 }
 
 /// One store's outcome as stored.

@@ -37,6 +37,8 @@ pub struct NewDsrRequest {
     pub attempt_limit: u32,
     /// Extra detail for the `submitted` event (never personal data).
     pub detail: Option<String>,
+    /// The recipients' outbox rows (`recipients::plan`), armed when the stores succeed.
+    pub deliveries: Vec<crate::recipients::NewDelivery>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +181,7 @@ impl Ledger {
         if rec.kind == RequestKind::Export {
             rec.export = self.export_of(&rec.id).await?;
         }
+        rec.recipients = self.deliveries_of(&rec.id).await?;
         Ok(())
     }
 
@@ -295,7 +298,8 @@ impl Ledger {
         .bind(BLOCKED)
         .execute(&mut *tx)
         .await?
-        .rows_affected();
+        .rows_affected()
+            + super::deliveries::requeue_failed(&mut tx, id, now).await?;
         NewEvent::request(id, &tenant, "retry_requested")
             .actor(actor)
             .counts(n, n)
@@ -334,6 +338,7 @@ fn request_from_row(row: &AnyRow) -> sqlx::Result<RequestRecord> {
         version: row.try_get("version")?,
         outcomes: Vec::new(),
         export: None,
+        recipients: Vec::new(),
     })
 }
 
@@ -393,6 +398,7 @@ async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
         .execute(&mut **tx)
         .await?;
     }
+    super::deliveries::insert(tx, &new.id, &new.tenant_id, &new.deliveries).await?;
     let mut event = NewEvent::request(&new.id, &new.tenant_id, "submitted")
         .actor(&new.actor)
         .subject_tag(&new.subject_tag)
@@ -533,7 +539,9 @@ pub(super) async fn refresh_status(
         })
         .map(|(_, state, attempt, _)| (*state, *attempt))
         .collect();
-    let status = derive_status_under_holds(outcomes, held);
+    // Recipients (Art. 19): stores that succeeded arm the outbox here, in this transaction, and
+    // the request completes only once every recipient has acknowledged.
+    let status = super::deliveries::settle(tx, id, derive_status_under_holds(outcomes, held), now).await?;
     let terminal = status.is_terminal();
     sqlx::query(
         "UPDATE dsr_requests SET status = $1, version = version + 1, \

@@ -63,6 +63,17 @@ struct RpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecipientLabels {
+    recipient: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecipientNameLabels {
+    recipient: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SweepLabels {
     result: &'static str,
 }
@@ -111,6 +122,8 @@ pub struct Metrics {
     sweeps: HistogramFamily<SweepLabels>,
     legal_holds_ended: Counter,
     store_up: Family<StoreLabels, Gauge>,
+    deliveries: Family<RecipientLabels, Counter>,
+    dead_letters: Family<RecipientNameLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,6 +198,18 @@ impl Metrics {
             "Whether each store was reachable and matched its catalog entry at the last check (1) or not (0)",
             store_up.clone(),
         );
+        let deliveries = Family::<RecipientLabels, Counter>::default();
+        registry.register(
+            "recipient_deliveries",
+            "Recipient delivery attempts (GDPR Art. 19) by recipient and result (done, retry, refused, failed, stale)",
+            deliveries.clone(),
+        );
+        let dead_letters = Family::<RecipientNameLabels, Counter>::default();
+        registry.register(
+            "recipient_gave_up",
+            "Recipient deliveries this process gave up on (FAILED, a dead letter): alert on any increase",
+            dead_letters.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "The running version of dsr (always 1)", build);
@@ -200,6 +225,17 @@ impl Metrics {
             sweeps,
             legal_holds_ended,
             store_up,
+            deliveries,
+            dead_letters,
+        }
+    }
+
+    /// One delivery attempt to a recipient ended: `done`, `retry`, `refused`, `failed` (given
+    /// up) or `stale` (its lease had gone to another dispatcher).
+    pub fn recipient_delivery(&self, recipient: &str, result: &'static str) {
+        self.deliveries.get_or_create(&RecipientLabels { recipient: recipient.to_owned(), result }).inc();
+        if result == "failed" {
+            self.dead_letters.get_or_create(&RecipientNameLabels { recipient: recipient.to_owned() }).inc();
         }
     }
 

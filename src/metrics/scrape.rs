@@ -13,7 +13,7 @@ use prometheus_client::{
 
 use crate::{
     domain::RequestKind,
-    ledger::{DeadlineCounts, Ledger, QueueCounts, OUTSTANDING},
+    ledger::{DeadlineCounts, Ledger, OutboxStats, QueueCounts, OUTSTANDING},
 };
 
 /// The "due soon" windows, in days: tomorrow's deadlines, and next week's.
@@ -52,6 +52,8 @@ pub struct LedgerGauges {
     pub at: DateTime<Utc>,
     pub deadlines: Vec<DeadlineCounts>,
     pub queues: Vec<(String, QueueCounts)>,
+    /// The recipients' outbox (GDPR Art. 19).
+    pub outbox: OutboxStats,
 }
 
 impl LedgerGauges {
@@ -65,7 +67,8 @@ impl LedgerGauges {
             for store in stores {
                 queues.push((store.clone(), ledger.queue_counts(store, now).await?));
             }
-            Ok::<_, crate::ledger::LedgerError>(Self { at: now, deadlines, queues })
+            let outbox = ledger.outbox_stats(now).await?;
+            Ok::<_, crate::ledger::LedgerError>(Self { at: now, deadlines, queues, outbox })
         };
         match tokio::time::timeout(LEDGER_TIMEOUT, read).await {
             Ok(Ok(gauges)) => Some(gauges),
@@ -172,6 +175,28 @@ impl LedgerGauges {
             "Store tasks not ended: pending (due, in backoff, or behind an earlier stage) and running, from the ledger",
             open,
         );
+        let gauge = |v: i64| {
+            let g = Gauge::<i64>::default();
+            g.set(v);
+            g
+        };
+        registry.register(
+            "outbox_pending",
+            "Recipient events (GDPR Art. 19) due or being delivered, from the ledger",
+            gauge(self.outbox.pending as i64),
+        );
+        let oldest = Gauge::<f64, AtomicU64>::default();
+        oldest.set(self.outbox.oldest_age);
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "How long the oldest undelivered recipient event has waited since its request's work ended (0 when none), from the ledger",
+            oldest,
+        );
+        registry.register(
+            "recipient_dead_letters",
+            "Recipient deliveries given up (FAILED) and not retried, from the ledger: alert on this; `dsr recipients retry` re-drives them",
+            gauge(self.outbox.dead_letters as i64),
+        );
     }
 }
 
@@ -201,6 +226,7 @@ mod tests {
                     oldest_due_at: Some(at - chrono::Duration::seconds(90)),
                 },
             )],
+            outbox: OutboxStats { pending: 1, oldest_age: 12.5, dead_letters: 0 },
         }
     }
 

@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod platform;
 mod protocol;
+mod recipients;
 mod rectification;
 mod retention;
 mod security;

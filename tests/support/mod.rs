@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod webhook;
+
 use dsr::config::{FileConfig, Locations, Settings};
 use sqlx::{Connection, Executor};
 

@@ -466,6 +466,20 @@ for d in yaml.safe_load_all(sys.stdin):
 sys.exit("no dsr.toml with a catalog")'
 }
 
+recipients_render() {
+  helm_template --set-json 'recipients=[{"name":"payments","hears":["deletion","restriction"],"identifiers":["account_id"],"records":["billing"],"transport":"webhook","url":"https://payments.example/dsr","secret_env":"PAYMENTS_WEBHOOK_SECRET"}]' \
+    | "$PYTHON" -c '
+import sys, tomllib, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d.get("kind") == "ConfigMap" and "dsr.toml" in d.get("data", {}):
+        t = tomllib.loads(d["data"]["dsr.toml"])
+        r = [c for c in t["catalog"] if c.get("kind") == "recipient"]
+        assert len(r) == 1 and r[0]["name"] == "payments" and r[0]["hears"] == ["deletion", "restriction"], r
+        print("recipient rendered:", r[0]["name"])
+        sys.exit(0)
+sys.exit("no dsr.toml with a recipient")'
+}
+
 echo "== values that must be refused"
 check "refuses: no tokens at all" \
   expect_fail "no API tokens configured" helm_template --set auth.bootstrapToken.enabled=false
@@ -493,6 +507,11 @@ check "renders the catalog into dsr.toml as [[catalog]] tables, numbers as integ
   catalog_renders
 check "renders defaultCatalog=false as [stores] default_catalog = false, retain.years an integer" \
   own_catalog_renders
+check "renders recipients into dsr.toml as [[catalog]] entries of kind recipient" \
+  recipients_render
+check "refuses: a recipient's webhook secret inline (schema)" \
+  expect_fail "secret|additional" helm_template --set-json 'recipients=[{"name":"p","hears":["deletion"],"transport":"webhook","url":"https://p","secret":"whsec_x"}]'
+
 check "refuses: [stores] in config.extraToml beside defaultCatalog=false" \
   expect_fail "must not define \\[stores\\]" helm_template --set defaultCatalog=false --set-string 'config.extraToml=[stores]'
 check "refuses: a retain entry whose basis is not a legal obligation (schema)" \

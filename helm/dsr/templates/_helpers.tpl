@@ -239,6 +239,15 @@ default_catalog = false
 # catalog: stores described, not coded
 {{ dict "catalog" $entries | toToml }}
 {{- end }}
+{{- with .Values.recipients }}
+{{- $entries := list }}
+{{- range . }}
+{{- $entries = append $entries (merge (dict "kind" "recipient") (deepCopy .)) }}
+{{- end }}
+
+# recipients (GDPR Art. 19): catalog entries of kind "recipient"
+{{ dict "catalog" $entries | toToml }}
+{{- end }}
 {{- with .Values.config.extraToml }}
 
 # config.extraToml

@@ -83,11 +83,32 @@ pub struct DatabaseConfig {
     /// SQLite: `full` (default) syncs every commit, so an acknowledged request survives a
     /// power loss; `normal` survives a crash of the process only, and is faster.
     pub sqlite_synchronous: crate::db::SqliteSync,
+    /// Postgres: a ledger session idle inside a transaction this long is ended by the server,
+    /// and its locks with it (the audit chain's among them), so one paused or partitioned
+    /// replica cannot stall the others for longer (default 10; 0: never).
+    pub idle_in_transaction_timeout_secs: u64,
+    /// Postgres: the longest one ledger statement may run (default 120; 0: no limit).
+    pub statement_timeout_secs: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { schema: "dsr".into(), sqlite_synchronous: crate::db::SqliteSync::Full }
+        Self {
+            schema: "dsr".into(),
+            sqlite_synchronous: crate::db::SqliteSync::Full,
+            idle_in_transaction_timeout_secs: 10,
+            statement_timeout_secs: 120,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The session timeouts of the ledger's Postgres connections.
+    pub fn timeouts(&self) -> crate::db::SessionTimeouts {
+        crate::db::SessionTimeouts {
+            idle_in_transaction: Duration::from_secs(self.idle_in_transaction_timeout_secs),
+            statement: Duration::from_secs(self.statement_timeout_secs),
+        }
     }
 }
 

@@ -37,11 +37,20 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// Limits a Postgres server enforces on a session (zero: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// A session idle inside a transaction this long is ended, releasing its locks.
+    pub idle_in_transaction: Duration,
+    /// One statement may run at most this long.
+    pub statement: Duration,
+}
+
 impl Db {
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file is created if missing and put
     /// in WAL mode, so readers never wait for the writer), SQLite commits synced in full.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        Self::connect_in(url, max_connections, None, SqliteSync::Full).await
+        Self::connect_in(url, max_connections, None, SqliteSync::Full, SessionTimeouts::default()).await
     }
 
     /// Connects the ledger's pool. On Postgres dsr's tables (and its own `_sqlx_migrations`)
@@ -50,13 +59,17 @@ impl Db {
     /// names then find dsr's tables in `schema`, and the platform's tables (the stores' queries
     /// share this pool when a store has no database of its own) where they always were. SQLite
     /// has no schemas: the ledger is its own file, synced as `sync` says.
+    /// On Postgres each session also gets `timeouts`: a paused or partitioned replica inside a
+    /// ledger transaction (holding the audit chain's lock) is cut off after
+    /// `idle_in_transaction`, and the others go on.
     pub async fn connect_ledger(
         url: &str,
         max_connections: u32,
         schema: &str,
         sync: SqliteSync,
+        timeouts: SessionTimeouts,
     ) -> anyhow::Result<Self> {
-        Self::connect_in(url, max_connections, Some(schema.to_owned()), sync).await
+        Self::connect_in(url, max_connections, Some(schema.to_owned()), sync, timeouts).await
     }
 
     async fn connect_in(
@@ -64,6 +77,7 @@ impl Db {
         max_connections: u32,
         schema: Option<String>,
         sync: SqliteSync,
+        timeouts: SessionTimeouts,
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -95,6 +109,16 @@ impl Db {
                             "SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('search_path'), false)",
                         )
                         .bind(schema)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    if backend == Backend::Postgres && timeouts != SessionTimeouts::default() {
+                        sqlx::query(
+                            "SELECT set_config('idle_in_transaction_session_timeout', $1, false), \
+                             set_config('statement_timeout', $2, false)",
+                        )
+                        .bind(timeouts.idle_in_transaction.as_millis().to_string())
+                        .bind(timeouts.statement.as_millis().to_string())
                         .execute(&mut *conn)
                         .await?;
                     }

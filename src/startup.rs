@@ -69,6 +69,7 @@ pub async fn open_ledger(settings: &Settings) -> anyhow::Result<Ledger> {
         16,
         &settings.file.database.schema,
         settings.file.database.sqlite_synchronous,
+        settings.file.database.timeouts(),
     )
     .await?;
     let ledger = Ledger::new(db);

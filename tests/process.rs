@@ -266,7 +266,8 @@ async fn a_server_killed_mid_work_loses_nothing_and_records_no_outcome_twice(bac
             assert!(o.verified, "{} of {}", o.store, r.id);
         }
     }
-    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default()).await.unwrap();
+    let ledger =
+        dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default(), Default::default()).await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 150 * 5);
     let taken_over: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_tasks WHERE attempt > 1")
@@ -349,7 +350,8 @@ async fn exports_killed_mid_work_finish_after_a_restart_with_whole_archives() {
             "4 JSON files, 3 recordings, the manifest"
         );
     }
-    let ledger = dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default()).await.unwrap();
+    let ledger =
+        dsr::db::Db::connect_ledger(&db, 2, "dsr", Default::default(), Default::default()).await.unwrap();
     let outcomes = outcomes_each_once(&ledger).await;
     assert_eq!(outcomes, 24 * 6, "five stores and the archive step, once each");
     eprintln!("{done_at_kill}/24 exports done at the kill");
@@ -588,7 +590,8 @@ async fn migrate_applies_the_ledger_schema_on_both_backends() {
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let ledger = dsr::db::Db::connect_ledger(&db, 1, "dsr", Default::default()).await.unwrap();
+        let ledger =
+            dsr::db::Db::connect_ledger(&db, 1, "dsr", Default::default(), Default::default()).await.unwrap();
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM dsr_requests").fetch_one(ledger.pool()).await.unwrap();
         assert_eq!(n, 0);

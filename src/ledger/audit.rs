@@ -34,7 +34,7 @@ use crate::{
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The key of the Postgres advisory lock that serialises appends ("dsr_audt").
-const CHAIN_LOCK: i64 = 0x6473_725f_6175_6474;
+pub const CHAIN_LOCK: i64 = 0x6473_725f_6175_6474;
 
 /// Events read per round trip while verifying.
 const VERIFY_BATCH: i64 = 1000;

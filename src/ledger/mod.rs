@@ -5,7 +5,7 @@
 //! disagrees with the state, and every event is a link of one hash chain (`audit`). Task completion is fenced on the attempt number: a worker whose
 //! lease expired (and whose task another worker took over) cannot overwrite the newer result.
 
-mod audit;
+pub mod audit;
 mod deliveries;
 mod events;
 mod exports;

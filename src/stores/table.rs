@@ -436,19 +436,24 @@ impl SubjectTable {
     /// column (`extra`: columns beyond the key, identifiers, link, object), and a unique index
     /// on the key. Empty when it fits.
     pub async fn check(&self, extra: &[&str]) -> Vec<String> {
-        // `SELECT <column> FROM <table> WHERE 1 = 0`: reads nothing, fails when either is missing.
-        let probe = |column: Option<&str>| {
-            let mut q = self.select();
-            match column {
-                Some(c) => q.column(Alias::new(c)),
-                None => q.expr(Expr::val(1i64)),
-            };
-            q.and_where(Expr::cust("1 = 0"));
-            async move { self.fetch_all(&q).await.map(drop) }
-        };
-        if let Err(e) = probe(None).await {
+        // `SELECT 1 FROM <table> WHERE 1 = 0`: reads nothing, fails when the table is missing.
+        let mut q = self.select();
+        q.expr(Expr::val(1i64)).and_where(Expr::cust("1 = 0"));
+        if let Err(e) = self.fetch_all(&q).await {
             return vec![format!("table {} cannot be read: {}", self.table, schema_error(&e))];
         }
+        // Columns are looked up in the live table's own list, never probed by a query: SQLite
+        // reads a double-quoted name that is no column as a string literal, and would pass.
+        let live = match self.read_columns().await {
+            Ok(cols) => cols,
+            Err(e) => {
+                return vec![format!(
+                    "table {}: could not read its columns ({})",
+                    self.table,
+                    schema_error(&e)
+                )]
+            }
+        };
         let mut columns: Vec<&str> = vec![&self.key, &self.tenant];
         columns.extend(self.identifiers.iter().map(|(c, _)| c.as_str()));
         columns.extend(self.link.as_deref());
@@ -456,27 +461,19 @@ impl SubjectTable {
         columns.extend(extra.iter().copied());
         let mut seen = BTreeSet::new();
         columns.retain(|c| seen.insert(*c));
+        let sqlite = self.backend() == Backend::Sqlite;
         let mut problems = Vec::new();
         for col in columns {
-            if let Err(e) = probe(Some(col)).await {
+            let found = live.iter().any(|(c, _)| c == col || (sqlite && c.eq_ignore_ascii_case(col)));
+            if !found {
                 problems.push(format!(
-                    "table {}: column {col:?} is missing ({})",
-                    self.table,
-                    schema_error(&e)
+                    "table {}: column {col:?} is missing (the table has no such column)",
+                    self.table
                 ));
             }
         }
         if problems.is_empty() {
-            match self.read_columns().await {
-                Ok(cols) => {
-                    let _ = self.columns.set(cols);
-                }
-                Err(e) => problems.push(format!(
-                    "table {}: could not read its column types ({})",
-                    self.table,
-                    schema_error(&e)
-                )),
-            }
+            let _ = self.columns.set(live);
             for col in [&self.key, &self.tenant].into_iter().chain(self.link.as_ref()) {
                 if let Some(ty) = self.non_text_type(col) {
                     if !matches!(ty, "uuid" | "int2" | "int4" | "int8") {
@@ -510,25 +507,7 @@ impl SubjectTable {
     /// The table's columns and their types, in table order (Postgres type names; SQLite's
     /// declared types, lower case).
     async fn read_columns(&self) -> sqlx::Result<Vec<(String, String)>> {
-        let rows: Vec<(String, String)> = match self.backend() {
-            Backend::Postgres => {
-                sqlx::query_as(
-                    "SELECT CAST(a.attname AS TEXT), CAST(t.typname AS TEXT) FROM pg_attribute a \
-                     JOIN pg_type t ON t.oid = a.atttypid \
-                     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                )
-                .bind(&self.table)
-                .fetch_all(self.db.pool())
-                .await?
-            }
-            Backend::Sqlite => {
-                sqlx::query_as("SELECT name, lower(type) FROM pragma_table_info($1) ORDER BY cid")
-                    .bind(&self.table)
-                    .fetch_all(self.db.pool())
-                    .await?
-            }
-        };
-        Ok(rows)
+        columns_of(&self.db, &self.table).await
     }
 
     /// A column's type as `check` read it (Postgres type names, SQLite declared types).
@@ -562,6 +541,29 @@ impl SubjectTable {
                 .await?;
                 Ok(n > 0)
             }
+        }
+    }
+}
+
+/// A table's columns and their types, in table order (Postgres type names; SQLite's declared
+/// types, lower case). Empty for a table that does not exist.
+pub async fn columns_of(db: &Db, table: &str) -> sqlx::Result<Vec<(String, String)>> {
+    match db.backend() {
+        Backend::Postgres => {
+            sqlx::query_as(
+                "SELECT CAST(a.attname AS TEXT), CAST(t.typname AS TEXT) FROM pg_attribute a \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            )
+            .bind(table)
+            .fetch_all(db.pool())
+            .await
+        }
+        Backend::Sqlite => {
+            sqlx::query_as("SELECT name, lower(type) FROM pragma_table_info($1) ORDER BY cid")
+                .bind(table)
+                .fetch_all(db.pool())
+                .await
         }
     }
 }

@@ -395,3 +395,37 @@ async fn a_hung_store_call_times_out_and_is_retried(backend: Backend) {
     app.shutdown().await;
 }
 both!(a_hung_store_call_times_out_and_is_retried);
+
+/// A replica paused inside a ledger transaction (a GC pause, a hung host, a partition) holds the
+/// audit chain's lock. Postgres ends its idle session after `[database]
+/// idle_in_transaction_timeout_secs`, and the other replicas go on: a deletion submitted
+/// meanwhile completes, and the paused transaction is gone when it wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_inside_a_ledger_transaction_stalls_the_others_only_briefly() {
+    let toml = format!("[database]\nidle_in_transaction_timeout_secs = 1\n{TEST_CONFIG}");
+    let app = spawn_app_with(Backend::Postgres, &toml, Overrides::default()).await;
+    let target = app.seed("acme", 1, 2).await.remove(0);
+    let paused = dsr::db::Db::connect_ledger(
+        &app.settings.database_url,
+        1,
+        &app.settings.file.database.schema,
+        Default::default(),
+        app.settings.file.database.timeouts(),
+    )
+    .await
+    .unwrap();
+    let mut tx = paused.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+        .bind(dsr::ledger::audit::CHAIN_LOCK)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // The paused replica sends nothing more. Every append of the others waits on its lock until
+    // the server ends the session.
+    let r = app.delete(by_phone("acme", &target.phone)).await;
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let woke = sqlx::query("SELECT 1").execute(&mut *tx).await;
+    assert!(woke.is_err(), "the paused session was ended by the server");
+    app.shutdown().await;
+}

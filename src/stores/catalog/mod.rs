@@ -218,13 +218,14 @@ impl StoreAdapter for CatalogStore {
             problems.extend(self.check_time_types());
         }
         if let (Some(r), Some((table, _))) = (&e.kept_while_referenced_by, &self.wiring.referenced_in) {
-            let mut q = sea_query::Query::select();
-            q.column(Alias::new(&r.column)).from(query::table(table)).and_where(Expr::cust("1 = 0"));
-            if let Err(err) = self.rows.fetch_all(&q).await {
-                problems.push(format!(
-                    "kept_while_referenced_by: table {table}: column {:?} cannot be read ({err})",
+            let sqlite = self.rows.backend() == crate::db::Backend::Sqlite;
+            match super::table::columns_of(&self.rows.db, table).await {
+                Ok(cols) if cols.iter().any(|(c, _)| c == &r.column || (sqlite && c.eq_ignore_ascii_case(&r.column))) => {}
+                Ok(_) => problems.push(format!(
+                    "kept_while_referenced_by: table {table}: column {:?} is missing (the table has no such column)",
                     r.column
-                ));
+                )),
+                Err(err) => problems.push(format!("kept_while_referenced_by: table {table}: cannot be read ({err})")),
             }
         }
         problems

@@ -66,6 +66,9 @@ pub struct FileConfig {
     pub database: DatabaseConfig,
     /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
+    /// The catalog's remote stores (`[[catalog]] kind = "grpc"`), after the SQL ones.
+    #[serde(skip)]
+    pub remote: Vec<crate::catalog::remote::RemoteEntry>,
 }
 
 /// dsr's own database (the ledger).
@@ -696,8 +699,23 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let mut cfg: Self = toml::from_str(text)?;
+        let mut doc: toml::Table = toml::from_str(text)?;
+        let remote = crate::catalog::remote::take_remote_entries(&mut doc)?;
+        let mut cfg: Self = Self::deserialize(doc)?;
+        cfg.remote = remote;
         cfg.validate()?;
+        // A remote store's calls in flight bound its tasks too, and its per-call timeout bounds
+        // each step (`[stores.<name>]` still wins when given).
+        for e in &cfg.remote {
+            cfg.stores.each.entry(e.name.clone()).or_insert_with(|| StoreConfig {
+                concurrency: e.concurrency,
+                timeout_secs: e.timeout_ms.div_ceil(1000) + 1,
+                ..StoreConfig::default()
+            });
+            let notice =
+                e.retention_notice.clone().unwrap_or_else(|| "as the service that holds it states".into());
+            cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
+        }
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
             if let Some(days) = e.retention_days {
@@ -718,6 +736,7 @@ impl FileConfig {
             .iter()
             .copied()
             .chain(self.catalog.iter().map(|e| e.name.as_str()))
+            .chain(self.remote.iter().map(|e| e.name.as_str()))
             .collect()
     }
 
@@ -800,6 +819,10 @@ impl FileConfig {
         );
         let mut known: Vec<&str> = crate::stores::STORE_NAMES.to_vec();
         for e in &self.catalog {
+            e.validate(&known)?;
+            known.push(&e.name);
+        }
+        for e in &self.remote {
             e.validate(&known)?;
             known.push(&e.name);
         }

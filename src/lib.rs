@@ -8,6 +8,7 @@
 //! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
 //! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `adapter`   | remote stores' gRPC contract, its conformance check, an example adapter |
 //! | `resolve`   | the subject → one person, their identifiers and the keys of their records |
 //! | `retention` | the retention sweep: records past their period leave, holds are kept   |
 //! | `startup`   | building and running the server; graceful shutdown                     |
@@ -23,6 +24,7 @@
 //! | `telemetry` | logs, OpenTelemetry traces (OTLP), the gRPC server span                 |
 //! | `metrics`   | Prometheus `/metrics`: counters, durations, deadlines from the ledger  |
 
+pub mod adapter;
 pub mod api;
 pub mod bench;
 pub mod catalog;

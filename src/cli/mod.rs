@@ -3,6 +3,7 @@
 //! `retry`, `extend`, `holds place|release|list`, `audit verify|list`); `audit prune` works on the
 //! database directly, like `migrate`.
 
+mod adapter;
 mod client;
 pub use client::{as_json, DOWNLOAD_WINDOW};
 mod export;
@@ -193,6 +194,18 @@ pub enum Command {
         #[command(subcommand)]
         command: StoresCommand,
     },
+    /// Remote store adapters (`dsr.adapter.v1`): the conformance check.
+    Adapter {
+        #[command(subcommand)]
+        command: AdapterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdapterCommand {
+    /// Run the conformance suite against a running adapter: a pass/fail table, non-zero exit on
+    /// any failure. It previews, exports, rectifies and erases a test subject: use a test instance.
+    Check(adapter::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,5 +446,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             AuditCommand::Prune { loc, before_days } => server::audit_prune(&loc, before_days).await,
         },
         Command::Stores { command: StoresCommand::Check { loc } } => server::stores_check(&loc).await,
+        Command::Adapter { command: AdapterCommand::Check(args) } => adapter::check(args).await,
     }
 }

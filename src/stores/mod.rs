@@ -29,11 +29,13 @@
 
 mod accounts;
 mod billing;
+mod call;
 mod catalog;
 mod export;
 mod objects;
 mod recordings;
 pub mod reference;
+pub mod remote;
 mod rows;
 mod sql;
 mod table;
@@ -44,6 +46,7 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use call::CallContext;
 pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::{open_durable_object_store, open_object_store};
 pub use recordings::object_path;
@@ -418,6 +421,10 @@ impl StoreRegistry {
                 },
             };
             adapters.push(Arc::new(catalog::CatalogStore::new(entry.clone(), db)));
+        }
+        // The catalog's remote stores (`kind = "grpc"`): other teams' services.
+        for entry in &settings.file.remote {
+            adapters.push(Arc::new(remote::RemoteStore::new(entry.clone())?));
         }
         Ok(Self::new(adapters))
     }

@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod protocol;
 mod rectification;
+mod remote;
 mod retention;
 mod security;
 mod streams;

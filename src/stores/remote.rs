@@ -189,8 +189,10 @@ pub fn status_error(store: &str, rpc: &str, status: &Status) -> StoreError {
         | Code::ResourceExhausted
         | Code::Aborted
         | Code::Cancelled => StoreError::Transient(what),
-        // A connection that broke mid-call (the adapter died) surfaces as Unknown.
+        // A connection that broke mid-call (the adapter died) surfaces as Unknown, or as
+        // Internal naming the transport.
         Code::Unknown => StoreError::Transient(what),
+        Code::Internal if broken_connection(status.message()) => StoreError::Transient(what),
         Code::FailedPrecondition => StoreError::Transient(format!("{what}: treated as a stale attempt")),
         Code::Internal if status.message().contains("decode") => StoreError::Fatal(format!(
             "the {store} adapter's {rpc} answer is not a dsr.adapter.v1 message (garbage on the wire)"
@@ -215,6 +217,12 @@ pub fn typed_error(store: &str, rpc: &str, e: &pb::AdapterError) -> StoreError {
             e.kind
         )),
     }
+}
+
+fn broken_connection(message: &str) -> bool {
+    ["h2 protocol error", "transport error", "connection", "broken pipe", "stream no longer needed"]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 fn malformed(store: &str, rpc: &str, what: &str) -> StoreError {

@@ -49,9 +49,8 @@ impl AdapterProcess {
                 socket.set_reuseaddr(true).unwrap();
                 match socket.bind(addr).and_then(|()| socket.listen(128)) {
                     Ok(l) => break l,
-                    Err(e) if tries < 50 => {
+                    Err(_) if tries < 50 => {
                         tries += 1;
-                        let _ = e;
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err(e) => panic!("bind the adapter's port: {e}"),
@@ -84,7 +83,6 @@ impl Drop for AdapterProcess {
 /// What a deliberately faulty adapter does wrong (everything else it passes to the example).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
-    None,
     /// Erase answers without erasing anything.
     EraseDoesNothing,
     /// The first Erase never answers.

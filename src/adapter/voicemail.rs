@@ -420,8 +420,9 @@ impl pb::store_adapter_server::StoreAdapter for VoicemailAdapter {
         // Read back.
         let after = self.with_keys(&c.tenant_id, &req.keys).await?;
         out.verified = after.iter().all(|row| {
-            !(fix.phone.is_some() && old_phone(&text(row, "caller_phone")))
-                && !(new_email.is_some() && old_email(&text(row, "caller_email")))
+            let phone_left = fix.phone.is_some() && old_phone(&text(row, "caller_phone"));
+            let email_left = new_email.is_some() && old_email(&text(row, "caller_email"));
+            !phone_left && !email_left
         });
         Ok(Response::new(out))
     }

@@ -132,9 +132,8 @@ impl RemoteEntry {
             "catalog.{}: token_env or token_file, not both",
             self.name
         );
-        if self.tls.is_some() {
+        if let Some(t) = &self.tls {
             anyhow::ensure!(url.scheme() == "https", "{}: tls needs an https:// URL", at("tls"));
-            let t = self.tls.as_ref().expect("checked");
             anyhow::ensure!(
                 t.cert_file.is_some() == t.key_file.is_some(),
                 "{}: cert_file and key_file go together",

@@ -700,8 +700,11 @@ impl FileConfig {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let mut doc: toml::Table = toml::from_str(text)?;
+        let original = doc.clone();
         let remote = crate::catalog::remote::take_remote_entries(&mut doc)?;
-        let mut cfg: Self = Self::deserialize(doc)?;
+        // From the text when no entry had a `kind` (its errors name the line); otherwise from
+        // what is left once the remote entries are taken out.
+        let mut cfg: Self = if doc == original { toml::from_str(text)? } else { Self::deserialize(doc)? };
         cfg.remote = remote;
         cfg.validate()?;
         // A remote store's calls in flight bound its tasks too, and its per-call timeout bounds

@@ -234,6 +234,24 @@ mod tests {
     }
 
     #[test]
+    fn sql_and_grpc_entries_share_the_catalog_and_a_remote_store_gets_its_limits() {
+        let cfg = crate::config::FileConfig::from_toml(
+            "[[catalog]]\nname = \"notes\"\ntable = \"notes\"\nidentifiers = [{ column = \"p\", holds = \"phone\" }]\n\n\
+             [[catalog]]\nkind = \"sql\"\nname = \"memos\"\ntable = \"memos\"\nlink = { column = \"c\", store = \"call_logs\" }\n\n\
+             [[catalog]]\nkind = \"grpc\"\nname = \"voicemail\"\nurl = \"http://127.0.0.1:9\"\ntimeout_ms = 2500\nconcurrency = 3\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.catalog.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["notes", "memos"]);
+        assert_eq!(cfg.remote.len(), 1);
+        assert!(cfg.store_names().contains(&"voicemail"));
+        let limits = cfg.store("voicemail");
+        assert_eq!((limits.concurrency, limits.timeout_secs), (3, 4));
+        let err =
+            format!("{:#}", crate::config::FileConfig::from_toml("[engine]\nworkrs = 2\n").unwrap_err());
+        assert!(err.contains("workrs") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let bad = [
             ("kind = \"grpc\"\nname = \"v\"\nurl = \"nope\"\n", "catalog.v.url"),

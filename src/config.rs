@@ -708,11 +708,12 @@ impl FileConfig {
         cfg.remote = remote;
         cfg.validate()?;
         // A remote store's calls in flight bound its tasks too, and its per-call timeout bounds
-        // each step (`[stores.<name>]` still wins when given).
+        // each step: an erase is two calls (Erase, then Verify), hence twice the call's timeout
+        // and a second to spare (`[stores.<name>]` still wins when given).
         for e in &cfg.remote {
             cfg.stores.each.entry(e.name.clone()).or_insert_with(|| StoreConfig {
                 concurrency: e.concurrency,
-                timeout_secs: e.timeout_ms.div_ceil(1000) + 1,
+                timeout_secs: (2 * e.timeout_ms).div_ceil(1000) + 1,
                 ..StoreConfig::default()
             });
             let notice =

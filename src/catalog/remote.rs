@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(cfg.remote.len(), 1);
         assert!(cfg.store_names().contains(&"voicemail"));
         let limits = cfg.store("voicemail");
-        assert_eq!((limits.concurrency, limits.timeout_secs), (3, 4));
+        assert_eq!((limits.concurrency, limits.timeout_secs), (3, 6));
         let err =
             format!("{:#}", crate::config::FileConfig::from_toml("[engine]\nworkrs = 2\n").unwrap_err());
         assert!(err.contains("workrs") && err.contains("line 2"), "{err}");

@@ -451,6 +451,21 @@ for d in yaml.safe_load_all(sys.stdin):
 sys.exit("no dsr.toml with a catalog")'
 }
 
+own_catalog_renders() {
+  helm_template --set defaultCatalog=false --set-json 'catalog=[{"name":"invoices","table":"finance.invoices","key":"invoice_id","identifiers":[{"column":"person_uuid","holds":"account_id"}],"erasure":"retain","retain":{"basis":"legal_obligation: tax law","years":7},"time_column":"issued_on","time_format":"timestamp"}]' \
+    | "$PYTHON" -c '
+import sys, tomllib, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d.get("kind") == "ConfigMap" and "dsr.toml" in d.get("data", {}):
+        t = tomllib.loads(d["data"]["dsr.toml"])
+        assert t["stores"]["default_catalog"] is False, t.get("stores")
+        c = t["catalog"][0]
+        assert c["retain"]["years"] == 7 and isinstance(c["retain"]["years"], int), c
+        print("own catalog rendered:", c["name"])
+        sys.exit(0)
+sys.exit("no dsr.toml with a catalog")'
+}
+
 echo "== values that must be refused"
 check "refuses: no tokens at all" \
   expect_fail "no API tokens configured" helm_template --set auth.bootstrapToken.enabled=false
@@ -476,6 +491,13 @@ check "refuses: a catalog identifier of an unknown kind (schema)" \
   expect_fail "holds|enum" helm_template --set-json 'catalog=[{"name":"notes","table":"notes","identifiers":[{"column":"c","holds":"fax"}]}]'
 check "renders the catalog into dsr.toml as [[catalog]] tables, numbers as integers" \
   catalog_renders
+check "renders defaultCatalog=false as [stores] default_catalog = false, retain.years an integer" \
+  own_catalog_renders
+check "refuses: [stores] in config.extraToml beside defaultCatalog=false" \
+  expect_fail "must not define \\[stores\\]" helm_template --set defaultCatalog=false --set-string 'config.extraToml=[stores]'
+check "refuses: a retain entry whose basis is not a legal obligation (schema)" \
+  expect_fail "basis|pattern" helm_template --set-json 'catalog=[{"name":"inv","table":"inv","identifiers":[{"column":"c","holds":"phone"}],"erasure":"retain","retain":{"basis":"because","years":7},"time_column":"t"}]'
+
 check "refuses: the HMAC key in config.extraToml" \
   expect_fail "must not contain hmac_key" helm_template --set-string 'config.extraToml=[privacy]
 hmac_key = "x"'

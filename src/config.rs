@@ -64,7 +64,9 @@ pub struct FileConfig {
     pub retention: RetentionConfig,
     pub subjects: SubjectsConfig,
     pub database: DatabaseConfig,
-    /// Stores described, not coded (`[[catalog]]`), after the five reference stores.
+    /// Stores described, not coded (`[[catalog]]`). Once read (`from_toml`), the whole catalog
+    /// the service runs: the default entries (the reference stores, `config/catalog.toml`), each
+    /// replaced by the file's entry of the same name, then the file's others.
     pub catalog: Vec<crate::catalog::CatalogEntry>,
     /// The catalog's remote stores (`[[catalog]] kind = "grpc"`), after the SQL ones.
     #[serde(skip)]
@@ -168,9 +170,10 @@ pub struct RetentionConfig {
     pub billing_years: u32,
     /// Per tenant: `[retention.tenants.acme] recordings_days = 30`.
     pub tenants: BTreeMap<String, TenantRetention>,
-    /// The periods of catalog stores (`[[catalog]] retention_days`), filled in from the catalog.
+    /// The periods of catalog stores (`[[catalog]] retention_days`, or `retain.years` for a
+    /// store kept under a legal obligation), filled in from the catalog.
     #[serde(skip)]
-    pub catalog_days: Vec<(String, u32)>,
+    pub catalog_days: Vec<(String, Period)>,
 }
 
 impl Default for RetentionConfig {
@@ -239,8 +242,8 @@ impl RetentionConfig {
         for (_, store, p) in self.defaults() {
             s = s.with_default(store, p);
         }
-        for (store, days) in &self.catalog_days {
-            s = s.with_default(store, Period::Days(*days));
+        for (store, period) in &self.catalog_days {
+            s = s.with_default(store, *period);
         }
         for (tenant, own) in &self.tenants {
             for (_, store, p) in own.periods() {
@@ -593,6 +596,9 @@ pub struct StoresConfig {
     /// reference tables made every deletion "succeed" while the platform's data stayed). The
     /// reference schema comes from `dsr seed` and the embedded default. `false` is accepted.
     pub create_reference_schema: Option<bool>,
+    /// Whether the default catalog's entries (the reference stores) run besides the file's own
+    /// `[[catalog]]` entries; default true. A file entry of a default store's name replaces it.
+    pub default_catalog: Option<bool>,
     /// How often each store is checked while serving (health `dsr.store.<name>`, metric
     /// `dsr_store_up`); default 30 s.
     pub check_interval_secs: Option<u64>,
@@ -644,7 +650,7 @@ impl Settings {
     pub fn load(loc: &Locations) -> anyhow::Result<Self> {
         let mut file = match &loc.config_file {
             Some(path) => FileConfig::from_path(path)?,
-            None => FileConfig::default(),
+            None => FileConfig::from_toml("")?,
         };
         // DSR_AUDIT_KEY is the official name (the Helm chart sets it); DSR_HMAC_KEY is kept as an
         // alias for deployments made before issue 7. Both win over the file.
@@ -706,6 +712,11 @@ impl FileConfig {
         // what is left once the remote entries are taken out.
         let mut cfg: Self = if doc == original { toml::from_str(text)? } else { Self::deserialize(doc)? };
         cfg.remote = remote;
+        let keep_defaults = cfg.stores.default_catalog.unwrap_or(true);
+        let stores = cfg.stores.each.clone();
+        cfg.catalog = crate::catalog::effective(&cfg.catalog, keep_defaults, |name| {
+            stores.get(name).and_then(|s| s.table.clone())
+        });
         cfg.validate()?;
         // A remote store's calls in flight bound its tasks too, and its per-call timeout bounds
         // each step: an erase is two calls (Erase, then Verify), hence twice the call's timeout
@@ -722,24 +733,32 @@ impl FileConfig {
         }
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
-            if let Some(days) = e.retention_days {
-                cfg.retention.catalog_days.push((e.name.clone(), days));
+            let period = match (e.retention_days, &e.retain) {
+                (Some(days), _) => Some(Period::Days(days)),
+                (None, Some(r)) => Some(Period::Months(r.years.saturating_mul(12))),
+                (None, None) => None,
+            };
+            // The default entries' periods come from `[retention]` (`recordings_days`, …).
+            if let Some(period) =
+                period.filter(|_| !crate::catalog::is_default(&e.name) || e.retention_days.is_some())
+            {
+                cfg.retention.catalog_days.push((e.name.clone(), period));
             }
-            let notice = e.retention_notice.clone().unwrap_or_else(|| match e.retention_days {
-                Some(d) => format!("{d} days"),
-                None => "until the subject asks for erasure".to_owned(),
+            let notice = e.retention_notice.clone().unwrap_or_else(|| match (e.retention_days, &e.retain) {
+                (Some(d), _) => format!("{d} days"),
+                (None, Some(r)) => format!("{} years, under a legal obligation", r.years),
+                (None, None) => "until the subject asks for erasure".to_owned(),
             });
             cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
         }
         Ok(cfg)
     }
 
-    /// Every store's name: the reference stores, then the catalog's.
+    /// Every store's name, in catalog order.
     pub fn store_names(&self) -> Vec<&str> {
-        crate::stores::STORE_NAMES
+        self.catalog
             .iter()
-            .copied()
-            .chain(self.catalog.iter().map(|e| e.name.as_str()))
+            .map(|e| e.name.as_str())
             .chain(self.remote.iter().map(|e| e.name.as_str()))
             .collect()
     }
@@ -798,17 +817,18 @@ impl FileConfig {
         let x = &self.export;
         anyhow::ensure!((1..=365).contains(&x.expiry_days), "export.expiry_days must be between 1 and 365");
         anyhow::ensure!(x.janitor_interval_secs >= 1, "export.janitor_interval_secs must be at least 1");
-        for name in crate::stores::STORE_NAMES {
+        for e in &self.catalog {
             anyhow::ensure!(
-                x.notice.retention.contains_key(*name),
-                "export.notice.retention.{name} is missing: the manifest states every store's retention period"
+                x.notice.retention.contains_key(&e.name) || !crate::catalog::is_default(&e.name),
+                "export.notice.retention.{} is missing: the manifest states every store's retention period",
+                e.name
             );
         }
         for name in x.notice.retention.keys().chain(x.notice.legal_basis.keys()) {
             anyhow::ensure!(
-                self.store_names().contains(&name.as_str()),
+                self.store_names().contains(&name.as_str()) || crate::catalog::is_default(name),
                 "export.notice: unknown store {name:?} (known: {})",
-                crate::stores::STORE_NAMES.join(", ")
+                self.store_names().join(", ")
             );
         }
         anyhow::ensure!(
@@ -821,11 +841,21 @@ impl FileConfig {
              it is pointed at. Point [stores.<name>] at the platform's tables, or run `dsr seed` to create the \
              reference schema for a trial"
         );
-        let mut known: Vec<&str> = crate::stores::STORE_NAMES.to_vec();
+        let mut known: Vec<&str> = Vec::new();
         for e in &self.catalog {
             e.validate(&known)?;
             known.push(&e.name);
         }
+        for e in &self.catalog {
+            e.validate_references(&known)?;
+        }
+        let identities: Vec<&str> =
+            self.catalog.iter().filter(|e| e.identity).map(|e| e.name.as_str()).collect();
+        anyhow::ensure!(
+            identities.len() <= 1,
+            "catalog: at most one store holds the accounts (identity = true): {}",
+            identities.join(", ")
+        );
         for e in &self.remote {
             e.validate(&known)?;
             known.push(&e.name);

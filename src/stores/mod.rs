@@ -1,43 +1,27 @@
-//! The stores that hold a subject's data, one adapter each, behind one trait.
+//! The stores that hold a subject's data, one adapter per catalog entry, behind one trait.
 //!
-//! | module        | store         | on deletion                                              |
-//! |---------------|---------------|----------------------------------------------------------|
-//! | `accounts`    | `accounts`    | personal columns erased; row deleted unless billed        |
-//! | `rows`        | `call_logs`, `transcripts` | rows deleted                                 |
-//! | `recordings`  | `recordings`  | audio objects deleted, then index rows; re-checked absent |
-//! | `billing`     | `billing`     | retained under a 7-year legal hold; rows restricted       |
+//! Every store is described in the catalog (`crate::catalog`; the reference stores are its
+//! default entries, `config/catalog.toml`) and run by the generic adapter (`catalog`): a SQL
+//! table, optionally indexing objects in an object store.
 //!
-//! On rectification (issue 4) `accounts` rewrites the corrected columns of the account row; the
-//! four stores keyed on `caller_phone` move the subject's rows from the old phone to the new one
-//! (recording objects are keyed by call id, so only index rows change); billing is corrected
-//! in place although it is under a legal hold (a hold forbids erasure, not accuracy). A store
-//! that holds none of the corrected fields is SKIPPED.
+//! | store         | on deletion (default catalog)                                        |
+//! |---------------|----------------------------------------------------------------------|
+//! | `accounts`    | personal columns blanked; row deleted unless billing references it    |
+//! | `call_logs`, `transcripts` | rows deleted                                            |
+//! | `recordings`  | audio objects deleted and checked gone, then their index rows         |
+//! | `billing`     | retained under a 7-year legal obligation; rows restricted             |
 //!
-//! On export every store writes its records as JSON objects (`export::row_json`); recordings
-//! list their audio objects, which the archive copies in byte for byte (`read_file`).
-//!
-//! On the retention schedule (issue 9) each adapter lists, counts and erases its records that are
-//! past their period, one tenant and one bounded batch at a time (`Expiry`): call logs, transcripts
-//! and recordings by age, billing at 7 years (restricted rows of an erased subject as soon as the
-//! legal minimum has passed, whatever longer period the tenant keeps), accounts 30 days after
-//! termination. Which records a litigation hold keeps is the sweep's decision: the adapter reports
-//! each expired record's identifiers (`ExpiredRecord`) and erases the keys it is given.
-//!
-//! `reference` creates the reference schema; `objects` opens the object store; `sql` builds the
-//! tenant-scoped subject predicates every SQL adapter uses, the phone move the four phone-keyed
-//! stores share, and the expiry queries of the SQL stores.
+//! `table` builds every subject-facing query from a store's columns; `objects` opens object
+//! stores and deletes, counts and reads objects; `reference` creates the reference schema (for
+//! `dsr seed` and the embedded default only); `watch` re-checks the stores while serving.
 
-mod accounts;
-mod billing;
 mod call;
 mod catalog;
 mod export;
 mod objects;
-mod recordings;
 pub mod reference;
 pub mod remote;
-mod rows;
-mod sql;
+pub(crate) mod sql;
 mod table;
 pub mod watch;
 
@@ -47,15 +31,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use call::CallContext;
+pub use catalog::{CatalogStore, Wiring};
 pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
-pub use objects::{open_durable_object_store, open_object_store};
-pub use recordings::object_path;
+pub use objects::{object_path, open_durable_object_store, open_object_store};
 
 pub use crate::resolve::CandidateRow;
 use crate::{config::Settings, db::Db, domain::Corrections, resolve::Person};
-
-/// Every store, in the order outcomes are reported.
-pub const STORE_NAMES: &[&str] = &["accounts", "call_logs", "transcripts", "recordings", "billing"];
 
 /// What a store holds on a subject (a dry run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -361,66 +342,111 @@ impl StoreRegistry {
         out
     }
 
-    /// The five reference-schema adapters, each on its configured database (default: `db`) and
-    /// the recordings on the configured object store, unchecked. The embedded default (no
-    /// database URL given) gets the reference schema created in its own SQLite file.
+    /// Every catalog store on its database (default: `default_db`; a link to another database
+    /// works: the resolution carries the linked keys, no SQL joins across) and, for an
+    /// object-backed store, its object store; unchecked. The embedded default (no database URL
+    /// given) gets the reference schema created in its own SQLite file.
     pub async fn open(settings: &Settings, default_db: &Db) -> anyhow::Result<Self> {
-        let mut pools: HashMap<String, Db> = HashMap::new();
-        let mut dbs = Vec::with_capacity(STORE_NAMES.len());
-        for name in STORE_NAMES {
-            let url = settings.file.store(name).database_url.filter(|u| u != &settings.database_url);
-            let db = match url {
-                None => default_db.clone(),
-                Some(url) => match pools.get(&url) {
-                    Some(db) => db.clone(),
-                    None => {
-                        let db = Db::connect(&url, 8).await?;
-                        pools.insert(url, db.clone());
-                        db
-                    }
-                },
-            };
-            dbs.push(db);
-        }
-        let [accounts_db, calls_db, transcripts_db, recordings_db, billing_db]: [Db; 5] =
-            dbs.try_into().expect("one database per store");
-        let table =
-            |name: &str, default: &str| settings.file.store(name).table.unwrap_or_else(|| default.to_owned());
-        let t = reference::Tables {
-            accounts: table("accounts", "accounts"),
-            call_logs: table("call_logs", "call_logs"),
-            transcripts: table("transcripts", "transcripts"),
-            recordings: table("recordings", "recordings"),
-            billing: table("billing", "billing_records"),
-        };
+        let catalog = &settings.file.catalog;
         if settings.embedded {
+            let table = |name: &str, default: &str| {
+                catalog
+                    .iter()
+                    .find(|e| e.name == name)
+                    .map_or_else(|| default.to_owned(), |e| e.table.clone())
+            };
+            let t = reference::Tables {
+                accounts: table("accounts", "accounts"),
+                call_logs: table("call_logs", "call_logs"),
+                transcripts: table("transcripts", "transcripts"),
+                recordings: table("recordings", "recordings"),
+                billing: table("billing", "billing_records"),
+            };
             reference::ensure_schema(default_db, &t).await?;
         }
-        let objects = open_object_store(&settings.recordings_url)?;
-        let mut adapters: Vec<Arc<dyn StoreAdapter>> = vec![
-            Arc::new(accounts::AccountsStore::new(accounts_db, &t)),
-            Arc::new(rows::RowStore::call_logs(calls_db, &t)),
-            Arc::new(rows::RowStore::transcripts(transcripts_db, &t)),
-            Arc::new(recordings::RecordingsStore::new(recordings_db, &t, objects)),
-            Arc::new(billing::BillingStore::new(billing_db, &t)),
-        ];
-        // The catalog's stores, each on its own database when it names one (a link to another
-        // database works: the resolution carries the linked keys, no SQL joins across).
-        for entry in &settings.file.catalog {
-            let db = match entry.database_url()? {
+        let mut pools: HashMap<String, Db> = HashMap::new();
+        let mut urls: HashMap<&str, Option<String>> = HashMap::new();
+        let mut dbs: Vec<Db> = Vec::with_capacity(catalog.len());
+        for entry in catalog {
+            // A URL from the entry's secret, or (for the default entries) `[stores.<name>]`.
+            let url = match entry.database_url()? {
+                Some(url) => Some(url),
+                None => settings.file.store(&entry.name).database_url,
+            }
+            .filter(|u| u != &settings.database_url);
+            let db = match &url {
                 None => default_db.clone(),
-                Some(url) => match pools.get(&url) {
+                Some(url) => match pools.get(url) {
                     Some(db) => db.clone(),
                     None => {
-                        let db = Db::connect(&url, 8).await.map_err(|e| {
+                        let db = Db::connect(url, 8).await.map_err(|e| {
                             anyhow::anyhow!("catalog.{}: cannot connect to its database: {e:#}", entry.name)
                         })?;
-                        pools.insert(url, db.clone());
+                        pools.insert(url.clone(), db.clone());
                         db
                     }
                 },
             };
-            adapters.push(Arc::new(catalog::CatalogStore::new(entry.clone(), db)));
+            urls.insert(&entry.name, url);
+            dbs.push(db);
+        }
+        let same_db = |a: &str, b: &str| urls.get(a) == urls.get(b);
+        let mut object_stores: HashMap<String, Arc<dyn object_store::ObjectStore>> = HashMap::new();
+        let mut adapters: Vec<Arc<dyn StoreAdapter>> = Vec::with_capacity(catalog.len());
+        for (entry, db) in catalog.iter().zip(dbs) {
+            let mut wiring = Wiring { ledger: Some(default_db.clone()), ..Default::default() };
+            if let Some(o) = &entry.objects {
+                let url = match &o.url_env {
+                    Some(var) => std::env::var(var).map_err(|_| {
+                        anyhow::anyhow!(
+                            "catalog.{}.objects.url_env: the environment variable {var} is not set",
+                            entry.name
+                        )
+                    })?,
+                    None => settings.recordings_url.clone(),
+                };
+                let store = match object_stores.get(&url) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = open_object_store(&url)
+                            .map_err(|e| anyhow::anyhow!("catalog.{}.objects: {e:#}", entry.name))?;
+                        object_stores.insert(url, s.clone());
+                        s
+                    }
+                };
+                wiring.objects = Some(store);
+            }
+            if let Some(r) = &entry.kept_while_referenced_by {
+                let other = catalog.iter().find(|e| e.name == r.store).expect("validated reference");
+                anyhow::ensure!(
+                    same_db(&entry.name, &other.name),
+                    "catalog.{}.kept_while_referenced_by: the store {} must be in the same database",
+                    entry.name,
+                    other.name
+                );
+                wiring.referenced_in = Some((other.table.clone(), other.tenant.clone()));
+            }
+            if let Some(link) = &entry.link {
+                let target = catalog.iter().find(|e| e.name == link.store);
+                let account = target.and_then(|t| {
+                    t.identifiers
+                        .iter()
+                        .find(|c| c.holds == crate::resolve::IdentKind::AccountId)
+                        .map(|c| c.column.clone())
+                        .or_else(|| t.identity.then(|| t.key.clone()))
+                });
+                if let (Some(t), Some(account_column)) = (target, account) {
+                    if same_db(&entry.name, &t.name) {
+                        wiring.link_account = Some(catalog::LinkAccount {
+                            table: t.table.clone(),
+                            key: t.key.clone(),
+                            tenant: t.tenant.clone(),
+                            account_column,
+                        });
+                    }
+                }
+            }
+            adapters.push(Arc::new(CatalogStore::new(entry.clone(), db, wiring)));
         }
         // The catalog's remote stores (`kind = "grpc"`): other teams' services.
         for entry in &settings.file.remote {

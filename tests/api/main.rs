@@ -15,6 +15,7 @@ mod faults;
 mod idempotency;
 mod lifecycle;
 mod metrics;
+mod platform;
 mod protocol;
 mod rectification;
 mod remote;

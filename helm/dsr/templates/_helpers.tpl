@@ -124,6 +124,9 @@ Included from the Deployment so it runs for install, upgrade, lint and template 
 {{- if regexMatch "(?m)^\\s*\\[\\s*(server|engine|export|metrics|database)\\s*\\]" .Values.config.extraToml }}
 {{- fail "dsr: config.extraToml must not redefine [server], [engine], [export], [metrics] or [database]; use the server.*, engine.*, exports.*, metrics.* and database.* values." }}
 {{- end }}
+{{- if and (not .Values.defaultCatalog) (regexMatch "(?m)^\\s*\\[\\s*stores\\s*\\]" .Values.config.extraToml) }}
+{{- fail "dsr: config.extraToml must not define [stores] when defaultCatalog is false (the chart writes [stores] default_catalog = false); use [stores.<name>] tables there." }}
+{{- end }}
 {{- if regexMatch "(?m)^\\s*hmac_key\\s*=" .Values.config.extraToml }}
 {{- fail "dsr: config.extraToml must not contain hmac_key: the ConfigMap is not secret, use audit.key or audit.existingSecret." }}
 {{- end }}
@@ -207,6 +210,11 @@ listen = {{ printf "%s:%d" (include "dsr.listenHost" .) (int .Values.metrics.por
 
 [database]
 schema = {{ .Values.database.schema | default "dsr" | quote }}
+{{- if not .Values.defaultCatalog }}
+
+[stores]
+default_catalog = false
+{{- end }}
 {{- range .Values.catalog }}
 {{- if hasKey . "database_url" }}
 {{- fail (printf "dsr: catalog entry %v has database_url: a URL holds credentials and the ConfigMap is not secret; use database_url_env (with extraEnv from a Secret) or database_url_file" .name) }}
@@ -219,6 +227,11 @@ schema = {{ .Values.database.schema | default "dsr" | quote }}
 {{- $e := deepCopy . }}
 {{- range $k := list "retention_days" "stage" }}
 {{- if hasKey $e $k }}{{ $_ := set $e $k (int (get $e $k)) }}{{ end }}
+{{- end }}
+{{- if hasKey $e "retain" }}
+{{- $r := deepCopy $e.retain }}
+{{- if hasKey $r "years" }}{{ $_ := set $r "years" (int $r.years) }}{{ end }}
+{{- $_ := set $e "retain" $r }}
 {{- end }}
 {{- $entries = append $entries $e }}
 {{- end }}

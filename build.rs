@@ -4,7 +4,12 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["proto/dsr/v1/dsr.proto", "proto/dsr/v1/audit.proto", "proto/dsr/v1/holds.proto"];
+const PROTOS: &[&str] = &[
+    "proto/dsr/v1/dsr.proto",
+    "proto/dsr/v1/audit.proto",
+    "proto/dsr/v1/holds.proto",
+    "proto/dsr/adapter/v1/adapter.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -18,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Archive chunks pass through as `Bytes`, without a copy.
         .bytes(".dsr.v1.ExportChunk.data")
+        .bytes(".dsr.adapter.v1.ExportItem.chunk")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -71,6 +71,9 @@ pub struct FileConfig {
     /// Recipients told of erasures and corrections (`[recipients]`; the entries themselves are
     /// `[[catalog]] kind = "recipient"`).
     pub recipients: crate::recipients::RecipientsConfig,
+    /// The catalog's remote stores (`[[catalog]] kind = "grpc"`), after the SQL ones.
+    #[serde(skip)]
+    pub remote: Vec<crate::catalog::remote::RemoteEntry>,
 }
 
 /// dsr's own database (the ledger).
@@ -726,10 +729,16 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)?;
-        let recipients = crate::recipients::config::split_catalog(&mut table)?;
-        let mut cfg: Self = toml::Value::Table(table).try_into()?;
+        let mut doc: toml::Table = toml::from_str(text)?;
+        let original = doc.clone();
+        // Recipients first, then remote stores, out of `[[catalog]]`; what is left are SQL stores.
+        let recipients = crate::recipients::config::split_catalog(&mut doc)?;
+        let remote = crate::catalog::remote::take_remote_entries(&mut doc)?;
+        // From the text when nothing was taken out (its errors name the line); otherwise from
+        // what is left.
+        let mut cfg: Self = if doc == original { toml::from_str(text)? } else { Self::deserialize(doc)? };
         cfg.recipients.entries = recipients;
+        cfg.remote = remote;
         let keep_defaults = cfg.stores.default_catalog.unwrap_or(true);
         let stores = cfg.stores.each.clone();
         cfg.catalog = crate::catalog::effective(&cfg.catalog, keep_defaults, |name| {
@@ -746,6 +755,19 @@ impl FileConfig {
                 };
                 cfg.export.notice.recipients.push(Recipient { name: r.name.clone(), purpose });
             }
+        }
+        // A remote store's calls in flight bound its tasks too, and its per-call timeout bounds
+        // each step: an erase is two calls (Erase, then Verify), hence twice the call's timeout
+        // and a second to spare (`[stores.<name>]` still wins when given).
+        for e in &cfg.remote {
+            cfg.stores.each.entry(e.name.clone()).or_insert_with(|| StoreConfig {
+                concurrency: e.concurrency,
+                timeout_secs: (2 * e.timeout_ms).div_ceil(1000) + 1,
+                ..StoreConfig::default()
+            });
+            let notice =
+                e.retention_notice.clone().unwrap_or_else(|| "as the service that holds it states".into());
+            cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
         }
         // What a catalog entry says of its retention feeds the schedule and the export notice.
         for e in &cfg.catalog {
@@ -772,7 +794,11 @@ impl FileConfig {
 
     /// Every store's name, in catalog order.
     pub fn store_names(&self) -> Vec<&str> {
-        self.catalog.iter().map(|e| e.name.as_str()).collect()
+        self.catalog
+            .iter()
+            .map(|e| e.name.as_str())
+            .chain(self.remote.iter().map(|e| e.name.as_str()))
+            .collect()
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -868,6 +894,10 @@ impl FileConfig {
             "catalog: at most one store holds the accounts (identity = true): {}",
             identities.join(", ")
         );
+        for e in &self.remote {
+            e.validate(&known)?;
+            known.push(&e.name);
+        }
         for (name, store) in &self.stores.each {
             anyhow::ensure!(
                 known.contains(&name.as_str()),

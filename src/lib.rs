@@ -8,6 +8,7 @@
 //! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
 //! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `adapter`   | remote stores' gRPC contract, its conformance check, an example adapter |
 //! | `resolve`   | the subject → one person, their identifiers and the keys of their records |
 //! | `retention` | the retention sweep: records past their period leave, holds are kept   |
 //! | `startup`   | building and running the server; graceful shutdown                     |
@@ -24,6 +25,7 @@
 //! | `metrics`   | Prometheus `/metrics`: counters, durations, deadlines from the ledger  |
 //! | `recipients`| GDPR Art. 19: tell downstream recipients through an outbox (webhook, NATS) |
 
+pub mod adapter;
 pub mod api;
 pub mod bench;
 pub mod catalog;

@@ -18,6 +18,8 @@
 //! time_format = "epoch_ms"              # epoch_ms | epoch_s | iso8601
 //! retention_days = 90
 //! ```
+pub mod remote;
+
 use std::path::PathBuf;
 
 use serde::Deserialize;

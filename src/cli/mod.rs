@@ -3,6 +3,7 @@
 //! `retry`, `extend`, `holds place|release|list`, `audit verify|list`); `audit prune` works on the
 //! database directly, like `migrate`.
 
+mod adapter;
 mod client;
 pub use client::{as_json, DOWNLOAD_WINDOW};
 mod export;
@@ -198,6 +199,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RecipientsCommand,
     },
+    /// Remote store adapters (`dsr.adapter.v1`): the conformance check.
+    Adapter {
+        #[command(subcommand)]
+        command: AdapterCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +221,13 @@ pub enum RecipientsCommand {
         #[arg(long)]
         recipient: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdapterCommand {
+    /// Run the conformance suite against a running adapter: a pass/fail table, non-zero exit on
+    /// any failure. It previews, exports, rectifies and erases a test subject: use a test instance.
+    Check(adapter::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,5 +471,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Recipients { command: RecipientsCommand::Retry { loc, request, recipient } } => {
             server::recipients_retry(&loc, request.as_deref(), recipient.as_deref()).await
         }
+        Command::Adapter { command: AdapterCommand::Check(args) } => adapter::check(args).await,
     }
 }

@@ -21,7 +21,9 @@ use crate::{
         LITIGATION_HOLD_BASIS,
     },
     resolve::{self, Resolution, ResolveError},
-    stores::{CandidateRow, Erasure, Probe, Rectification, StoreAdapter, StoreError, StoreResult},
+    stores::{
+        CallContext, CandidateRow, Erasure, Probe, Rectification, StoreAdapter, StoreError, StoreResult,
+    },
 };
 
 use super::Engine;
@@ -74,17 +76,32 @@ impl Engine {
                     })?
             }
         };
+        // A remote store is told the resolution with every call (`stores::remote`).
+        CallContext::with_resolution(
+            &resolution,
+            self.run_kind(adapter.as_ref(), task, &resolution, corrections),
+        )
+        .await
+    }
+
+    async fn run_kind(
+        &self,
+        adapter: &dyn StoreAdapter,
+        task: &ClaimedTask,
+        resolution: &Resolution,
+        corrections: Option<Corrections>,
+    ) -> StoreResult<TaskResult> {
         match task.kind {
-            RequestKind::Deletion => self.erase(adapter.as_ref(), task, &resolution).await,
+            RequestKind::Deletion => self.erase(adapter, task, resolution).await,
             RequestKind::Rectification => {
                 let corrections = corrections
                     .ok_or_else(|| StoreError::Fatal("the rectification holds no corrections".into()))?;
                 if !adapter.holds_any_of(&corrections) {
                     return Ok(skipped("the store holds none of the corrected fields"));
                 }
-                self.rectify(adapter.as_ref(), task, &resolution, &corrections).await
+                self.rectify(adapter, task, resolution, &corrections).await
             }
-            RequestKind::Export => self.export_part(adapter.as_ref(), task, &resolution).await,
+            RequestKind::Export => self.export_part(adapter, task, resolution).await,
         }
     }
 

@@ -27,8 +27,8 @@ use crate::{
     ledger::{ClaimedTask, Fenced, Ledger, ARCHIVE_TASK},
     metrics::{Metrics, TaskEnd},
     privacy::KeyedHasher,
-    stores::{StoreError, StoreRegistry},
-    telemetry::propagation::context_from_traceparent,
+    stores::{CallContext, StoreError, StoreRegistry},
+    telemetry::propagation::{context_from_traceparent, current_traceparent},
 };
 
 /// Export archives assembled at once by one process (each streams every recording of a subject).
@@ -180,6 +180,19 @@ impl Engine {
         info!("engine stopped");
     }
 
+    /// What a remote store is told about the call: the task, its attempt, and the trace to
+    /// continue (this task's span; without OpenTelemetry, the submitting call's, as stored).
+    fn call_context(&self, task: &ClaimedTask) -> CallContext {
+        CallContext {
+            request_id: task.request_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            traceparent: current_traceparent().or_else(|| task.trace_context.clone()),
+            kind: task.kind,
+            resolution: None,
+        }
+    }
+
     /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile.
     ///
     /// Its span is a child of the server span of the call that submitted the request (stored
@@ -208,7 +221,7 @@ impl Engine {
             let lost_lease = CancellationToken::new();
             let heartbeat = tokio::spawn(self.clone().keep_lease(task.clone(), lost_lease.clone()));
             let outcome = tokio::select! {
-                r = self.execute(&task) => Some(r),
+                r = self.call_context(&task).scope(self.execute(&task)) => Some(r),
                 _ = lost_lease.cancelled() => None,
             };
             heartbeat.abort();

@@ -15,11 +15,13 @@
 //! stores and deletes, counts and reads objects; `reference` creates the reference schema (for
 //! `dsr seed` and the embedded default only); `watch` re-checks the stores while serving.
 
+mod call;
 mod catalog;
 mod export;
 mod objects;
 mod query;
 pub mod reference;
+pub mod remote;
 mod table;
 pub mod watch;
 
@@ -28,6 +30,7 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use call::CallContext;
 pub use catalog::{CatalogStore, Wiring};
 pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::{object_path, open_durable_object_store, open_object_store};
@@ -448,6 +451,10 @@ impl StoreRegistry {
                 }
             }
             adapters.push(Arc::new(CatalogStore::new(entry.clone(), db, wiring)));
+        }
+        // The catalog's remote stores (`kind = "grpc"`): other teams' services.
+        for entry in &settings.file.remote {
+            adapters.push(Arc::new(remote::RemoteStore::new(entry.clone())?));
         }
         Ok(Self::new(adapters))
     }

@@ -19,6 +19,7 @@ mod platform;
 mod protocol;
 mod recipients;
 mod rectification;
+mod remote;
 mod retention;
 mod security;
 mod streams;

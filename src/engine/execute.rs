@@ -91,6 +91,9 @@ impl Engine {
         resolution: &Resolution,
         corrections: Option<Corrections>,
     ) -> StoreResult<TaskResult> {
+        if !adapter.takes_part_in(task.kind) {
+            return Ok(skipped("the store does not take part in requests of this kind"));
+        }
         match task.kind {
             RequestKind::Deletion => self.erase(adapter, task, resolution).await,
             RequestKind::Rectification => {

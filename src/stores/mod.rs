@@ -214,6 +214,12 @@ pub trait StoreAdapter: Send + Sync + 'static {
         false
     }
 
+    /// Whether the store takes part in requests of this kind (a remote store may take part in
+    /// some only); when not, its outcome is SKIPPED.
+    fn takes_part_in(&self, _kind: crate::domain::RequestKind) -> bool {
+        true
+    }
+
     /// What is wrong with the store's live schema against what the adapter uses (a missing
     /// table or column, a key without a unique index), each naming the table and column. Empty
     /// when it fits. Checked at start and by `dsr stores check`.

@@ -257,6 +257,10 @@ fn retained(store: &str, rpc: &str, r: pb::Retention) -> StoreResult<(String, Da
 
 #[async_trait]
 impl StoreAdapter for RemoteStore {
+    fn takes_part_in(&self, kind: crate::domain::RequestKind) -> bool {
+        self.entry.takes_part_in(kind)
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }

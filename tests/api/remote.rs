@@ -340,6 +340,23 @@ async fn a_remote_store_takes_part_in_deletion_export_and_rectification(backend:
 }
 both!(a_remote_store_takes_part_in_deletion_export_and_rectification);
 
+/// A remote store that takes part in deletions only: an export's outcome for it is SKIPPED, and
+/// the adapter is not asked for the person's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_store_left_out_of_a_kind_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = voicemail_db(dir.path()).await;
+    let adapter = AdapterProcess::start(any_addr(), vm.clone());
+    let app = app_with_adapter(Backend::Sqlite, &adapter.url(), "requests = [\"deletion\"]\n").await;
+    let s = app.seed("acme", 1, 2).await.remove(0);
+    leave_voicemails(&app, &vm, &s, "vm0").await;
+    let r = app.export(by_phone("acme", &s.phone), pb::Regime::Gdpr).await;
+    let done = app.wait_terminal(&r.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:?}");
+    assert_eq!(outcome(&done, "voicemail").state, OutcomeState::Skipped as i32, "{done:?}");
+    assert!(!vm.seen().iter().any(|c| c.rpc == "Export"), "the adapter was not asked to export");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_adapter_passes_the_conformance_check_and_a_broken_one_fails_by_rule() {
     let dir = tempfile::tempdir().unwrap();

@@ -765,8 +765,13 @@ impl FileConfig {
                 timeout_secs: (2 * e.timeout_ms).div_ceil(1000) + 1,
                 ..StoreConfig::default()
             });
-            let notice =
-                e.retention_notice.clone().unwrap_or_else(|| "as the service that holds it states".into());
+            if let Some(days) = e.retention_days {
+                cfg.retention.catalog_days.push((e.name.clone(), Period::Days(days)));
+            }
+            let notice = e.retention_notice.clone().unwrap_or_else(|| match e.retention_days {
+                Some(d) => format!("{d} days"),
+                None => "as the service that holds it states".into(),
+            });
             cfg.export.notice.retention.entry(e.name.clone()).or_insert(notice);
         }
         // What a catalog entry says of its retention feeds the schedule and the export notice.

@@ -57,6 +57,9 @@ pub struct RemoteEntry {
     pub link_store: Option<String>,
     /// The export manifest's words on how long the store keeps data.
     pub retention_notice: Option<String>,
+    /// Records older than this are erased by the retention sweep, through `ListExpired` and
+    /// `EraseKeys`, in every tenant the other stores hold.
+    pub retention_days: Option<u32>,
 }
 
 /// Client certificate (mTLS) and the CA that signed the adapter's certificate.

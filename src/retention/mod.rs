@@ -399,11 +399,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Step 2: every store with a period, every tenant it holds.
+    /// Step 2: every store with a period, every tenant it holds. A store that cannot list its
+    /// tenants (a remote one) is visited in every tenant the others hold.
     async fn stores(&mut self) -> Result<(), Halt> {
         let mut adapters: Vec<Arc<dyn StoreAdapter>> = self.sweeper.stores.all().to_vec();
         adapters.sort_by_key(|a| a.stage());
-        for adapter in adapters {
+        let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let (listing, blind): (Vec<_>, Vec<_>) = adapters.into_iter().partition(|a| a.lists_tenants());
+        for adapter in listing {
             let mut after: Option<String> = None;
             loop {
                 let tenants = match adapter.tenants(after.as_deref(), TENANT_PAGE).await {
@@ -416,10 +419,16 @@ impl Run<'_> {
                 for tenant in &tenants {
                     self.unit(adapter.as_ref(), tenant).await?;
                 }
+                seen.extend(tenants.iter().cloned());
                 if tenants.len() < TENANT_PAGE {
                     break;
                 }
                 after = tenants.last().cloned();
+            }
+        }
+        for adapter in blind {
+            for tenant in &seen {
+                self.unit(adapter.as_ref(), tenant).await?;
             }
         }
         Ok(())

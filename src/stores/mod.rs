@@ -274,6 +274,12 @@ pub trait StoreAdapter: Send + Sync + 'static {
     // Retention (issue 9). The defaults keep nothing on a schedule, so an adapter without
     // retention needs none of these.
 
+    /// Whether `tenants` lists the store's tenants. A remote store cannot: the sweep visits it
+    /// in every tenant the stores that can list hold.
+    fn lists_tenants(&self) -> bool {
+        true
+    }
+
     /// Up to `limit` tenants that have records in the store, in order, after `after`.
     async fn tenants(&self, _after: Option<&str>, _limit: usize) -> StoreResult<Vec<String>> {
         Ok(Vec::new())

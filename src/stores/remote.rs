@@ -261,6 +261,10 @@ impl StoreAdapter for RemoteStore {
         self.entry.takes_part_in(kind)
     }
 
+    fn lists_tenants(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }

@@ -340,6 +340,36 @@ async fn a_remote_store_takes_part_in_deletion_export_and_rectification(backend:
 }
 both!(a_remote_store_takes_part_in_deletion_export_and_rectification);
 
+/// A remote store with a retention period: the sweep lists its expired records (`ListExpired`)
+/// in every tenant the other stores hold and erases them (`EraseKeys`); recent ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_sweep_reaches_a_remote_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = voicemail_db(dir.path()).await;
+    let adapter = AdapterProcess::start(any_addr(), vm.clone());
+    let app = app_with_adapter(Backend::Sqlite, &adapter.url(), "retention_days = 30\n").await;
+    let s = app.seed("acme", 1, 2).await.remove(0);
+    leave_voicemails(&app, &vm, &s, "vm0").await;
+    vm.insert(&Voicemail {
+        id: "vm-old".into(),
+        tenant_id: "acme".into(),
+        call_id: None,
+        caller_phone: Some(s.phone.clone()),
+        caller_email: None,
+        caller_name: None,
+        transcript: "An old message.".into(),
+        audio: vec![1u8; 10],
+        received_at_ms: (chrono::Utc::now() - chrono::Duration::days(45)).timestamp_millis(),
+    })
+    .await
+    .unwrap();
+    app.sweep().await;
+    let left: Vec<String> = voicemail_rows(&vm).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(left, ["vm0-1", "vm0-2", "vm0-other"], "only the 45-day-old voicemail went");
+    let calls: Vec<&str> = vm.seen().into_iter().map(|c| c.rpc).collect();
+    assert!(calls.contains(&"ListExpired") && calls.contains(&"EraseKeys"), "{calls:?}");
+}
+
 /// A remote store that takes part in deletions only: an export's outcome for it is SKIPPED, and
 /// the adapter is not asked for the person's records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -480,6 +480,20 @@ for d in yaml.safe_load_all(sys.stdin):
 sys.exit("no dsr.toml with a recipient")'
 }
 
+remote_stores_render() {
+  helm_template --set-json 'remoteStores=[{"name":"voicemail","url":"http://voicemail:7400","token_env":"VM_TOKEN","timeout_ms":5000,"link_store":"call_logs","retention_days":90}]' \
+    | "$PYTHON" -c '
+import sys, tomllib, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d.get("kind") == "ConfigMap" and "dsr.toml" in d.get("data", {}):
+        t = tomllib.loads(d["data"]["dsr.toml"])
+        r = [c for c in t["catalog"] if c.get("kind") == "grpc"]
+        assert len(r) == 1 and r[0]["timeout_ms"] == 5000 and isinstance(r[0]["timeout_ms"], int), r
+        print("remote store rendered:", r[0]["name"])
+        sys.exit(0)
+sys.exit("no dsr.toml with a remote store")'
+}
+
 echo "== values that must be refused"
 check "refuses: no tokens at all" \
   expect_fail "no API tokens configured" helm_template --set auth.bootstrapToken.enabled=false
@@ -509,6 +523,10 @@ check "renders defaultCatalog=false as [stores] default_catalog = false, retain.
   own_catalog_renders
 check "renders recipients into dsr.toml as [[catalog]] entries of kind recipient" \
   recipients_render
+check "renders remoteStores into dsr.toml as [[catalog]] entries of kind grpc, numbers as integers" \
+  remote_stores_render
+check "refuses: a remote store's token inline (schema)" \
+  expect_fail "token|additional" helm_template --set-json 'remoteStores=[{"name":"vm","url":"http://vm:1","token":"secret"}]'
 check "refuses: a recipient's webhook secret inline (schema)" \
   expect_fail "secret|additional" helm_template --set-json 'recipients=[{"name":"p","hears":["deletion"],"transport":"webhook","url":"https://p","secret":"whsec_x"}]'
 

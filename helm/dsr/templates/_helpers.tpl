@@ -239,6 +239,19 @@ default_catalog = false
 # catalog: stores described, not coded
 {{ dict "catalog" $entries | toToml }}
 {{- end }}
+{{- with .Values.remoteStores }}
+{{- $entries := list }}
+{{- range . }}
+{{- $e := merge (dict "kind" "grpc") (deepCopy .) }}
+{{- range $k := list "timeout_ms" "connect_timeout_ms" "concurrency" "stage" "retention_days" }}
+{{- if hasKey $e $k }}{{ $_ := set $e $k (int (get $e $k)) }}{{ end }}
+{{- end }}
+{{- $entries = append $entries $e }}
+{{- end }}
+
+# remote stores (dsr.adapter.v1): catalog entries of kind "grpc"
+{{ dict "catalog" $entries | toToml }}
+{{- end }}
 {{- with .Values.recipients }}
 {{- $entries := list }}
 {{- range . }}

@@ -35,9 +35,14 @@ struct CatalogFile {
     catalog: Vec<CatalogEntry>,
 }
 
-/// The default catalog's entries, in store order.
-pub fn default_entries() -> Vec<CatalogEntry> {
-    toml::from_str::<CatalogFile>(DEFAULT_CATALOG).expect("config/catalog.toml is a valid catalog").catalog
+/// The default catalog's entries, in store order (parsed once).
+pub fn default_entries() -> &'static [CatalogEntry] {
+    static ENTRIES: std::sync::OnceLock<Vec<CatalogEntry>> = std::sync::OnceLock::new();
+    ENTRIES.get_or_init(|| {
+        toml::from_str::<CatalogFile>(DEFAULT_CATALOG)
+            .expect("config/catalog.toml is a valid catalog")
+            .catalog
+    })
 }
 
 /// Whether `name` is a store of the default catalog.
@@ -54,7 +59,8 @@ pub fn effective(
     renamed: impl Fn(&str) -> Option<String>,
 ) -> Vec<CatalogEntry> {
     let mut out = Vec::new();
-    for mut d in default_entries() {
+    for d in default_entries() {
+        let mut d = d.clone();
         if let Some(own) = file.iter().find(|e| e.name == d.name) {
             out.push(own.clone());
         } else if keep_defaults {
@@ -64,8 +70,7 @@ pub fn effective(
             out.push(d);
         }
     }
-    let defaults: Vec<String> = default_entries().into_iter().map(|d| d.name).collect();
-    out.extend(file.iter().filter(|e| !defaults.contains(&e.name)).cloned());
+    out.extend(file.iter().filter(|e| !is_default(&e.name)).cloned());
     out
 }
 
@@ -463,11 +468,11 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["accounts", "call_logs", "transcripts", "recordings", "billing"]);
         let mut known: Vec<&str> = Vec::new();
-        for e in &all {
+        for e in all {
             e.validate(&known).unwrap();
             known.push(&e.name);
         }
-        for e in &all {
+        for e in all {
             e.validate_references(&known).unwrap();
         }
         // A file entry of a default store's name replaces it; others follow the defaults.

@@ -270,6 +270,10 @@ impl Application {
             stop.clone(),
         ));
         let sweep_task = tokio::spawn(self.sweeper.clone().run_until_stopped(stop.clone()));
+        // Stopped last, after everything that records events has drained, so its final seal
+        // links what they wrote.
+        let sealer_stop = CancellationToken::new();
+        let sealer = tokio::spawn(self.ctx.ledger.clone().run_sealer(sealer_stop.clone()));
         let dispatch_task = self.dispatcher.clone().map(|d| tokio::spawn(d.run_until_stopped(stop.clone())));
         let store_watch = tokio::spawn(crate::stores::watch::watch_until_stopped(
             self.ctx.stores.clone(),
@@ -345,6 +349,8 @@ impl Application {
         if let Err(e) = sweep_task.await {
             warn!(error = %e, "retention sweep task ended abnormally");
         }
+        sealer_stop.cancel();
+        let _ = sealer.await;
         metrics_stop.cancel();
         if let Some(task) = metrics_task {
             let _ = task.await;

@@ -211,6 +211,7 @@ async fn wait_all_ended(c: &mut DataSubjectRightsClient<Channel>) -> HashMap<Str
 
 /// Fails if any (request, store) has more than one `outcome` event; returns how many there are.
 async fn outcomes_each_once(ledger: &dsr::db::Db) -> i64 {
+    support::seal_journal(ledger).await;
     let twice: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT request_id, store, COUNT(*) FROM dsr_events WHERE action = 'outcome' GROUP BY request_id, store HAVING COUNT(*) <> 1",
     )
@@ -1042,6 +1043,7 @@ async fn dsr_sweep_dry_run_shows_what_is_past_retention_and_dsr_sweep_erases_it(
         assert_eq!((cols[1], cols[4], cols[5]), ("acme", "3", "3"), "{line}");
     }
     assert_eq!(count("call_logs").await, 6, "a dry run changes nothing");
+    support::seal_journal(&conn).await;
     let swept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE action LIKE 'retention%'")
         .fetch_one(conn.pool())
         .await

@@ -158,7 +158,7 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
     let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
     let hasher = KeyedHasher::for_settings(&settings)?;
     let sweeper = Sweeper::new(
-        ledger,
+        ledger.clone(),
         stores,
         Arc::new(SystemClock),
         hasher,
@@ -184,7 +184,11 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
     print!("{}", settings.file.retention.schedule().render());
     println!();
     let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Now };
-    match sweeper.sweep(mode, &stop).await? {
+    let outcome = sweeper.sweep(mode, &stop).await;
+    // Link the events it recorded into the audit chain now, not whenever a server's sealer next
+    // looks (there may be none running).
+    ledger.seal_journal().await?;
+    match outcome? {
         SweepOutcome::Swept(report) => {
             print!("{}", report.render());
             anyhow::ensure!(

@@ -7,16 +7,13 @@
 //! `SHA-256(canonical(event))`, where the canonical bytes start with the previous hash (see
 //! `canonical`). The hash is deliberately unkeyed: anyone holding the rows can check them.
 //!
-//! **Order.** Appends are serialised by the chain lock: on Postgres a transaction-scoped advisory
-//! lock, on SQLite the single writer (`BEGIN IMMEDIATE`). Under it the appender reads the head
-//! (`dsr_audit_head`: last seq and hash) and writes `seq = head.seq + 1` itself. A BIGSERIAL
-//! would not do: its values are taken at insert and can commit out of order. So the chain order
-//! is the seq order, gapless, across workers and replicas.
+//! **Order.** Events are written to a journal without any lock and linked into the chain, in
+//! order, by a sealer that moves the head with a compare-and-set (see `journal`). The chain
+//! order is the seq order, gapless, across workers and replicas, and no process holds a global
+//! lock across a round trip: a paused replica stalls no one.
 //!
-//! **Lock order.** Every ledger transaction that appends takes the chain lock first
-//! (`Ledger::begin_chained`), before any row lock, so the lock cannot be part of a deadlock
-//! cycle. The price is that state changes commit one at a time; they are a handful of indexed
-//! statements each, and the log must be linear anyway.
+//! **Pruning** is the one writer that takes a lock (`CHAIN_LOCK`, Postgres advisory, held by the
+//! prune's transaction): it serialises prunes with each other, never with appends or sealing.
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -26,14 +23,15 @@ use super::{
     Ledger, Result,
 };
 use crate::{
-    clock::{from_millis, to_millis},
+    clock::to_millis,
     db::{Backend, Tx},
 };
 
 /// `prev_hash` of the first event ever appended.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The key of the Postgres advisory lock that serialises appends ("dsr_audt").
+/// The key of the Postgres advisory lock that serialises prunes ("dsr_audt"). Appends and
+/// sealing never take it.
 pub const CHAIN_LOCK: i64 = 0x6473_725f_6175_6474;
 
 /// Events read per round trip while verifying.
@@ -43,8 +41,8 @@ const VERIFY_BATCH: i64 = 1000;
 /// coexist with events hashed under this one.
 const CANONICAL_V1: &str = "dsr.audit.event.v1";
 
-/// Takes the chain lock for the rest of the transaction. Idempotent within a transaction.
-pub(super) async fn lock_chain(tx: &mut Tx) -> sqlx::Result<()> {
+/// Takes the prune lock for the rest of the transaction. Idempotent within a transaction.
+async fn lock_chain(tx: &mut Tx) -> sqlx::Result<()> {
     if tx.backend_name() == "PostgreSQL" {
         // The function returns void, which the Any driver cannot decode; select a constant.
         sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
@@ -106,68 +104,6 @@ pub fn canonical(e: &EventRecord) -> Vec<u8> {
 /// with its `prev_hash`).
 pub fn chain_hash(e: &EventRecord) -> String {
     hex::encode(Sha256::digest(canonical(e)))
-}
-
-pub(super) async fn append(tx: &mut Tx, ev: &NewEvent<'_>, at: DateTime<Utc>) -> sqlx::Result<i64> {
-    lock_chain(tx).await?;
-    let head = sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
-    let mut tags = ev.subject_tags.to_vec();
-    tags.sort_unstable();
-    tags.dedup();
-    let mut record = EventRecord {
-        seq: head.try_get::<i64, _>("seq")? + 1,
-        at: from_millis(to_millis(at)),
-        request_id: ev.request_id.map(Into::into),
-        tenant_id: ev.tenant_id.map(Into::into),
-        store: ev.store.map(Into::into),
-        action: ev.action.into(),
-        attempt: ev.attempt,
-        records_found: ev.counts.map(|c| c.0 as i64),
-        records_affected: ev.counts.map(|c| c.1 as i64),
-        actor: ev.actor.map(Into::into),
-        subject_tag: ev.subject_tag.map(Into::into),
-        detail: ev.detail.map(Into::into),
-        subject_tags: tags,
-        prev_hash: Some(head.try_get("hash")?),
-        hash: None,
-    };
-    let hash = chain_hash(&record);
-    sqlx::query(
-        "INSERT INTO dsr_events (seq, at, request_id, tenant_id, store, action, attempt, records_found, \
-         records_affected, actor, subject_tag, detail, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(record.seq)
-    .bind(to_millis(record.at))
-    .bind(&record.request_id)
-    .bind(&record.tenant_id)
-    .bind(&record.store)
-    .bind(&record.action)
-    .bind(record.attempt)
-    .bind(record.records_found)
-    .bind(record.records_affected)
-    .bind(&record.actor)
-    .bind(&record.subject_tag)
-    .bind(&record.detail)
-    .bind(&record.prev_hash)
-    .bind(&hash)
-    .execute(&mut **tx)
-    .await?;
-    for tag in &record.subject_tags {
-        sqlx::query("INSERT INTO dsr_event_subjects (seq, request_id, tag) VALUES ($1, $2, $3)")
-            .bind(record.seq)
-            .bind(record.request_id.as_deref().unwrap_or(""))
-            .bind(tag)
-            .execute(&mut **tx)
-            .await?;
-    }
-    sqlx::query("UPDATE dsr_audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(record.seq)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
-    record.hash = Some(hash);
-    Ok(record.seq)
 }
 
 /// Fills in the subject tags of `events` (one query over their seq range).
@@ -248,19 +184,31 @@ fn checkpoint_detail(seq: i64, hash: &str) -> String {
 }
 
 impl Ledger {
-    /// Starts a write transaction holding the chain lock (see the module docs for why first).
+    /// Starts a write transaction whose events go to the journal (`journal::append`): it takes
+    /// no chain lock, so transactions that record events run side by side.
     pub(super) async fn begin_chained(&self) -> sqlx::Result<Tx> {
-        let mut tx = self.db.begin_write().await?;
-        lock_chain(&mut tx).await?;
-        Ok(tx)
+        self.db.begin_write().await
     }
 
     /// Links events written before the chain existed (hash NULL, after the head) into it, in seq
     /// order. Runs at every start; a no-op once done.
     pub(super) async fn seal_unchained_events(&self) -> Result<u64> {
-        let mut tx = self.begin_chained().await?;
-        let head =
-            sqlx::query("SELECT seq, hash FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let unchained: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dsr_events WHERE hash IS NULL")
+            .fetch_one(self.db.pool())
+            .await?;
+        if unchained == 0 {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        // The head's row lock keeps sealers (whose compare-and-set waits on it, then fails and
+        // reads again) from linking journal rows at the seqs these old events hold.
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let head = sqlx::query(&format!("SELECT seq, hash FROM dsr_audit_head WHERE id = 1{lock}"))
+            .fetch_one(&mut *tx)
+            .await?;
         let (mut seq, mut prev): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM dsr_events WHERE seq > $1 AND hash IS NULL ORDER BY seq"
@@ -301,6 +249,7 @@ impl Ledger {
         after_seq: Option<i64>,
         size: usize,
     ) -> Result<(Vec<EventRecord>, Option<i64>)> {
+        self.seal_journal().await?;
         let mut sql = format!("SELECT {EVENT_COLUMNS} FROM dsr_events WHERE 1=1");
         let mut binds: Vec<Bind> = Vec::new();
         let mut n = 0;
@@ -348,8 +297,8 @@ impl Ledger {
         Ok((events, next))
     }
 
-    /// Recomputes the chain from the newest checkpoint (or the start) to the head, on one
-    /// consistent snapshot, and reports the first event that fails:
+    /// Links the journal, then recomputes the chain from the newest checkpoint (or the start) to
+    /// the head, on one consistent snapshot, and reports the first event that fails:
     /// - an edited event: its own seq (its hash no longer matches its contents);
     /// - a deleted event: the seq of the event after the gap (its `prev_hash` links to nothing);
     /// - an inserted or reordered event: the first position whose hash or link fails (the seq is
@@ -358,6 +307,7 @@ impl Ledger {
     /// - events added after the head: the first of them;
     /// - a checkpoint that no `audit_pruned` event in the chain vouches for: the seq after it.
     pub async fn verify_audit_chain(&self) -> Result<ChainVerdict> {
+        self.seal_journal().await?;
         let begin = match self.db.backend() {
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             Backend::Sqlite => "BEGIN",
@@ -459,7 +409,9 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<PruneReport> {
         let before_ms = to_millis(before);
-        let mut tx = self.begin_chained().await?;
+        self.seal_journal().await?;
+        let mut tx = self.db.begin_write().await?;
+        lock_chain(&mut tx).await?;
         let head_seq: i64 =
             sqlx::query_scalar("SELECT seq FROM dsr_audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let (checkpoint_seq, _) = latest_checkpoint(&mut *tx).await?;
@@ -495,7 +447,8 @@ impl Ledger {
         sqlx::query("DELETE FROM dsr_event_subjects WHERE seq <= $1").bind(cut).execute(&mut *tx).await?;
         const ENDED_WITHOUT_EVENTS: &str =
             "SELECT r.id FROM dsr_requests r WHERE r.completed_at IS NOT NULL \
-             AND r.completed_at < $1 AND NOT EXISTS (SELECT 1 FROM dsr_events e WHERE e.request_id = r.id)";
+             AND r.completed_at < $1 AND NOT EXISTS (SELECT 1 FROM dsr_events e WHERE e.request_id = r.id) \
+             AND NOT EXISTS (SELECT 1 FROM dsr_event_journal j WHERE j.request_id = r.id)";
         sqlx::query(&format!("DELETE FROM dsr_tasks WHERE request_id IN ({ENDED_WITHOUT_EVENTS})"))
             .bind(before_ms)
             .execute(&mut *tx)

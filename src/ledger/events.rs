@@ -1,10 +1,10 @@
-//! The append-only event log: one row per state change, written in the same transaction as the
-//! change and linked into the hash chain (`audit`). Holds request ids, tenants, stores, counts
+//! The append-only event log: one row per state change, written (to the journal) in the same
+//! transaction as the change and linked into the hash chain by a sealer (`journal`, `audit`). Holds request ids, tenants, stores, counts
 //! and keyed hashes — never an identifier.
 use chrono::{DateTime, Utc};
 use sqlx::{any::AnyRow, Row};
 
-use super::{audit, Ledger, Result};
+use super::{audit, journal, Ledger, Result};
 use crate::{clock::from_millis, db::Tx};
 
 /// An event about to be appended.
@@ -70,10 +70,9 @@ impl<'a> NewEvent<'a> {
         self
     }
 
-    /// Appends the event at the end of the chain. Takes the chain lock if the transaction does
-    /// not hold it yet (see `audit::lock_chain`), so the chain is linear whoever calls this.
-    pub async fn append(self, tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<i64> {
-        audit::append(tx, &self, at).await
+    /// Records the event in `tx`; a sealer links it at the end of the chain (see `journal`).
+    pub async fn append(self, tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<()> {
+        journal::append(tx, &self, at).await
     }
 }
 
@@ -128,15 +127,16 @@ impl EventRecord {
 impl Ledger {
     /// Appends one event in its own transaction (for events that record no state change here:
     /// what a retention sweep erased in a store).
-    pub async fn record_event(&self, event: NewEvent<'_>, now: DateTime<Utc>) -> Result<i64> {
+    pub async fn record_event(&self, event: NewEvent<'_>, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.begin_chained().await?;
-        let seq = event.append(&mut tx, now).await?;
+        event.append(&mut tx, now).await?;
         tx.commit().await?;
-        Ok(seq)
+        Ok(())
     }
 
-    /// A request's events, oldest first.
+    /// A request's events, oldest first (the journal linked first).
     pub async fn events_of(&self, request_id: &str) -> Result<Vec<EventRecord>> {
+        self.seal_journal().await?;
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM dsr_events WHERE request_id = $1 ORDER BY seq"
         ))

@@ -10,6 +10,7 @@ mod deliveries;
 mod events;
 mod exports;
 mod holds;
+mod journal;
 mod leases;
 mod requests;
 mod stats;

@@ -153,7 +153,7 @@ async fn no_event_holds_a_phone_email_name_or_idempotency_key(backend: Backend) 
     for e in all_events(&app, everything()).await {
         dump.push_str(&format!("{e:?}\n"));
     }
-    for table in ["dsr_events", "dsr_event_subjects"] {
+    for table in ["dsr_events", "dsr_event_subjects", "dsr_event_journal"] {
         let rows = sqlx::query(&format!("SELECT * FROM {table}")).fetch_all(app.db.pool()).await.unwrap();
         for row in rows {
             use sqlx::{Column, Row};

@@ -201,8 +201,16 @@ impl TestApp {
             .stores
     }
 
-    /// Rows of the ledger table (to prove nothing was written).
+    /// Links the event journal into the chain now, before a test reads `dsr_events` directly.
+    pub async fn seal_journal(&self) {
+        support::seal_journal(&self.db).await;
+    }
+
+    /// Rows of the ledger table (to prove nothing was written; `dsr_events` after sealing).
     pub async fn count(&self, table: &str) -> i64 {
+        if table == "dsr_events" {
+            support::seal_journal(&self.db).await;
+        }
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(self.db.pool()).await.unwrap()
     }
 

@@ -31,6 +31,7 @@ async fn rectify(app: &TestApp, req: SubmitRectificationRequest) -> Result<pb::D
 
 /// Every text a request left in the ledger: its events (all columns) and its request row.
 async fn ledger_text(app: &TestApp, id: &str) -> String {
+    app.seal_journal().await;
     let mut text = String::new();
     for (table, column) in [("dsr_events", "request_id"), ("dsr_requests", "id"), ("dsr_tasks", "request_id")]
     {

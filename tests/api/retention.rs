@@ -148,6 +148,7 @@ async fn events(
     db: &Db,
     action: &str,
 ) -> Vec<(Option<String>, Option<String>, Option<i64>, Option<i64>, Option<String>)> {
+    crate::support::seal_journal(db).await;
     sqlx::query_as(
         "SELECT tenant_id, store, records_found, records_affected, detail FROM dsr_events WHERE action = $1 ORDER BY seq",
     )
@@ -334,6 +335,7 @@ async fn records_just_inside_each_period_stay_and_just_outside_go(backend: Backe
     let summary = events(db, "retention_sweep").await;
     assert_eq!(summary.len(), 1);
     assert_eq!((summary[0].2, summary[0].3), (Some(6), Some(6)));
+    crate::support::seal_journal(db).await;
     let all: Vec<String> =
         sqlx::query_scalar("SELECT COALESCE(detail, '') FROM dsr_events").fetch_all(db.pool()).await.unwrap();
     for text in all {
@@ -666,6 +668,7 @@ async fn request_events(
     app: &TestApp,
     id: &str,
 ) -> Vec<(String, Option<String>, Option<i64>, Option<i64>, Option<String>)> {
+    app.seal_journal().await;
     sqlx::query_as("SELECT action, store, records_found, records_affected, detail FROM dsr_events WHERE request_id = $1 ORDER BY seq")
         .bind(id)
         .fetch_all(app.db.pool())
@@ -939,6 +942,7 @@ async fn a_litigation_hold_keeps_everything_until_its_release_lets_the_erasure_t
     );
 
     // Neither reason is in the audit trail.
+    app.seal_journal().await;
     let details: Vec<String> = sqlx::query_scalar("SELECT COALESCE(detail, '') FROM dsr_events")
         .fetch_all(app.db.pool())
         .await
@@ -1079,6 +1083,7 @@ async fn a_deadline_is_extended_once_by_the_laws_amount(backend: Backend) {
     let ext: Vec<_> = ev.iter().filter(|e| e.0 == "deadline_extended").collect();
     assert_eq!(ext.len(), 1);
     assert!(ext[0].4.as_deref().unwrap().contains("->"), "{:?}", ext[0]);
+    app.seal_journal().await;
     let details: Vec<String> = sqlx::query_scalar("SELECT COALESCE(detail, '') FROM dsr_events")
         .fetch_all(app.db.pool())
         .await

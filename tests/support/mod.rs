@@ -17,6 +17,12 @@ pub enum Backend {
 
 /// The Postgres server the test command started. Never skipped: without it the Postgres half of
 /// the suite fails, loudly.
+/// Links the ledger's event journal into the audit chain now (a server's sealer does it within
+/// moments; a test reading `dsr_events` directly must not race it).
+pub async fn seal_journal(db: &dsr::db::Db) {
+    dsr::ledger::Ledger::new(db.clone()).seal_journal().await.expect("seal the audit journal");
+}
+
 pub fn postgres_server_url() -> String {
     std::env::var("DSR_TEST_POSTGRES_URL").expect(
         "DSR_TEST_POSTGRES_URL is not set: run the suite with `scripts/test.sh`, which starts a throwaway \

@@ -223,16 +223,11 @@ impl Engine {
                 .await
                 .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))
         };
-        let held_before = hold_now().await?;
         let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let unattributed = scan.unattributed.len() as u64;
-        // Asked again right before the erase: finding the records may take long, and a hold
-        // placed meanwhile must still keep them.
-        let held = match held_before {
-            Some(h) => Some(h),
-            None => hold_now().await?,
-        };
-        if let Some(hold) = held {
+        // Asked right before the erase, after finding the records (which may take long): a hold
+        // placed meanwhile still keeps them. And once more after it (below).
+        if let Some(hold) = hold_now().await? {
             return Ok(TaskResult {
                 state: OutcomeState::Retained,
                 found: scan.held(adapter.keeps_under_legal_obligation()),

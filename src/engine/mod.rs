@@ -112,42 +112,43 @@ impl Engine {
         let mut db_trouble = 0u32;
         while !shutdown.is_cancelled() {
             let mut claimed = 0;
-            let queues = self.stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]);
-            for queue in queues {
-                let store_sem = &self.per_store[queue];
-                let free = store_sem.available_permits().min(self.workers.available_permits());
-                if free == 0 {
-                    continue;
+            // Every queue with room, in one claim (one transaction, one statement per queue).
+            let queues: Vec<(&str, usize)> = self
+                .stores
+                .all()
+                .iter()
+                .map(|a| a.name())
+                .chain([ARCHIVE_TASK])
+                .map(|q| (q, self.per_store[q].available_permits()))
+                .collect();
+            let room = self.workers.available_permits();
+            let claim =
+                self.ledger.claim_due(&queues, room, &self.owner, self.config.lease(), self.clock.now());
+            let tasks = match claim.await {
+                Ok(tasks) => {
+                    db_trouble = 0;
+                    tasks
                 }
-                let tasks = match self
-                    .ledger
-                    .claim(queue, free, &self.owner, self.config.lease(), self.clock.now())
-                    .await
-                {
-                    Ok(tasks) => {
-                        db_trouble = 0;
-                        tasks
-                    }
-                    Err(e) => {
-                        db_trouble += 1;
-                        warn!(store = queue, error = %e, "claiming tasks failed");
-                        continue;
-                    }
-                };
-                for task in tasks {
-                    // Only this loop takes permits, and it counted them above: these succeed.
-                    let permits = (
-                        self.workers.clone().try_acquire_owned().expect("worker permit counted"),
-                        store_sem.clone().try_acquire_owned().expect("store permit counted"),
-                    );
-                    claimed += 1;
-                    self.running.lock().expect("running lock").insert(task.task_id.clone(), task.clone());
-                    let engine = self.clone();
-                    inflight.spawn(async move {
-                        let _permits = permits;
-                        engine.run_task(task).await;
-                    });
+                Err(e) => {
+                    db_trouble += 1;
+                    warn!(error = %e, "claiming tasks failed");
+                    Vec::new()
                 }
+            };
+            for task in tasks {
+                let store_sem = &self.per_store[task.store.as_str()];
+                // Only this loop takes permits, and it counted them above: these succeed.
+                let permits = (
+                    self.workers.clone().try_acquire_owned().expect("worker permit counted"),
+                    store_sem.clone().try_acquire_owned().expect("store permit counted"),
+                );
+                claimed += 1;
+                self.running.lock().expect("running lock").insert(task.task_id.clone(), task.clone());
+                let engine = self.clone();
+                inflight.spawn(async move {
+                    let _permits = permits;
+                    engine.run_task(task).await;
+                });
             }
             while inflight.try_join_next().is_some() {}
             if claimed == 0 {

@@ -70,6 +70,11 @@ impl<'a> NewEvent<'a> {
         self
     }
 
+    /// Records these events in `tx`, in this order, in one statement.
+    pub async fn append_all(events: &[NewEvent<'_>], tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<()> {
+        journal::append_all(tx, events, at).await
+    }
+
     /// Records the event in `tx`; a sealer links it at the end of the chain (see `journal`).
     pub async fn append(self, tx: &mut Tx, at: DateTime<Utc>) -> sqlx::Result<()> {
         journal::append(tx, &self, at).await

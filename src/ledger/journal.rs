@@ -47,29 +47,51 @@ pub const SEAL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Records `ev` in the journal, in `tx`. It joins the chain when a sealer links it.
 pub(super) async fn append(tx: &mut Tx, ev: &NewEvent<'_>, at: DateTime<Utc>) -> sqlx::Result<()> {
-    let mut tags = ev.subject_tags.to_vec();
-    tags.sort_unstable();
-    tags.dedup();
-    let tags = serde_json::to_string(&tags).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    sqlx::query(
-        "INSERT INTO dsr_event_journal (at, request_id, tenant_id, store, action, attempt, records_found, \
-         records_affected, actor, subject_tag, detail, subject_tags) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(to_millis(at))
-    .bind(ev.request_id)
-    .bind(ev.tenant_id)
-    .bind(ev.store)
-    .bind(ev.action)
-    .bind(ev.attempt)
-    .bind(ev.counts.map(|c| c.0 as i64))
-    .bind(ev.counts.map(|c| c.1 as i64))
-    .bind(ev.actor)
-    .bind(ev.subject_tag)
-    .bind(ev.detail)
-    .bind(tags)
-    .execute(&mut **tx)
-    .await?;
+    append_all(tx, std::slice::from_ref(ev), at).await
+}
+
+/// Journal columns an event binds.
+const JOURNAL_COLUMNS: usize = 12;
+
+/// Records `events` in the journal, in `tx`, in this order (ids ascend within one statement),
+/// in one `INSERT` per `MAX_ROWS`.
+pub(super) async fn append_all(tx: &mut Tx, events: &[NewEvent<'_>], at: DateTime<Utc>) -> sqlx::Result<()> {
+    const MAX_ROWS: usize = 500;
+    for chunk in events.chunks(MAX_ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let cols: Vec<String> =
+                    (1..=JOURNAL_COLUMNS).map(|c| format!("${}", r * JOURNAL_COLUMNS + c)).collect();
+                format!("({})", cols.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO dsr_event_journal (at, request_id, tenant_id, store, action, attempt, records_found, \
+             records_affected, actor, subject_tag, detail, subject_tags) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for ev in chunk {
+            let mut tags = ev.subject_tags.to_vec();
+            tags.sort_unstable();
+            tags.dedup();
+            let tags = serde_json::to_string(&tags).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            q = q
+                .bind(to_millis(at))
+                .bind(ev.request_id)
+                .bind(ev.tenant_id)
+                .bind(ev.store)
+                .bind(ev.action)
+                .bind(ev.attempt)
+                .bind(ev.counts.map(|c| c.0 as i64))
+                .bind(ev.counts.map(|c| c.1 as i64))
+                .bind(ev.actor)
+                .bind(ev.subject_tag)
+                .bind(ev.detail)
+                .bind(tags);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -77,10 +77,7 @@ pub enum Fenced {
 }
 
 impl Ledger {
-    /// Claims up to `limit` due tasks of one store: pending ones whose time has come, and running
-    /// ones whose lease expired (their worker died). Tasks of a later stage are due only once
-    /// every earlier stage of their request has ended (see `BLOCKED`), so this is an index range
-    /// scan whatever the backlog.
+    /// Claims up to `limit` due tasks of one store (see `claim_due`).
     pub async fn claim(
         &self,
         store: &str,
@@ -89,6 +86,28 @@ impl Ledger {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<ClaimedTask>> {
+        self.claim_due(&[(store, limit)], limit, owner, lease, now).await
+    }
+
+    /// Claims due tasks of several stores, up to a limit each and `room` in all (taken in queue
+    /// order, as each store's claim returns), in one transaction: pending ones
+    /// whose time has come, and running ones whose lease expired (their worker died). Tasks of a
+    /// later stage are due only once every earlier stage of their request has ended (see
+    /// `BLOCKED`), so each store's claim is an index range scan whatever the backlog. The
+    /// requests the tasks belong to are read, moved to IN_PROGRESS and given their
+    /// `task_started` events in one statement each, not one per task.
+    pub async fn claim_due(
+        &self,
+        queues: &[(&str, usize)],
+        room: usize,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedTask>> {
+        let queues: Vec<(&str, usize)> = queues.iter().copied().filter(|(_, n)| *n > 0).collect();
+        if queues.is_empty() || room == 0 {
+            return Ok(Vec::new());
+        }
         let lock = match self.db.backend() {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -96,7 +115,8 @@ impl Ledger {
         // A task whose lease expired at its last attempt is not claimed again: its work killed
         // (or hung) every worker that took it, and claiming it once more would crash-loop the
         // fleet. It ends FAILED, saying so; RetryRequest gives it a new budget once fixed.
-        self.fail_exhausted(store, now).await?;
+        let stores: Vec<&str> = queues.iter().map(|(s, _)| *s).collect();
+        self.fail_exhausted(&stores, now).await?;
         let sql = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
@@ -108,24 +128,50 @@ impl Ledger {
         );
         let now_ms = to_millis(now);
         let mut tx = self.begin_chained().await?;
-        let rows = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now_ms + lease.as_millis() as i64)
-            .bind(now_ms)
-            .bind(store)
-            .bind(limit as i64)
+        let mut rows = Vec::new();
+        for (store, limit) in &queues {
+            let limit = (*limit).min(room - rows.len());
+            if limit == 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query(&sql)
+                    .bind(owner)
+                    .bind(now_ms + lease.as_millis() as i64)
+                    .bind(now_ms)
+                    .bind(*store)
+                    .bind(limit as i64)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut request_ids: Vec<String> =
+            rows.iter().map(|r| r.try_get("request_id")).collect::<sqlx::Result<_>>()?;
+        request_ids.sort();
+        request_ids.dedup();
+        let list = placeholders(1, request_ids.len());
+        let sql = format!(
+            "SELECT id, tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id IN ({list})"
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &request_ids {
+            q = q.bind(id);
+        }
+        let requests: std::collections::HashMap<String, sqlx::any::AnyRow> = q
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get::<String, _>("id")?, r)))
+            .collect::<sqlx::Result<_>>()?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             let request_id: String = row.try_get("request_id")?;
-            let req = sqlx::query(
-                "SELECT tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id = $1",
-            )
-            .bind(&request_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let task = ClaimedTask {
+            let req = requests.get(&request_id).ok_or(sqlx::Error::RowNotFound)?;
+            claimed.push(ClaimedTask {
                 task_id: row.try_get("id")?,
                 tenant_id: req.try_get("tenant_id")?,
                 store: row.try_get("store")?,
@@ -136,38 +182,45 @@ impl Ledger {
                 found_checkpoint: row.try_get::<Option<i64>, _>("found_checkpoint")?.map(|n| n as u64),
                 trace_context: req.try_get("trace_context")?,
                 request_id,
-            };
-            NewEvent::request(&task.request_id, &task.tenant_id, "task_started")
-                .store(&task.store, task.attempt)
-                .append(&mut tx, now)
-                .await?;
-            // A claim cannot end a request: the status only moves from PENDING to IN_PROGRESS.
-            sqlx::query(
-                "UPDATE dsr_requests SET status = 'in_progress', version = version + 1 \
-                 WHERE id = $1 AND status IN ('pending', 'in_progress')",
-            )
-            .bind(&task.request_id)
-            .execute(&mut *tx)
-            .await?;
-            claimed.push(task);
+            });
         }
+        let events: Vec<NewEvent> = claimed
+            .iter()
+            .map(|t| {
+                NewEvent::request(&t.request_id, &t.tenant_id, "task_started").store(&t.store, t.attempt)
+            })
+            .collect();
+        NewEvent::append_all(&events, &mut tx, now).await?;
+        // A claim cannot end a request: the status only moves from PENDING to IN_PROGRESS.
+        let sql = format!(
+            "UPDATE dsr_requests SET status = 'in_progress', version = version + 1 \
+             WHERE id IN ({list}) AND status IN ('pending', 'in_progress')"
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &request_ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(claimed)
     }
 
-    /// Ends FAILED the tasks of `store` whose lease expired on their last allowed attempt, each
+    /// Ends FAILED the tasks of `stores` whose lease expired on their last allowed attempt, each
     /// with its `outcome` event and its request's new status.
-    async fn fail_exhausted(&self, store: &str, now: DateTime<Utc>) -> Result<()> {
+    async fn fail_exhausted(&self, stores: &[&str], now: DateTime<Utc>) -> Result<()> {
         let now_ms = to_millis(now);
-        let exhausted: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT t.id, t.request_id, t.attempt FROM dsr_tasks t WHERE t.store = $1 AND t.state = 'running' \
-             AND t.lease_until < $2 AND t.attempt >= t.attempt_limit",
-        )
-        .bind(store)
-        .bind(now_ms)
-        .fetch_all(self.db.pool())
-        .await?;
-        for (task_id, request_id, attempt) in exhausted {
+        let sql = format!(
+            "SELECT t.id, t.request_id, t.store, t.attempt FROM dsr_tasks t WHERE t.store IN ({}) \
+             AND t.state = 'running' AND t.lease_until < $1 AND t.attempt >= t.attempt_limit",
+            placeholders(2, stores.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, String, String, i64)>(&sql).bind(now_ms);
+        for store in stores {
+            q = q.bind(*store);
+        }
+        let exhausted = q.fetch_all(self.db.pool()).await?;
+        for (task_id, request_id, store, attempt) in exhausted {
+            let store = store.as_str();
             let mut tx = self.begin_chained().await?;
             let error = format!(
                 "the worker running attempt {attempt} stopped answering (its lease expired) and the attempt limit is reached: \
@@ -379,4 +432,9 @@ pub(super) async fn finish_in(
     }
     let status = refresh_status(tx, &task.request_id, &task.tenant_id, now).await?;
     Ok(Fenced::Applied(status))
+}
+
+/// `$first, $first+1, …`: `n` placeholders for an `IN (…)` list of bound values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }

@@ -271,40 +271,31 @@ pub async fn leftovers(adapter: &dyn StoreAdapter, res: &Resolution, erased: &St
     let p = &res.person;
     let recorded = res.store(adapter.name()).cloned().unwrap_or_default();
     let link_scan = adapter.links_to().and_then(|t| res.store(t));
-    let mut left: BTreeSet<String> = BTreeSet::new();
-    let keys: Vec<String> = recorded.mine.union(&erased.mine).cloned().collect();
-    let by_key = adapter.candidates(&Probe { tenant: &p.tenant, keys, ..Default::default() }).await?;
-    left.extend(by_key.into_iter().filter(|r| !r.cleared).map(|r| r.key));
-
-    let mut probes: Vec<Probe> = p
-        .identifiers()
-        .into_iter()
-        .map(|(kind, v)| {
-            let mut probe = Probe { tenant: &p.tenant, ..Default::default() };
-            match kind {
-                IdentKind::AccountId => probe.account_ids.push(v),
-                IdentKind::Email => probe.emails.push(v),
-                IdentKind::Phone => probe.phones.push(v),
-            }
-            probe
-        })
-        .collect();
-    if let Some(s) = link_scan {
-        probes.push(Probe {
-            tenant: &p.tenant,
-            links: s.mine.iter().cloned().collect(),
-            ..Default::default()
-        });
+    // One probe: the keys, every identifier, the links. The store sends its parts as separate
+    // lookups in one statement (`SubjectTable::candidates`), so each identifier is still asked
+    // alone; a row found counts by how it is judged here, not by which part found it.
+    let keys: BTreeSet<String> = recorded.mine.union(&erased.mine).cloned().collect();
+    let mut probe = Probe { tenant: &p.tenant, keys: keys.iter().cloned().collect(), ..Default::default() };
+    for (kind, v) in p.identifiers() {
+        match kind {
+            IdentKind::AccountId => probe.account_ids.push(v),
+            IdentKind::Email => probe.emails.push(v),
+            IdentKind::Phone => probe.phones.push(v),
+        }
     }
-    for probe in probes {
-        for row in adapter.candidates(&probe).await? {
-            if row.cleared {
-                continue;
-            }
-            let linked = row.link.as_deref().and_then(|l| link_scan.and_then(|s| s.attribution_of(l)));
-            if attribute(p, &row, linked) == Attribution::Mine {
-                left.insert(row.key);
-            }
+    if let Some(s) = link_scan {
+        probe.links = s.mine.iter().cloned().collect();
+    }
+    let mut left: BTreeSet<String> = BTreeSet::new();
+    for row in adapter.candidates(&probe).await? {
+        if row.cleared {
+            continue;
+        }
+        // A recorded key still there is left whoever it looks like now; any other row is
+        // left if it is the person's.
+        let linked = row.link.as_deref().and_then(|l| link_scan.and_then(|s| s.attribution_of(l)));
+        if keys.contains(&row.key) || attribute(p, &row, linked) == Attribution::Mine {
+            left.insert(row.key);
         }
     }
     let objects: Vec<String> = recorded.objects.union(&erased.objects).cloned().collect();

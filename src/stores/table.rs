@@ -3,7 +3,8 @@
 //! of the SQL adapters is built here from that description:
 //!
 //! - `candidates`: one index lookup per part of a `Probe` (account ids, emails by their compared
-//!   form, phones by their digits, links, keys), each scoped to the tenant, in chunks;
+//!   form, phones by their digits, links, keys), each scoped to the tenant, sent together as one
+//!   `UNION ALL` statement (in chunks of bound values);
 //! - `delete`, `export`, `set_column`: by key, after the resolution has decided whose a row is.
 //!
 //! Identifiers are bound, never spliced into SQL; table and column names come from a validated
@@ -243,10 +244,11 @@ impl SubjectTable {
     }
 
     /// Rows of the tenant found by any part of the probe, once each, in key order. Each part is
-    /// its own statement (an index lookup on `(tenant_id, <expression>)`): SQLite does not use
-    /// an index for `tenant AND (a OR b)`.
+    /// its own `SELECT` (an index lookup on `(tenant_id, <expression>)`: SQLite does not use an
+    /// index for `tenant AND (a OR b)`), and the parts go to the database together, joined by
+    /// `UNION ALL`: one round trip for a whole probe, unless its values exceed `CHUNK`.
     pub async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
-        let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
+        let mut arms: Vec<(SelectStatement, usize)> = Vec::new();
         for (expr, typed_as, values) in self.lookups(probe) {
             // A value that cannot be of the column's type (text for a uuid key) names no row.
             let values: Vec<String> = match typed_as.as_deref().and_then(|c| self.non_text_type(c)) {
@@ -261,10 +263,19 @@ impl SubjectTable {
                 let mut q = self.select();
                 self.candidate_columns(&mut q);
                 q.and_where(self.in_tenant(probe.tenant)).and_where(expr.clone().is_in(list));
-                for row in &self.fetch_all(&q).await? {
-                    let r = self.row(row)?;
-                    found.entry(r.key.clone()).or_insert(r);
-                }
+                arms.push((q, chunk.len()));
+            }
+        }
+        let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
+        let mut arms = arms.into_iter().peekable();
+        while let Some((mut q, mut bound)) = arms.next() {
+            while let Some((next, n)) = arms.next_if(|(_, n)| bound + n <= CHUNK) {
+                q.union(sea_query::UnionType::All, next);
+                bound += n;
+            }
+            for row in &self.fetch_all(&q).await? {
+                let r = self.row(row)?;
+                found.entry(r.key.clone()).or_insert(r);
             }
         }
         Ok(found.into_values().collect())

@@ -19,7 +19,10 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(30);
 impl Campaign {
     async fn start(&mut self, name: &str) -> anyhow::Result<Replica> {
         let port = self.port()?;
-        self.spec.start(name, port).await
+        let started = Instant::now();
+        let r = self.spec.start(name, port).await?;
+        self.figures.time("server start to listening", started.elapsed());
+        Ok(r)
     }
 
     /// SIGTERM, timed; a server that does not exit cleanly in time is a violation.
@@ -236,8 +239,9 @@ impl Campaign {
         }
         let before = task_states(&self.pool, &ids).await?;
         a.resume();
-        // Long enough for the late worker to try to finish, renew and write what it had.
-        tokio::time::sleep(LEASE * 3).await;
+        // Long enough for the late worker to renew its lease (every third of it) and to try to
+        // write what it had.
+        tokio::time::sleep(LEASE * 2).await;
         let after = task_states(&self.pool, &ids).await?;
         let changed =
             before.iter().zip(&after).filter(|(x, y)| x != y).count() + before.len().abs_diff(after.len());

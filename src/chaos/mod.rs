@@ -105,7 +105,7 @@ struct Plan {
 impl ChaosArgs {
     fn plan(&self) -> Plan {
         let (rounds, deletions, batch, sigterms, outage, controls) =
-            if self.short { (8, 16, 8, 1, 3, 8) } else { (100, 200, 30, 5, 120, 40) };
+            if self.short { (8, 16, 6, 1, 3, 8) } else { (100, 200, 30, 5, 120, 40) };
         Plan {
             rounds: self.rounds.unwrap_or(rounds),
             deletions: self.deletions.unwrap_or(deletions),

@@ -62,6 +62,7 @@ impl Campaign {
         let mut carried = Vec::new();
         let mut storm = Vec::new();
         let mut last_kill = Instant::now();
+        let mut kill_times = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let r = self.start("storm").await?;
             let mut batch = std::mem::take(&mut carried);
@@ -97,6 +98,7 @@ impl Campaign {
             tokio::time::sleep(moment).await;
             r.kill().await;
             last_kill = Instant::now();
+            kill_times.push(crate::clock::to_millis(chrono::Utc::now()));
             submitter.abort();
             let _ = submitter.await;
             self.figures.kills += 1;
@@ -120,6 +122,19 @@ impl Campaign {
         storm.extend(acked);
         self.wait_ended("kill storm: all ended after the last kill", &workload::ids(&storm), last_kill).await;
         self.stop(r).await;
+        // Work resumed after each kill: the first store task finished after it (the ledger's
+        // times are this machine's clock too).
+        for killed_at in kill_times {
+            let first: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(finished_at) FROM dsr.dsr_tasks WHERE finished_at > $1")
+                    .bind(killed_at)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if let Some(first) = first {
+                let resumed = Duration::from_millis((first - killed_at) as u64);
+                self.figures.time("kill storm: first store task finished after a kill", resumed);
+            }
+        }
         Ok(())
     }
 

@@ -94,8 +94,7 @@ pub async fn submit(c: &mut DataSubjectRightsClient<Channel>, s: &Seeded) -> any
 }
 
 /// Submits every subject of `batch` to the replicas at `urls` (round robin), trying again on
-/// any error until `patience` has passed; the ones that were never acknowledged are returned
-/// as the error's count in `unacked`.
+/// any error until `patience` has passed: (acknowledged, never acknowledged).
 pub async fn submit_all(urls: &[String], batch: &[Seeded], patience: Duration) -> (Vec<Acked>, Vec<Seeded>) {
     let deadline = Instant::now() + patience;
     let mut clients: Vec<Option<DataSubjectRightsClient<Channel>>> = urls.iter().map(|_| None).collect();

@@ -9,6 +9,8 @@
 #   - `promtool` (apt package `prometheus`, installed when missing): a test lints /metrics with it;
 #   - a NATS server with JetStream (apt package `nats-server`, installed when missing) on a random
 #     loopback port, unless DSR_TEST_NATS_URL is already set: the recipients' tests publish to it.
+# (tests/chaos.rs, the short fault campaign, starts a Postgres cluster of its own from the same
+# binaries: it restarts it fast and immediate, which it cannot do to a shared one.)
 # Then: the offline deployment checks, rustfmt, clippy, and `cargo test` over everything
 # (SQLite and Postgres, local files and S3). No test skips itself.
 set -euo pipefail

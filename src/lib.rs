@@ -19,6 +19,7 @@
 //! | `files`     | private files: data directory 0700, files 0600 whatever the umask      |
 //! | `seed`      | deterministic synthetic data in the reference schema                   |
 //! | `bench`     | `dsr bench`: measurements next to a floor from the same run            |
+//! | `chaos`     | `dsr chaos`: the fault campaign (kills, pauses, Postgres restarts, failing stores) |
 //! | `privacy`   | keyed hashes: the only way an identifier reaches a log                 |
 //! | `clock`     | injected time                                                          |
 //! | `telemetry` | logs, OpenTelemetry traces (OTLP), the gRPC server span                 |
@@ -29,6 +30,7 @@ pub mod adapter;
 pub mod api;
 pub mod bench;
 pub mod catalog;
+pub mod chaos;
 pub mod cli;
 pub mod clock;
 pub mod config;

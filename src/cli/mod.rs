@@ -87,6 +87,10 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// The fault campaign: `dsr serve` replicas of this binary on a Postgres cluster of its own,
+    /// SIGKILLed, paused, SIGTERMed, their database restarted and a store failing while
+    /// deletions run; then every invariant is checked. Non-zero exit on any violation.
+    Chaos(crate::chaos::ChaosArgs),
     /// Submit an export of everything held on a subject; with -o, wait for it and download the
     /// archive.
     Export {
@@ -438,6 +442,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             result
         }
         Command::Sweep { loc, dry_run } => server::sweep(&loc, dry_run).await,
+        Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Export { conn, subject, submit, output } => {
             export::export(&conn, &subject, &submit, output.as_deref()).await
         }

@@ -124,7 +124,7 @@ pub enum StoreError {
     /// Worth retrying: the store is down, busy or timed out.
     #[error("{0}")]
     Transient(String),
-    /// Retrying will not help (the table is missing, a column has the wrong type).
+    /// Retrying will not help (a column has the wrong type, a value does not decode).
     #[error("{0}")]
     Fatal(String),
     /// What was asked for is no longer there: erased since it was listed (an export's file
@@ -142,10 +142,15 @@ impl From<sqlx::Error> for StoreError {
             | TypeNotFound { .. }
             | Decode(_)
             | ColumnIndexOutOfBounds { .. } => StoreError::Fatal(format!("store schema mismatch: {e}")),
+            // A table or column missing while serving: the start-up check found it, so it was
+            // renamed or dropped since — maybe by a migration under way. Retried with backoff
+            // (health and `dsr_store_up` show the store down meanwhile); the attempt limit ends
+            // it FAILED if it stays missing. (Found by `dsr chaos`: a table renamed away for 8 s
+            // failed its request for good.)
             Database(db)
                 if db.message().contains("no such table") || db.message().contains("does not exist") =>
             {
-                StoreError::Fatal(format!("store schema mismatch: {}", db.message()))
+                StoreError::Transient(format!("store schema mismatch (retried): {}", db.message()))
             }
             Database(db) => StoreError::Transient(format!("database error: {}", db.message())),
             _ => StoreError::Transient(format!("database unavailable: {e}")),
@@ -517,6 +522,19 @@ impl StoreRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table renamed or dropped while serving (a migration under way) is retried, not failed
+    /// for good: the error real SQLite gives for it maps to a transient failure.
+    #[tokio::test]
+    async fn a_table_missing_while_serving_is_a_transient_failure() {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect("sqlite::memory:").await.unwrap();
+        let e = sqlx::query("SELECT id FROM call_logs_moved_away").fetch_all(&pool).await.err().expect("no such table");
+        match StoreError::from(e) {
+            StoreError::Transient(m) => assert!(m.contains("no such table"), "{m}"),
+            other => panic!("not transient: {other:?}"),
+        }
+    }
 
     #[test]
     fn object_store_errors_carry_no_object_path() {

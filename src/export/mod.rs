@@ -22,7 +22,7 @@ use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
 pub use archive::{assemble, ArchiveJob};
-pub use janitor::{erase, expire, expire_due, run_janitor};
+pub use janitor::{delete_leftovers, erase, expire, expire_due, request_ended, run_janitor};
 pub use manifest::{Manifest, ManifestFile, ManifestStore, MANIFEST_FORMAT};
 pub use part::{PartSummary, PartWriter};
 
@@ -39,6 +39,9 @@ pub struct ExportStorage {
     objects: Arc<dyn ObjectStore>,
     pub expiry: Duration,
     pub notice: ExportNotice,
+    /// Wakes the janitor before its interval: a deletion completed, so archives of its subject
+    /// go now rather than at the next pass.
+    janitor: tokio::sync::Notify,
 }
 
 impl ExportStorage {
@@ -48,7 +51,13 @@ impl ExportStorage {
             objects: open_durable_object_store(&settings.exports_url)?,
             expiry: Duration::days(x.expiry_days.into()),
             notice: x.notice.clone(),
+            janitor: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Asks the janitor for a pass now (one pending wake-up is kept if it is busy).
+    pub fn wake_janitor(&self) {
+        self.janitor.notify_one();
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
@@ -75,6 +84,24 @@ impl ExportStorage {
     /// Deletes the parts once the archive holds them.
     pub async fn delete_parts(&self, request_id: &str) -> StoreResult<()> {
         self.delete_under(&Path::from(format!("{request_id}/parts"))).await
+    }
+
+    /// Every object in the export storage, as (request id, path, last modified).
+    pub(crate) fn list_everything(
+        &self,
+    ) -> impl futures::Stream<Item = StoreResult<(String, Path, chrono::DateTime<chrono::Utc>)>> + '_ {
+        self.objects.list(None).map_err(StoreError::from).map_ok(|meta| {
+            let id = meta.location.parts().next().map(|p| p.as_ref().to_owned()).unwrap_or_default();
+            (id, meta.location, meta.last_modified)
+        })
+    }
+
+    /// Deletes one object (a missing one is fine).
+    pub(crate) async fn delete_object(&self, path: &Path) -> StoreResult<()> {
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::from(e)),
+        }
     }
 
     async fn delete_under(&self, prefix: &Path) -> StoreResult<()> {

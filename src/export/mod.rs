@@ -7,10 +7,13 @@
 //!
 //! ```text
 //! <request id>/parts/<store>.json          the store's records, a JSON array
-//! <request id>/parts/<store>.summary.json  record count and the files to copy in
+//! <request id>/parts/<store>.files.jsonl   the files to copy in, one JSON object a line
+//! <request id>/parts/<store>.summary.json  record and file counts
+//! <request id>/parts/manifest.json         the manifest, spooled while the archive is written
 //! <request id>/export.zip                  the archive
 //! ```
 mod archive;
+mod download_file;
 mod janitor;
 mod manifest;
 mod part;
@@ -22,6 +25,7 @@ use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
 pub use archive::{assemble, ArchiveJob};
+pub use download_file::DownloadFile;
 pub use janitor::{delete_leftovers, erase, expire, expire_due, request_ended, run_janitor};
 pub use manifest::{Manifest, ManifestFile, ManifestStore, MANIFEST_FORMAT};
 pub use part::{PartSummary, PartWriter};
@@ -66,6 +70,15 @@ impl ExportStorage {
 
     pub fn part_path(request_id: &str, store: &str) -> Path {
         Path::from(format!("{request_id}/parts/{store}.json"))
+    }
+
+    pub fn files_path(request_id: &str, store: &str) -> Path {
+        Path::from(format!("{request_id}/parts/{store}.files.jsonl"))
+    }
+
+    /// The manifest as the archive step writes it, before it is copied into the archive.
+    pub fn manifest_spool_path(request_id: &str) -> Path {
+        Path::from(format!("{request_id}/parts/manifest.json"))
     }
 
     pub fn summary_path(request_id: &str, store: &str) -> Path {

@@ -466,6 +466,20 @@ async fn stored_objects(app: &TestApp, id: &str) -> Vec<String> {
     }
 }
 
+/// `stored_objects` once the deletion that follows a request's end has run: the request's
+/// status is committed first, so a caller can see it a moment before the objects go. Polls (a
+/// safety net, not a timing assertion) and returns what is left.
+async fn stored_objects_after_the_end(app: &TestApp, id: &str) -> Vec<String> {
+    for _ in 0..200 {
+        let left = stored_objects(app, id).await;
+        if left.is_empty() {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stored_objects(app, id).await
+}
+
 /// Makes one step of an export fail while `failing` names it: a store's part (by store name),
 /// or the archive (`"archive"`: the recordings' audio cannot be read).
 struct FailsExport {
@@ -520,14 +534,18 @@ async fn a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
     let app = spawn_with_exports_on(backend, on, TEST_CONFIG, overrides).await;
     let acme = app.seed("acme", 2, 3).await;
     let target = &acme[0];
-    // The archive fails (every store wrote its part), then a store of the last stage does
+    // The archive fails (every store wrote its part), then the store of the last stage does
     // (those of the first stage wrote theirs).
-    for step in ["archive", "transcripts"] {
+    for step in ["archive", "call_logs"] {
         *failing.lock().unwrap() = Some(step);
         let id = app.export(by_phone("acme", &target.phone), pb::Regime::Gdpr).await.id;
         let failed = app.wait_terminal(&id).await;
         assert_eq!(failed.status, RequestStatus::Failed as i32, "{step}: {failed:#?}");
-        assert_eq!(stored_objects(&app, &id).await, Vec::<String>::new(), "{step}: nothing left in storage");
+        assert_eq!(
+            stored_objects_after_the_end(&app, &id).await,
+            Vec::<String>::new(),
+            "{step}: nothing left"
+        );
 
         *failing.lock().unwrap() = None;
         app.client.clone().retry_request(pb::RetryRequestRequest { id: id.clone() }).await.unwrap();
@@ -542,7 +560,15 @@ async fn a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
         }
         let audio = files.keys().filter(|p| p.starts_with("recordings/")).count() as u64;
         assert_eq!(audio, target.counts["recordings"], "{step}: recordings after the retry");
-        let stored = stored_objects(&app, &id).await;
+        // The parts go once the archive is recorded: polls (a safety net) for that.
+        let mut stored = Vec::new();
+        for _ in 0..200 {
+            stored = stored_objects(&app, &id).await;
+            if stored.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         assert!(
             stored.len() == 1 && stored[0].ends_with("export.zip"),
             "{step}: only the archive: {stored:?}"
@@ -554,6 +580,7 @@ async fn a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
     *failing.lock().unwrap() = Some("archive");
     let id = app.export(by_phone("acme", &target.phone), pb::Regime::Gdpr).await.id;
     assert_eq!(app.wait_terminal(&id).await.status, RequestStatus::Failed as i32);
+    assert_eq!(stored_objects_after_the_end(&app, &id).await, Vec::<String>::new());
     let objects = dsr::stores::open_object_store(&app.settings.exports_url).unwrap();
     let stray = object_store::path::Path::from(format!("{id}/parts/accounts.json"));
     let foreign = object_store::path::Path::from("not-a-request/parts/accounts.json");
@@ -604,7 +631,7 @@ mod a_failed_export_leaves_nothing_stored {
     }
 }
 
-/// Holds the transcripts store's export at a gate, saying when it got there.
+/// Holds the call logs store's export at a gate, saying when it got there.
 struct HeldExport {
     inner: Arc<dyn StoreAdapter>,
     entered: Arc<Notify>,
@@ -621,7 +648,7 @@ crate::store_wrapper!(HeldExport {
         keys: &[String],
         sink: &mut dyn dsr::stores::ExportSink,
     ) -> StoreResult<u64> {
-        if self.inner.name() == "transcripts" {
+        if self.inner.name() == "call_logs" {
             self.entered.notify_one();
             self.gate.acquire().await.expect("gate").forget();
         }
@@ -644,7 +671,20 @@ async fn a_cancelled_export_leaves_nothing_stored(backend: Backend, on: ExportsO
     let acme = app.seed("acme", 1, 2).await;
     let id = app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id;
     entered.notified().await;
-    assert!(!stored_objects(&app, &id).await.is_empty(), "the first stage wrote its parts");
+    // The other stores run beside it: polls (a safety net) until each has written its part.
+    let mut first = Vec::new();
+    for _ in 0..200 {
+        first = stored_objects(&app, &id).await;
+        if first.iter().filter(|p| p.ends_with(".summary.json")).count() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        first.iter().filter(|p| p.ends_with(".summary.json")).count(),
+        4,
+        "the others' parts: {first:?}"
+    );
     let cancelled = app
         .client
         .clone()
@@ -656,7 +696,11 @@ async fn a_cancelled_export_leaves_nothing_stored(backend: Backend, on: ExportsO
     gate.add_permits(1);
     let ended = app.wait_terminal(&id).await;
     assert_eq!(ended.status, RequestStatus::Cancelled as i32, "{ended:#?}");
-    assert_eq!(stored_objects(&app, &id).await, Vec::<String>::new(), "nothing left in storage");
+    assert_eq!(
+        stored_objects_after_the_end(&app, &id).await,
+        Vec::<String>::new(),
+        "nothing left in storage"
+    );
     app.shutdown().await;
 }
 

@@ -345,6 +345,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
         // request, and counts it, when it finishes).
         if status.is_terminal() {
             self.ctx.metrics.request_ended(record.kind, status);
+            crate::export::request_ended(&self.ctx.exports, record.kind, &id, status).await;
         }
         Ok(Response::new((&record).into()))
     }

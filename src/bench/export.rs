@@ -3,6 +3,10 @@
 //! storage, then the archive downloaded over gRPC — next to `cat` of the same recording files
 //! into one file on the same disk, the floor. The server's peak resident memory (VmHWM) is read
 //! from /proc at the end: the archive must never be held in memory.
+//!
+//! `--many-files N` then does the same for a second subject with N recordings of 1 KiB (one
+//! run, a fresh server): memory must stay flat in the number of files too, so its peak is
+//! reported on its own.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,7 +16,6 @@ use std::{
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::{
     api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
@@ -32,6 +35,7 @@ pub async fn export(
     total_mib: usize,
     calls: usize,
     runs: usize,
+    many_files: usize,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         calls >= 1 && total_mib >= 1 && runs >= 1,
@@ -40,38 +44,25 @@ pub async fn export(
     let recordings_dir = local_dir(&settings.recordings_url).context(
         "the export benchmark compares with `cat`, so recordings must be a local directory (file://)",
     )?;
-    let ledger = open_ledger(&settings).await?;
-    let db = ledger.db().clone();
-    let tables = reference::Tables::default();
-    reference::ensure_schema(&db, &tables).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let tenant = format!("bench-export-{run}");
-    let per_recording = total_mib * 1024 * 1024 / calls;
-    let spec = SeedSpec {
-        tenant: TenantId::parse("tenant", &tenant)?,
-        subjects: 1,
-        calls,
-        recording_bytes: per_recording,
-        first: 0,
-    };
     let started = Instant::now();
-    let mut subject: Option<SeededSubject> = None;
-    seed(&db, &tables, open_object_store(&settings.recordings_url)?, &spec, SystemClock.now(), |s| {
-        subject = Some(s)
-    })
-    .await?;
-    let subject = subject.context("seeding made no subject")?;
-    let files: Vec<PathBuf> = std::fs::read_dir(recordings_dir.join(&tenant))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len())).sum::<Result<_, _>>()?;
+    let (subject, files, bytes, backend) =
+        seed_subject(&settings, &recordings_dir, &tenant, 0, calls, total_mib * 1024 * 1024 / calls).await?;
     println!(
-        "dsr bench export: 1 subject, {calls} recordings, {:.0} MiB in all (seeded in {:.1} s), database {}",
+        "dsr bench export: 1 subject, {calls} recordings, {:.0} MiB in all (seeded in {:.1} s), database {backend}",
         bytes as f64 / MIB,
         started.elapsed().as_secs_f64(),
-        db.backend().name()
     );
-    drop(ledger);
+    // No retention sweep in the server (the many-files subject's calls go back years).
+    let config_file = match config_file {
+        Some(f) => Some(f),
+        None => {
+            let f = settings.data_dir.join("bench-server.toml");
+            std::fs::write(&f, "[retention]\nsweep_interval_secs = 0\n")?;
+            Some(f)
+        }
+    };
 
     // The service, as it runs in production: its own process.
     let mut server = Server::start(&settings, config_file.as_deref())?;
@@ -99,8 +90,82 @@ pub async fn export(
 
     let (cat_secs, export_secs, download_secs) =
         (median(&mut cat), median(&mut export), median(&mut download));
-    let mibs = |secs: f64| bytes as f64 / MIB / secs;
     println!("median of {runs} runs:");
+    report(bytes, cat_secs, export_secs, download_secs, &info, peak_kib);
+
+    if many_files > 0 {
+        const SMALL: usize = 1024;
+        let started = Instant::now();
+        let (subject, files, bytes, _) =
+            seed_subject(&settings, &recordings_dir, &tenant, 1, many_files, SMALL).await?;
+        println!(
+            "\nmany files: 1 subject, {many_files} recordings of {SMALL} bytes (seeded in {:.1} s), a fresh server, one run",
+            started.elapsed().as_secs_f64()
+        );
+        let mut server = Server::start(&settings, config_file.as_deref())?;
+        let mut client = server.connect().await?;
+        let wanted =
+            pb::Subject { tenant_id: tenant.clone(), phone: subject.phone.clone(), ..Default::default() };
+        let cat = cat_floor(&files, &settings.data_dir.join("bench-cat.out"))?;
+        let (export, info) = export_once(&mut client, &wanted).await?;
+        let download = download_once(&mut client, &info, &settings.data_dir.join("bench-export.zip")).await?;
+        let peak_kib = server.peak_rss_kib()?;
+        server.stop();
+        report(bytes, cat, export, download, &info, peak_kib);
+    }
+    Ok(())
+}
+
+/// Seeds subject number `first` of `tenant` with `calls` recordings of `each` bytes; returns
+/// the subject, the recording files, their bytes in all, and the database's name.
+async fn seed_subject(
+    settings: &Settings,
+    recordings_dir: &Path,
+    tenant: &str,
+    first: usize,
+    calls: usize,
+    each: usize,
+) -> anyhow::Result<(SeededSubject, Vec<PathBuf>, u64, &'static str)> {
+    let ledger = open_ledger(settings).await?;
+    let db = ledger.db().clone();
+    let tables = reference::Tables::default();
+    reference::ensure_schema(&db, &tables).await?;
+    let spec = SeedSpec {
+        tenant: TenantId::parse("tenant", tenant)?,
+        subjects: 1,
+        calls,
+        recording_bytes: each,
+        first,
+    };
+    let mut subject: Option<SeededSubject> = None;
+    seed(&db, &tables, open_object_store(&settings.recordings_url)?, &spec, SystemClock.now(), |s| {
+        subject = Some(s)
+    })
+    .await?;
+    let subject = subject.context("seeding made no subject")?;
+    // Seeded call ids carry the subject's number: <tenant>-call-<subject>-<call>.
+    let mine = format!("{tenant}-call-{first:06}-");
+    let mut files = Vec::with_capacity(calls);
+    for entry in std::fs::read_dir(recordings_dir.join(tenant))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&mine)) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len())).sum::<Result<_, _>>()?;
+    Ok((subject, files, bytes, db.backend().name()))
+}
+
+fn report(
+    bytes: u64,
+    cat_secs: f64,
+    export_secs: f64,
+    download_secs: f64,
+    info: &pb::ExportInfo,
+    peak_kib: u64,
+) {
+    let mibs = |secs: f64| bytes as f64 / MIB / secs;
     println!("cat (floor)     {cat_secs:>7.2} s   {:>7.0} MiB/s   (cat of the recordings into one file, then fsync)", mibs(cat_secs));
     println!(
         "export          {export_secs:>7.2} s   {:>7.0} MiB/s   {:>5.0}% of cat   (submit to COMPLETED: parts, archive written, hashed, fsynced)",
@@ -114,10 +179,9 @@ pub async fn export(
     );
     println!("archive         {:.0} MiB, sha256 {}", info.size_bytes as f64 / MIB, info.sha256);
     println!(
-        "server peak RSS {:>7.1} MiB (VmHWM of the dsr serve process over all runs)",
+        "server peak RSS {:>7.1} MiB (VmHWM of the dsr serve process)   goal: export and download >= 50% of cat, peak RSS <= 64 MiB",
         peak_kib as f64 / 1024.0
     );
-    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -128,13 +192,14 @@ fn median(v: &mut [f64]) -> f64 {
 /// The floor: the same bytes read and written once, by `cat`, and synced to disk.
 fn cat_floor(files: &[PathBuf], out: &Path) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let status = Command::new("cat")
-        .args(files)
-        .stdout(std::fs::File::create(out)?)
-        .status()
-        .context("running cat")?;
-    anyhow::ensure!(status.success(), "cat failed");
-    std::fs::File::open(out)?.sync_all()?;
+    let target = std::fs::File::create(out)?;
+    // In batches: 100,000 names do not fit one command line.
+    for batch in files.chunks(1000) {
+        let status =
+            Command::new("cat").args(batch).stdout(target.try_clone()?).status().context("running cat")?;
+        anyhow::ensure!(status.success(), "cat failed");
+    }
+    target.sync_all()?;
     let secs = started.elapsed().as_secs_f64();
     std::fs::remove_file(out).ok();
     Ok(secs)
@@ -179,16 +244,11 @@ async fn download_once(client: &mut Client, info: &pb::ExportInfo, out: &Path) -
         .download_export(pb::DownloadExportRequest { id: info.format.clone(), offset: 0 })
         .await?
         .into_inner();
-    let mut file = tokio::fs::File::create(out).await?;
-    let mut sha = Sha256::new();
-    let mut got = 0u64;
+    let mut file = crate::export::DownloadFile::start(std::fs::File::create(out)?, Sha256::new());
     while let Some(chunk) = stream.message().await? {
-        sha.update(&chunk.data);
-        got += chunk.data.len() as u64;
-        file.write_all(&chunk.data).await?;
+        file.write(chunk.data).await?;
     }
-    file.flush().await?;
-    file.sync_all().await?;
+    let (got, sha) = file.finish().await?;
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         got == info.size_bytes && hex::encode(sha.finalize()) == info.sha256,
@@ -240,7 +300,8 @@ impl Server {
         for _ in 0..200 {
             let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
                 .initial_stream_window_size(crate::cli::DOWNLOAD_WINDOW)
-                .initial_connection_window_size(crate::cli::DOWNLOAD_WINDOW);
+                .initial_connection_window_size(crate::cli::DOWNLOAD_WINDOW)
+                .max_frame_size(crate::cli::DOWNLOAD_FRAME);
             if let Ok(channel) = endpoint.connect().await {
                 return Ok(DataSubjectRightsClient::new(channel));
             }

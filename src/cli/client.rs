@@ -100,6 +100,10 @@ pub struct SubmitArgs {
 /// HTTP/2 flow-control window of the client's connections.
 pub const DOWNLOAD_WINDOW: u32 = 8 * 1024 * 1024;
 
+/// The largest HTTP/2 frame the client accepts: a whole `ExportChunk` fits one frame, where
+/// HTTP/2's default 16 KiB cut each into five.
+pub const DOWNLOAD_FRAME: u32 = 256 * 1024;
+
 pub(super) type Client = DataSubjectRightsClient<InterceptedService<Channel, Auth>>;
 
 #[derive(Clone)]
@@ -132,7 +136,8 @@ pub(super) async fn channel(conn: &Connection) -> anyhow::Result<(Channel, Auth)
         // Export downloads: HTTP/2's default 64 KiB window would cap a stream at one window per
         // round trip.
         .initial_stream_window_size(DOWNLOAD_WINDOW)
-        .initial_connection_window_size(DOWNLOAD_WINDOW);
+        .initial_connection_window_size(DOWNLOAD_WINDOW)
+        .max_frame_size(DOWNLOAD_FRAME);
     if url.starts_with("https://") {
         endpoint = endpoint.tls_config(tls_config(conn)?).context("--server: configuring TLS")?;
     } else if conn.wants_tls() {

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::client::{self, connect, follow, regime, render, status_error, subject, Client, Connection};
 use crate::api::pb;
@@ -71,7 +71,7 @@ async fn download_to(client: &mut Client, id: &str, output: &Path) -> anyhow::Re
         }
         _ => 0,
     };
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(offset > 0)
         .write(true)
@@ -92,6 +92,7 @@ async fn download_to(client: &mut Client, id: &str, output: &Path) -> anyhow::Re
         .into_inner();
     let mut progress = Progress::new(info.size_bytes);
     progress.show(offset);
+    let mut out = crate::export::DownloadFile::start(file.into_std().await, hasher);
     while let Some(chunk) = stream.message().await.map_err(|e| {
         anyhow::anyhow!(
             "{:?}: {} — run the same command again to resume from byte {offset}",
@@ -104,13 +105,11 @@ async fn download_to(client: &mut Client, id: &str, output: &Path) -> anyhow::Re
             "the server sent byte {} where {offset} was expected",
             chunk.offset
         );
-        file.write_all(&chunk.data).await?;
-        hasher.update(&chunk.data);
         offset += chunk.data.len() as u64;
+        out.write(chunk.data).await?;
         progress.show(offset);
     }
-    file.flush().await?;
-    file.sync_all().await?;
+    let (_, hasher) = out.finish().await?;
     progress.done();
     let sha256 = hex::encode(hasher.finalize());
     anyhow::ensure!(offset == info.size_bytes, "got {offset} bytes, expected {}", info.size_bytes);

@@ -5,7 +5,7 @@
 
 mod adapter;
 mod client;
-pub use client::{as_json, DOWNLOAD_WINDOW};
+pub use client::{as_json, DOWNLOAD_FRAME, DOWNLOAD_WINDOW};
 mod export;
 mod holds;
 mod server;
@@ -303,6 +303,10 @@ pub enum BenchCommand {
         /// Runs of (cat, export, download); the median of each is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Then export a second subject with this many recordings of 1 KiB, on a fresh server,
+        /// and report its peak memory on its own (0: skip).
+        #[arg(long, default_value_t = 0)]
+        many_files: usize,
     },
     /// Seed expired call-log rows and time the retention sweep against a hand-written batched
     /// DELETE of the same rows.
@@ -429,8 +433,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 BenchCommand::Deletions { subjects, calls, .. } => {
                     crate::bench::deletions(settings, subjects, calls).await
                 }
-                BenchCommand::Export { total_mib, calls, runs, .. } => {
-                    crate::bench::export(settings, scratch.config_file.clone(), total_mib, calls, runs).await
+                BenchCommand::Export { total_mib, calls, runs, many_files, .. } => {
+                    let config = scratch.config_file.clone();
+                    crate::bench::export(settings, config, total_mib, calls, runs, many_files).await
                 }
                 BenchCommand::Sweep { rows, .. } => crate::bench::sweep(settings, rows).await,
                 BenchCommand::Submit { requests, clients, .. } => {

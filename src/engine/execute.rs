@@ -126,7 +126,7 @@ impl Engine {
             return Err(e);
         }
         let summary = part.finish().await?;
-        let exported = summary.records + summary.files.len() as u64;
+        let exported = summary.records + summary.file_count();
         Ok(TaskResult {
             found: exported,
             affected: exported,

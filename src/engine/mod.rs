@@ -260,6 +260,7 @@ impl Engine {
                     // The ledger reports a terminal status once: on the transition.
                     if status.is_terminal() {
                         self.metrics.request_ended(task.kind, status);
+                        crate::export::request_ended(&self.exports, task.kind, &task.request_id, status).await;
                     }
                     info!(request_status = %status, "outcome recorded")
                 }

@@ -13,23 +13,23 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::TryStreamExt;
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{buffered::BufWriter, ObjectStoreExt};
-use rawzip::{time::UtcDateTime, ZipArchiveWriter};
+use rawzip::{time::UtcDateTime, DataDescriptorOutput, ZipArchiveWriter};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::mpsc, task::JoinHandle};
 
 use super::{
-    manifest::{Manifest, ManifestFile},
+    manifest::{Manifest, ManifestFile, ManifestWriter},
     part::io_error,
     ExportStorage, PartSummary, ARCHIVE_FORMAT,
 };
 use crate::{
     domain::OutcomeState,
     ledger::{ExportRecord, Ledger, ARCHIVE_TASK},
-    stores::{ByteStream, StoreError, StoreRegistry, StoreResult},
+    stores::{ByteStream, ExportFile, StoreError, StoreRegistry, StoreResult},
 };
 
 /// Bytes buffered before the archive goes out as a multipart upload (S3's smallest part: 5 MiB).
@@ -40,6 +40,12 @@ pub struct ArchiveJob<'a> {
     pub request_id: &'a str,
     pub tenant_id: &'a str,
     pub now: DateTime<Utc>,
+}
+
+/// A store's place in the archive: its part, or skipped.
+enum Planned {
+    Done(PartSummary),
+    Skipped,
 }
 
 /// Builds the archive of `job.request_id` and returns its record (not yet in the ledger).
@@ -53,7 +59,7 @@ pub async fn assemble(
         |e: crate::ledger::LedgerError| StoreError::Transient(format!("ledger unavailable: {e}"));
     let request = ledger.get(job.request_id).await.map_err(ledger_err)?;
     let states = ledger.task_states(job.request_id).await.map_err(ledger_err)?;
-    let mut manifest = Manifest::new(
+    let manifest = Manifest::new(
         &storage.notice,
         job.request_id,
         job.tenant_id,
@@ -61,18 +67,18 @@ pub async fn assemble(
         request.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         job.now.to_rfc3339_opts(SecondsFormat::Millis, true),
     );
-    // The parts to copy in, store by store in the service's store order.
-    let mut parts: Vec<PartSummary> = Vec::new();
+    // Every store's part (a summary: counts, not lists), in the service's store order.
+    let mut plan: Vec<(&str, Planned)> = Vec::new();
     let names: Vec<&str> = stores.all().iter().map(|a| a.name()).collect();
     for name in &names {
         let Some((_, state, _)) = states.iter().find(|(s, _, _)| s == name) else {
             continue;
         };
         match state {
-            OutcomeState::Done => parts.push(read_summary(storage, job.request_id, name).await?),
-            OutcomeState::Skipped => {
-                manifest.store(&storage.notice, name, state.as_str(), 0);
+            OutcomeState::Done => {
+                plan.push((name, Planned::Done(read_summary(storage, job.request_id, name).await?)))
             }
+            OutcomeState::Skipped => plan.push((name, Planned::Skipped)),
             OutcomeState::Pending | OutcomeState::Running => {
                 return Err(StoreError::Transient(format!("the {name} store has not finished its part yet")))
             }
@@ -95,24 +101,36 @@ pub async fn assemble(
     let upload = BufWriter::with_capacity(storage.objects().clone(), path.clone(), UPLOAD_BUFFER)
         .with_max_concurrency(2);
     let mut zip = ZipOut::new(upload);
+    // The manifest goes last in the archive but is written as the files go in: into the export
+    // storage beside the parts, then copied into the archive.
+    let spool_path = ExportStorage::manifest_spool_path(job.request_id);
+    let mut spool = BufWriter::with_capacity(storage.objects().clone(), spool_path.clone(), UPLOAD_BUFFER)
+        .with_max_concurrency(2);
     let modified = UtcDateTime::from_unix(job.now.timestamp());
-    let mut written = Vec::with_capacity(parts.len());
     let result = async {
-        for part in &parts {
-            let mut files = Vec::new();
+        let (mut entries, head) = ManifestWriter::start(&manifest);
+        spool.put(Bytes::from(head)).await?;
+        for (name, planned) in &plan {
+            let Planned::Done(part) = planned else {
+                spool.put(Bytes::from(entries.open_store(name, OutcomeState::Skipped.as_str()))).await?;
+                spool.put(Bytes::from(entries.close_store(&storage.notice, name, 0, 0))).await?;
+                continue;
+            };
+            spool.put(Bytes::from(entries.open_store(name, OutcomeState::Done.as_str()))).await?;
             if part.has_records_file {
-                let name = format!("{}.json", part.store);
+                let file_name = format!("{}.json", part.store);
                 let src = open(storage, &ExportStorage::part_path(job.request_id, &part.store)).await?;
-                let (bytes, sha256) = zip.add(&name, modified, src).await?;
-                files.push(ManifestFile { path: name, bytes, sha256, record: None });
+                let (bytes, sha256) = zip.add(&file_name, modified, src).await?;
+                let entry = ManifestFile { path: file_name, bytes, sha256, record: None };
+                spool.put(Bytes::from(entries.file(&entry))).await?;
             }
             let adapter = stores.get(&part.store).ok_or_else(|| {
                 StoreError::Fatal(format!("no adapter for store {:?} in this process", part.store))
             })?;
-            let mut names = HashSet::new();
+            let mut taken = NameSet::default();
             let mut erased = 0;
-            for file in &part.files {
-                let name = format!("{}/{}", part.store, unique_name(&mut names, &file.name));
+            let mut listed = part_files(storage, job.request_id, part).await?;
+            while let Some(file) = listed.try_next().await? {
                 let src = match adapter.read_file(&file.key).await {
                     Ok(src) => src,
                     // Erased since it was listed: a deletion of the subject ran meanwhile. The
@@ -123,34 +141,24 @@ pub async fn assemble(
                     }
                     Err(e) => return Err(e),
                 };
-                let (bytes, sha256) = zip.add(&name, modified, src).await?;
-                files.push(ManifestFile { path: name, bytes, sha256, record: Some(file.record.clone()) });
+                let file_name = format!("{}/{}", part.store, taken.unique(&file.name));
+                let (bytes, sha256) = zip.add(&file_name, modified, src).await?;
+                let entry = ManifestFile { path: file_name, bytes, sha256, record: Some(file.record) };
+                spool.put(Bytes::from(entries.file(&entry))).await?;
             }
-            written.push((part, files, erased));
+            let records = part.records + part.file_count() - erased;
+            spool.put(Bytes::from(entries.close_store(&storage.notice, name, records, erased))).await?;
         }
-        for (part, files, erased) in written.drain(..) {
-            let entry = manifest.store(
-                &storage.notice,
-                &part.store,
-                OutcomeState::Done.as_str(),
-                part.records + part.files.len() as u64 - erased,
-            );
-            entry.files = files;
-            entry.files_erased_meanwhile = erased;
-        }
-        // Store order, whatever order the parts and skips were met in.
-        manifest.stores.sort_by_key(|s| names.iter().position(|n| *n == s.store));
-        let json =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Fatal(format!("manifest: {e}")))?;
-        let bytes = Bytes::from(json);
-        let src: ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
-        zip.add("manifest.json", modified, src).await?;
+        spool.put(Bytes::from(entries.finish())).await?;
+        spool.shutdown().await.map_err(io_error)?;
+        zip.add("manifest.json", modified, open(storage, &spool_path).await?).await?;
         zip.finish().await
     }
     .await;
     let (size_bytes, sha256) = match result {
         Ok(done) => done,
         Err(e) => {
+            let _ = spool.abort().await;
             zip.abort().await;
             return Err(e);
         }
@@ -166,6 +174,43 @@ pub async fn assemble(
         expires_at: job.now + storage.expiry,
         expired_at: None,
     })
+}
+
+/// The files a part lists, one at a time: from its `.files.jsonl`, read line by line (or from
+/// the summary itself, as an earlier version wrote it).
+async fn part_files<'a>(
+    storage: &'a ExportStorage,
+    request_id: &str,
+    part: &'a PartSummary,
+) -> StoreResult<BoxStream<'a, StoreResult<ExportFile>>> {
+    if part.listed_files == 0 {
+        return Ok(futures::stream::iter(part.files.iter().cloned().map(Ok)).boxed());
+    }
+    let src = open(storage, &ExportStorage::files_path(request_id, &part.store)).await?;
+    let lines = futures::stream::try_unfold(
+        (src, BytesMut::new(), false),
+        |(mut src, mut buf, mut ended)| async move {
+            loop {
+                if let Some(at) = buf.iter().position(|b| *b == b'\n') {
+                    let line = buf.split_to(at + 1);
+                    let file: ExportFile = serde_json::from_slice(&line[..at])
+                        .map_err(|e| StoreError::Fatal(format!("a part's file list: {e}")))?;
+                    return Ok(Some((file, (src, buf, ended))));
+                }
+                if ended {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Err(StoreError::Fatal("a part's file list ends mid-line".into()));
+                }
+                match src.try_next().await? {
+                    Some(chunk) => buf.extend_from_slice(&chunk),
+                    None => ended = true,
+                }
+            }
+        },
+    );
+    Ok(lines.boxed())
 }
 
 async fn read_summary(storage: &ExportStorage, request_id: &str, store: &str) -> StoreResult<PartSummary> {
@@ -187,37 +232,87 @@ async fn open(storage: &ExportStorage, path: &object_store::path::Path) -> Store
     Ok(Box::pin(storage.objects().get(path).await?.into_stream().map_err(StoreError::from)))
 }
 
-/// A file name safe inside a ZIP and unique within its folder: only `[A-Za-z0-9._-]`, no
-/// leading dot (so no `..`), and a counter when two recordings would share a name.
-fn unique_name(taken: &mut HashSet<String>, wanted: &str) -> String {
-    let mut clean: String = wanted
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
-        .collect();
-    if clean.is_empty() || clean.starts_with('.') {
-        clean.insert(0, '_');
+/// The names taken in one folder of the archive, as 64-bit hashes: 100,000 recordings cost
+/// under 2 MB, not their names. Two different names that hash alike only make the second take
+/// a counter, so names stay unique either way.
+#[derive(Default)]
+struct NameSet(HashSet<u64>);
+
+impl NameSet {
+    fn insert(&mut self, name: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        self.0.insert(h.finish())
     }
-    if taken.insert(clean.clone()) {
-        return clean;
+
+    /// A file name safe inside a ZIP and unique within its folder: only `[A-Za-z0-9._-]`, no
+    /// leading dot (so no `..`), and a counter when two recordings would share a name.
+    fn unique(&mut self, wanted: &str) -> String {
+        let mut clean: String = wanted
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .collect();
+        if clean.is_empty() || clean.starts_with('.') {
+            clean.insert(0, '_');
+        }
+        if self.insert(&clean) {
+            return clean;
+        }
+        let (stem, ext) = match clean.rsplit_once('.') {
+            Some((s, e)) => (s.to_owned(), format!(".{e}")),
+            None => (clean.clone(), String::new()),
+        };
+        (2..)
+            .map(|n| format!("{stem}-{n}{ext}"))
+            .find(|candidate| self.insert(candidate))
+            .expect("some counter is free")
     }
-    let (stem, ext) = match clean.rsplit_once('.') {
-        Some((s, e)) => (s.to_owned(), format!(".{e}")),
-        None => (clean.clone(), String::new()),
-    };
-    (2..)
-        .map(|n| format!("{stem}-{n}{ext}"))
-        .find(|candidate| taken.insert(candidate.clone()))
-        .expect("some counter is free")
 }
 
-/// The ZIP writer's output: rawzip writes synchronously into this buffer, which is drained into
-/// the upload (and the archive's hash) after every write.
+/// The ZIP writer's output. rawzip writes synchronously into this; it is drained into the
+/// upload (and the archive's hash) after every write. A file's data is handed over as the
+/// `Bytes` it was read in (`expect`), not copied: only headers are.
 #[derive(Clone, Default)]
-struct Pending(Arc<Mutex<Vec<u8>>>);
+struct Pending(Arc<Mutex<PendingBytes>>);
+
+#[derive(Default)]
+struct PendingBytes {
+    /// The chunk about to be written, if it is passed on whole.
+    expected: Option<Bytes>,
+    pieces: Vec<Bytes>,
+    copied: Vec<u8>,
+}
+
+impl Pending {
+    fn expect(&self, chunk: Bytes) {
+        self.0.lock().expect("pending bytes").expected = Some(chunk);
+    }
+
+    fn take(&self) -> Vec<Bytes> {
+        let mut p = self.0.lock().expect("pending bytes");
+        if !p.copied.is_empty() {
+            let copied = Bytes::from(std::mem::take(&mut p.copied));
+            p.pieces.push(copied);
+        }
+        p.expected = None;
+        std::mem::take(&mut p.pieces)
+    }
+}
 
 impl Write for Pending {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("pending bytes").extend_from_slice(buf);
+        let mut p = self.0.lock().expect("pending bytes");
+        match p.expected.take() {
+            Some(chunk) if chunk.as_ptr() == buf.as_ptr() && chunk.len() == buf.len() => {
+                if !p.copied.is_empty() {
+                    let copied = Bytes::from(std::mem::take(&mut p.copied));
+                    p.pieces.push(copied);
+                }
+                p.pieces.push(chunk);
+            }
+            _ => p.copied.extend_from_slice(buf),
+        }
         Ok(buf.len())
     }
 
@@ -240,7 +335,7 @@ struct Upload {
 }
 
 enum Piece {
-    Data(Bytes),
+    Data(Vec<Bytes>),
     /// Complete the upload. Closing the channel without it aborts the upload.
     Finish,
 }
@@ -255,12 +350,14 @@ impl Upload {
             let (mut sha256, mut size) = (Sha256::new(), 0u64);
             while let Some(piece) = rx.recv().await {
                 match piece {
-                    Piece::Data(bytes) => {
-                        sha256.update(&bytes);
-                        size += bytes.len() as u64;
-                        if let Err(e) = out.put(bytes).await {
-                            let _ = out.abort().await;
-                            return Err(StoreError::from(e));
+                    Piece::Data(pieces) => {
+                        for bytes in pieces {
+                            sha256.update(&bytes);
+                            size += bytes.len() as u64;
+                            if let Err(e) = out.put(bytes).await {
+                                let _ = out.abort().await;
+                                return Err(StoreError::from(e));
+                            }
                         }
                     }
                     Piece::Finish => {
@@ -276,11 +373,11 @@ impl Upload {
     }
 
     async fn drain(&mut self, pending: &Pending) -> StoreResult<()> {
-        let bytes = std::mem::take(&mut *pending.0.lock().expect("pending bytes"));
-        if bytes.is_empty() {
+        let pieces = pending.take();
+        if pieces.is_empty() {
             return Ok(());
         }
-        self.send(Piece::Data(Bytes::from(bytes))).await
+        self.send(Piece::Data(pieces)).await
     }
 
     async fn send(&mut self, piece: Piece) -> StoreResult<()> {
@@ -334,18 +431,22 @@ impl ZipOut {
         mut src: ByteStream,
     ) -> StoreResult<(u64, String)> {
         let zip = self.zip.as_mut().expect("archive open");
-        let (mut entry, config) = zip.new_file(name).last_modified(modified).start().map_err(zip_error)?;
-        let mut data = config.wrap(&mut entry);
+        let (mut entry, _) = zip.new_file(name).last_modified(modified).start().map_err(zip_error)?;
         let mut sha256 = Sha256::new();
+        // PCLMULQDQ where the CPU has it: rawzip's table-driven CRC costs about a fifth of a
+        // second per GiB more.
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
         let mut bytes = 0u64;
         self.upload.drain(&self.pending).await?;
         while let Some(chunk) = src.try_next().await? {
             sha256.update(&chunk);
+            crc.update(&chunk);
             bytes += chunk.len() as u64;
-            data.write_all(&chunk).map_err(io_error)?;
+            self.pending.expect(chunk.clone());
+            entry.write_all(&chunk).map_err(io_error)?;
             self.upload.drain(&self.pending).await?;
         }
-        let (_, descriptor) = data.finish().map_err(zip_error)?;
+        let descriptor = DataDescriptorOutput::new(crc.finalize() as u32, bytes);
         entry.finish(descriptor).map_err(zip_error)?;
         self.upload.drain(&self.pending).await?;
         Ok((bytes, hex::encode(sha256.finalize())))
@@ -370,12 +471,12 @@ mod tests {
 
     #[test]
     fn names_in_the_archive_are_safe_and_unique() {
-        let mut taken = HashSet::new();
-        assert_eq!(unique_name(&mut taken, "c1.wav"), "c1.wav");
-        assert_eq!(unique_name(&mut taken, "c1.wav"), "c1-2.wav");
-        assert_eq!(unique_name(&mut taken, "c1.wav"), "c1-3.wav");
-        assert_eq!(unique_name(&mut taken, "../../etc/passwd"), "_.._.._etc_passwd");
-        assert_eq!(unique_name(&mut taken, ".hidden"), "_.hidden");
-        assert_eq!(unique_name(&mut taken, ""), "_");
+        let mut taken = NameSet::default();
+        assert_eq!(taken.unique("c1.wav"), "c1.wav");
+        assert_eq!(taken.unique("c1.wav"), "c1-2.wav");
+        assert_eq!(taken.unique("c1.wav"), "c1-3.wav");
+        assert_eq!(taken.unique("../../etc/passwd"), "_.._.._etc_passwd");
+        assert_eq!(taken.unique(".hidden"), "_.hidden");
+        assert_eq!(taken.unique(""), "_");
     }
 }

@@ -7,10 +7,13 @@
 //!
 //! ```text
 //! <request id>/parts/<store>.json          the store's records, a JSON array
-//! <request id>/parts/<store>.summary.json  record count and the files to copy in
+//! <request id>/parts/<store>.files.jsonl   the files to copy in, one JSON object a line
+//! <request id>/parts/<store>.summary.json  record and file counts
+//! <request id>/parts/manifest.json         the manifest, spooled while the archive is written
 //! <request id>/export.zip                  the archive
 //! ```
 mod archive;
+mod download_file;
 mod janitor;
 mod manifest;
 mod part;
@@ -22,7 +25,8 @@ use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 
 pub use archive::{assemble, ArchiveJob};
-pub use janitor::{erase, expire, expire_due, run_janitor};
+pub use download_file::DownloadFile;
+pub use janitor::{delete_leftovers, erase, expire, expire_due, request_ended, run_janitor};
 pub use manifest::{Manifest, ManifestFile, ManifestStore, MANIFEST_FORMAT};
 pub use part::{PartSummary, PartWriter};
 
@@ -39,6 +43,9 @@ pub struct ExportStorage {
     objects: Arc<dyn ObjectStore>,
     pub expiry: Duration,
     pub notice: ExportNotice,
+    /// Wakes the janitor before its interval: a deletion completed, so archives of its subject
+    /// go now rather than at the next pass.
+    janitor: tokio::sync::Notify,
 }
 
 impl ExportStorage {
@@ -48,7 +55,13 @@ impl ExportStorage {
             objects: open_durable_object_store(&settings.exports_url)?,
             expiry: Duration::days(x.expiry_days.into()),
             notice: x.notice.clone(),
+            janitor: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Asks the janitor for a pass now (one pending wake-up is kept if it is busy).
+    pub fn wake_janitor(&self) {
+        self.janitor.notify_one();
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
@@ -57,6 +70,15 @@ impl ExportStorage {
 
     pub fn part_path(request_id: &str, store: &str) -> Path {
         Path::from(format!("{request_id}/parts/{store}.json"))
+    }
+
+    pub fn files_path(request_id: &str, store: &str) -> Path {
+        Path::from(format!("{request_id}/parts/{store}.files.jsonl"))
+    }
+
+    /// The manifest as the archive step writes it, before it is copied into the archive.
+    pub fn manifest_spool_path(request_id: &str) -> Path {
+        Path::from(format!("{request_id}/parts/manifest.json"))
     }
 
     pub fn summary_path(request_id: &str, store: &str) -> Path {
@@ -75,6 +97,24 @@ impl ExportStorage {
     /// Deletes the parts once the archive holds them.
     pub async fn delete_parts(&self, request_id: &str) -> StoreResult<()> {
         self.delete_under(&Path::from(format!("{request_id}/parts"))).await
+    }
+
+    /// Every object in the export storage, as (request id, path, last modified).
+    pub(crate) fn list_everything(
+        &self,
+    ) -> impl futures::Stream<Item = StoreResult<(String, Path, chrono::DateTime<chrono::Utc>)>> + '_ {
+        self.objects.list(None).map_err(StoreError::from).map_ok(|meta| {
+            let id = meta.location.parts().next().map(|p| p.as_ref().to_owned()).unwrap_or_default();
+            (id, meta.location, meta.last_modified)
+        })
+    }
+
+    /// Deletes one object (a missing one is fine).
+    pub(crate) async fn delete_object(&self, path: &Path) -> StoreResult<()> {
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::from(e)),
+        }
     }
 
     async fn delete_under(&self, prefix: &Path) -> StoreResult<()> {

@@ -1,6 +1,7 @@
 //! A store's part of an export: its records streamed as a JSON array into the export storage,
-//! and a summary (record count, files to copy in) written last — the archive reads a part only
-//! through its summary, so a part cut short by a crash is never used.
+//! the files to copy in streamed as JSON lines beside it, and a summary (counts) written last —
+//! the archive reads a part only through its summary, so a part cut short by a crash is never
+//! used. Neither list is held in memory: a subject with 100,000 recordings costs what one does.
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +24,19 @@ pub struct PartSummary {
     /// Whether `<store>.json` exists: a store that lists files and has no rows of its own
     /// (recordings) has none.
     pub has_records_file: bool,
+    /// Files listed in `<store>.files.jsonl`, one JSON `ExportFile` a line.
+    #[serde(default)]
+    pub listed_files: u64,
+    /// The files, inline: only in a summary written by an earlier version (read, never written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ExportFile>,
+}
+
+impl PartSummary {
+    /// Files to copy in, however the summary lists them.
+    pub fn file_count(&self) -> u64 {
+        self.listed_files + self.files.len() as u64
+    }
 }
 
 /// An `ExportSink` writing one store's part.
@@ -33,7 +46,8 @@ pub struct PartWriter {
     store: String,
     records_out: Option<BufWriter>,
     records: u64,
-    files: Vec<ExportFile>,
+    files_out: Option<BufWriter>,
+    files: u64,
 }
 
 impl PartWriter {
@@ -44,7 +58,8 @@ impl PartWriter {
             store: store.to_owned(),
             records_out: None,
             records: 0,
-            files: Vec::new(),
+            files_out: None,
+            files: 0,
         }
     }
 
@@ -57,18 +72,22 @@ impl PartWriter {
                 out.shutdown().await.map_err(io_error)?;
                 true
             }
-            None if self.files.is_empty() => {
+            None if self.files == 0 => {
                 let path = ExportStorage::part_path(&self.request_id, &self.store);
                 self.objects.put(&path, PutPayload::from_static(b"[]\n")).await?;
                 true
             }
             None => false,
         };
+        if let Some(mut out) = self.files_out.take() {
+            out.shutdown().await.map_err(io_error)?;
+        }
         let summary = PartSummary {
             store: self.store.clone(),
             records: self.records,
             has_records_file,
-            files: std::mem::take(&mut self.files),
+            listed_files: self.files,
+            files: Vec::new(),
         };
         let json =
             serde_json::to_vec(&summary).map_err(|e| StoreError::Fatal(format!("part summary: {e}")))?;
@@ -79,7 +98,7 @@ impl PartWriter {
 
     /// Gives up the records upload (an error in the store): nothing is left half-written.
     pub async fn abort(mut self) {
-        if let Some(mut out) = self.records_out.take() {
+        for mut out in [self.records_out.take(), self.files_out.take()].into_iter().flatten() {
             let _ = out.abort().await;
         }
     }
@@ -105,7 +124,19 @@ impl ExportSink for PartWriter {
     }
 
     async fn file(&mut self, file: ExportFile) -> StoreResult<()> {
-        self.files.push(file);
+        let mut line =
+            serde_json::to_vec(&file).map_err(|e| StoreError::Fatal(format!("a file entry: {e}")))?;
+        line.push(b'\n');
+        let out = self.files_out.get_or_insert_with(|| {
+            BufWriter::with_capacity(
+                self.objects.clone(),
+                ExportStorage::files_path(&self.request_id, &self.store),
+                UPLOAD_BUFFER,
+            )
+            .with_max_concurrency(2)
+        });
+        out.put(Bytes::from(line)).await?;
+        self.files += 1;
         Ok(())
     }
 }

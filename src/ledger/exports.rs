@@ -87,6 +87,19 @@ impl Ledger {
         Ok(row.as_ref().map(ExportRecord::from_row).transpose()?)
     }
 
+    /// The status of an export request; `None` when there is no such export in this ledger.
+    pub async fn export_status(&self, request_id: &str) -> Result<Option<crate::domain::RequestStatus>> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM dsr_requests WHERE id = $1 AND kind = 'export'")
+                .bind(request_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        status
+            .map(|s| super::decode_enum(s, crate::domain::RequestStatus::from_db))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     /// Archives past their expiry and not yet deleted, oldest first.
     pub async fn expired_exports(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ExportRecord>> {
         let rows = sqlx::query(&format!(

@@ -276,6 +276,10 @@ impl Ledger {
     }
 
     /// Puts the failed stores of a FAILED request back in the queue, with a fresh attempt budget.
+    ///
+    /// An export's stores that succeeded go back too: an export that ends without an archive
+    /// has its parts deleted (they are copies of the subject's data with no use left), so its
+    /// archive needs every part written again.
     pub async fn retry(&self, id: &str, actor: &str, attempt_budget: u32, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.begin_chained().await?;
         let (tenant, status) = status_for_update(&mut tx, id).await?;
@@ -284,14 +288,19 @@ impl Ledger {
                 "only a FAILED request can be retried; this one is {status}"
             )));
         }
-        // The earliest failed stage is due at once; later ones wait for it again (an export's
-        // archive for its stores, call logs for transcripts and recordings).
-        let n = sqlx::query(
+        let kind: String = sqlx::query_scalar("SELECT kind FROM dsr_requests WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let again = if kind == RequestKind::Export.as_str() { "('failed', 'done')" } else { "('failed')" };
+        // The earliest stage queued again is due at once; later ones wait for it again (an
+        // export's archive for its stores, call logs for transcripts and recordings).
+        let n = sqlx::query(&format!(
             "UPDATE dsr_tasks SET state = 'pending', attempt_limit = attempt + $1, finished_at = NULL, \
              next_run_at = CASE WHEN stage = (SELECT MIN(f.stage) FROM dsr_tasks f WHERE f.request_id = $3 \
-                                              AND f.state = 'failed') THEN $2 ELSE $4 END \
-             WHERE request_id = $3 AND state = 'failed'",
-        )
+                                              AND f.state IN {again}) THEN $2 ELSE $4 END \
+             WHERE request_id = $3 AND state IN {again}"
+        ))
         .bind(attempt_budget as i64)
         .bind(to_millis(now))
         .bind(id)

@@ -1,16 +1,22 @@
 //! Exports end to end: the archive's exact contents, nobody else's data in it, the deadline,
 //! downloads that resume, and the archive's expiry — through the real API, with the real stores.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
     clock::{ManualClock, SharedClock},
     export::{Manifest, MANIFEST_FORMAT},
     seed::SeededSubject,
     startup::Overrides,
+    stores::{Erasure, StoreAdapter, StoreError, StoreResult},
 };
+use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
 use tonic::Code;
 
 use crate::{both, helpers::*};
@@ -409,4 +415,342 @@ async fn the_janitor_deletes_archives_of_subjects_erased_since() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(!archive.exists(), "the janitor deleted the superseded archive");
+}
+
+/// Where a test's exports are written.
+#[derive(Clone, Copy, Debug)]
+enum ExportsOn {
+    /// The default: `<data dir>/exports`.
+    Local,
+    /// A bucket on the test S3 server.
+    S3,
+}
+
+async fn spawn_with_exports_on(backend: Backend, on: ExportsOn, toml: &str, overrides: Overrides) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::fresh_platform_database(backend, dir.path()).await;
+    let mut settings = crate::support::settings(dir.path(), url, None, toml);
+    if let ExportsOn::S3 = on {
+        settings.exports_url = crate::support::fresh_s3_bucket().await.replace("/recordings", "/exports");
+    }
+    spawn_on(settings, dir, overrides).await
+}
+
+/// Every object under `<request id>/` in the export storage, read directly: the directory on
+/// disk, or the bucket through a client of its own.
+async fn stored_objects(app: &TestApp, id: &str) -> Vec<String> {
+    if app.settings.exports_url.starts_with("s3://") {
+        use futures::TryStreamExt;
+        let objects = dsr::stores::open_object_store(&app.settings.exports_url).unwrap();
+        let prefix = object_store::path::Path::from(id.to_owned());
+        let found: Vec<_> = objects.list(Some(&prefix)).try_collect().await.unwrap();
+        let mut paths: Vec<String> = found.into_iter().map(|m| m.location.to_string()).collect();
+        paths.sort();
+        paths
+    } else {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&app.dir.path().join("exports").join(id), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// `stored_objects` once the deletion that follows a request's end has run: the request's
+/// status is committed first, so a caller can see it a moment before the objects go. Polls (a
+/// safety net, not a timing assertion) and returns what is left.
+async fn stored_objects_after_the_end(app: &TestApp, id: &str) -> Vec<String> {
+    for _ in 0..200 {
+        let left = stored_objects(app, id).await;
+        if left.is_empty() {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stored_objects(app, id).await
+}
+
+/// Makes one step of an export fail while `failing` names it: a store's part (by store name),
+/// or the archive (`"archive"`: the recordings' audio cannot be read).
+struct FailsExport {
+    inner: Arc<dyn StoreAdapter>,
+    failing: Arc<Mutex<Option<&'static str>>>,
+}
+
+impl FailsExport {
+    fn fails(&self, step: &str) -> bool {
+        *self.failing.lock().unwrap() == Some(step)
+    }
+}
+
+crate::store_wrapper!(FailsExport, reads_files {
+    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        if self.fails("archive") {
+            return Err(StoreError::Fatal("the object store refused a read (test)".into()));
+        }
+        self.inner.read_file(key).await
+    }
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.inner.erase(tenant, keys, now).await
+    }
+    async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        sink: &mut dyn dsr::stores::ExportSink,
+    ) -> StoreResult<u64> {
+        if self.fails(self.inner.name()) {
+            return Err(StoreError::Fatal(format!("the {} store refused (test)", self.inner.name())));
+        }
+        self.inner.export(tenant, keys, sink).await
+    }
+});
+
+/// An export that ends FAILED leaves nothing in the export storage — neither the parts of the
+/// stores that succeeded nor a partial archive — and RetryRequest still builds the complete
+/// archive, every store's part written again.
+async fn a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
+    backend: Backend,
+    on: ExportsOn,
+) {
+    let failing = Arc::new(Mutex::new(None));
+    let f = failing.clone();
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            Arc::new(FailsExport { inner, failing: f.clone() })
+        })),
+        ..Default::default()
+    };
+    let app = spawn_with_exports_on(backend, on, TEST_CONFIG, overrides).await;
+    let acme = app.seed("acme", 2, 3).await;
+    let target = &acme[0];
+    // The archive fails (every store wrote its part), then the store of the last stage does
+    // (those of the first stage wrote theirs).
+    for step in ["archive", "call_logs"] {
+        *failing.lock().unwrap() = Some(step);
+        let id = app.export(by_phone("acme", &target.phone), pb::Regime::Gdpr).await.id;
+        let failed = app.wait_terminal(&id).await;
+        assert_eq!(failed.status, RequestStatus::Failed as i32, "{step}: {failed:#?}");
+        assert_eq!(
+            stored_objects_after_the_end(&app, &id).await,
+            Vec::<String>::new(),
+            "{step}: nothing left"
+        );
+
+        *failing.lock().unwrap() = None;
+        app.client.clone().retry_request(pb::RetryRequestRequest { id: id.clone() }).await.unwrap();
+        let done = app.wait_terminal(&id).await;
+        assert_eq!(done.status, RequestStatus::Completed as i32, "{step}: {done:#?}");
+        let archive = app.download(&id, 0).await.unwrap();
+        assert_eq!(sha256_hex(&archive), done.export.unwrap().sha256);
+        let files = unzip(&archive);
+        for store in ["accounts", "call_logs", "transcripts", "billing"] {
+            let rows = records(&files, &format!("{store}.json"));
+            assert_eq!(rows.len() as u64, target.counts[store], "{step}: {store}.json rows after the retry");
+        }
+        let audio = files.keys().filter(|p| p.starts_with("recordings/")).count() as u64;
+        assert_eq!(audio, target.counts["recordings"], "{step}: recordings after the retry");
+        // The parts go once the archive is recorded: polls (a safety net) for that.
+        let mut stored = Vec::new();
+        for _ in 0..200 {
+            stored = stored_objects(&app, &id).await;
+            if stored.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            stored.len() == 1 && stored[0].ends_with("export.zip"),
+            "{step}: only the archive: {stored:?}"
+        );
+    }
+
+    // What a crash between a FAILED end and the deletion would leave, the janitor deletes; an
+    // unknown request's objects stay.
+    *failing.lock().unwrap() = Some("archive");
+    let id = app.export(by_phone("acme", &target.phone), pb::Regime::Gdpr).await.id;
+    assert_eq!(app.wait_terminal(&id).await.status, RequestStatus::Failed as i32);
+    assert_eq!(stored_objects_after_the_end(&app, &id).await, Vec::<String>::new());
+    let objects = dsr::stores::open_object_store(&app.settings.exports_url).unwrap();
+    let stray = object_store::path::Path::from(format!("{id}/parts/accounts.json"));
+    let foreign = object_store::path::Path::from("not-a-request/parts/accounts.json");
+    for path in [&stray, &foreign] {
+        objects.put(path, object_store::PutPayload::from_static(b"[]\n")).await.unwrap();
+    }
+    assert_eq!(stored_objects(&app, &id).await.len(), 1);
+    let storage = dsr::export::ExportStorage::open(&app.settings).unwrap();
+    let ledger = dsr::ledger::Ledger::new(app.db.clone());
+    let deleted = dsr::export::delete_leftovers(&storage, &ledger).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(stored_objects(&app, &id).await, Vec::<String>::new());
+    assert_eq!(stored_objects(&app, "not-a-request").await.len(), 1, "not the ledger's: left alone");
+    app.shutdown().await;
+}
+
+mod a_failed_export_leaves_nothing_stored {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_local() {
+        a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
+            Backend::Sqlite,
+            ExportsOn::Local,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_local() {
+        a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
+            Backend::Postgres,
+            ExportsOn::Local,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_s3() {
+        a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(Backend::Sqlite, ExportsOn::S3)
+            .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        a_failed_export_leaves_nothing_stored_and_a_retry_rebuilds_every_part(
+            Backend::Postgres,
+            ExportsOn::S3,
+        )
+        .await
+    }
+}
+
+/// Holds the call logs store's export at a gate, saying when it got there.
+struct HeldExport {
+    inner: Arc<dyn StoreAdapter>,
+    entered: Arc<Notify>,
+    gate: Arc<Semaphore>,
+}
+
+crate::store_wrapper!(HeldExport {
+    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
+        self.inner.erase(tenant, keys, now).await
+    }
+    async fn export(
+        &self,
+        tenant: &str,
+        keys: &[String],
+        sink: &mut dyn dsr::stores::ExportSink,
+    ) -> StoreResult<u64> {
+        if self.inner.name() == "call_logs" {
+            self.entered.notify_one();
+            self.gate.acquire().await.expect("gate").forget();
+        }
+        self.inner.export(tenant, keys, sink).await
+    }
+});
+
+/// An export cancelled while a store was writing its part ends CANCELLED with nothing left in
+/// the export storage: not the parts written before the cancel, not the one finished after it.
+async fn a_cancelled_export_leaves_nothing_stored(backend: Backend, on: ExportsOn) {
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (e, g) = (entered.clone(), gate.clone());
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(move |inner: Arc<dyn StoreAdapter>| -> Arc<dyn StoreAdapter> {
+            Arc::new(HeldExport { inner, entered: e.clone(), gate: g.clone() })
+        })),
+        ..Default::default()
+    };
+    let app = spawn_with_exports_on(backend, on, TEST_CONFIG, overrides).await;
+    let acme = app.seed("acme", 1, 2).await;
+    let id = app.export(by_phone("acme", &acme[0].phone), pb::Regime::Gdpr).await.id;
+    entered.notified().await;
+    // The other stores run beside it: polls (a safety net) until each has written its part.
+    let mut first = Vec::new();
+    for _ in 0..200 {
+        first = stored_objects(&app, &id).await;
+        if first.iter().filter(|p| p.ends_with(".summary.json")).count() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        first.iter().filter(|p| p.ends_with(".summary.json")).count(),
+        4,
+        "the others' parts: {first:?}"
+    );
+    let cancelled = app
+        .client
+        .clone()
+        .cancel_request(pb::CancelRequestRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status, RequestStatus::InProgress as i32, "a store is still running");
+    gate.add_permits(1);
+    let ended = app.wait_terminal(&id).await;
+    assert_eq!(ended.status, RequestStatus::Cancelled as i32, "{ended:#?}");
+    assert_eq!(
+        stored_objects_after_the_end(&app, &id).await,
+        Vec::<String>::new(),
+        "nothing left in storage"
+    );
+    app.shutdown().await;
+}
+
+mod a_cancelled_export_leaves_nothing {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_local() {
+        a_cancelled_export_leaves_nothing_stored(Backend::Sqlite, ExportsOn::Local).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        a_cancelled_export_leaves_nothing_stored(Backend::Postgres, ExportsOn::S3).await
+    }
+}
+
+/// A deletion that completes deletes the archives of its subject at once — without a download
+/// asking and long before the janitor's next pass — and leaves other subjects' archives.
+async fn a_completed_deletion_deletes_its_subjects_archives_at_once(backend: Backend, on: ExportsOn) {
+    let toml = format!("{TEST_CONFIG}\n[export]\njanitor_interval_secs = 3600\n");
+    let app = spawn_with_exports_on(backend, on, &toml, Overrides::default()).await;
+    let acme = app.seed("acme", 2, 2).await;
+    let mine =
+        app.wait_terminal(&app.export(by_email("acme", &acme[0].email), pb::Regime::Gdpr).await.id).await;
+    let other =
+        app.wait_terminal(&app.export(by_email("acme", &acme[1].email), pb::Regime::Gdpr).await.id).await;
+    assert_eq!(stored_objects(&app, &mine.id).await.len(), 1, "the archive");
+    let deletion = app.delete(by_phone("acme", &acme[0].phone)).await;
+    assert_eq!(app.wait_terminal(&deletion.id).await.status, RequestStatus::Completed as i32);
+    // Polls for the janitor's pass (a safety net, not a timing assertion: its interval is an hour).
+    for _ in 0..200 {
+        if stored_objects(&app, &mine.id).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_objects(&app, &mine.id).await, Vec::<String>::new(), "the subject's archive is gone");
+    assert_eq!(stored_objects(&app, &other.id).await.len(), 1, "another subject's archive stays");
+    app.shutdown().await;
+}
+
+mod a_completed_deletion_deletes_archives {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_local() {
+        a_completed_deletion_deletes_its_subjects_archives_at_once(Backend::Sqlite, ExportsOn::Local).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_s3() {
+        a_completed_deletion_deletes_its_subjects_archives_at_once(Backend::Postgres, ExportsOn::S3).await
+    }
 }

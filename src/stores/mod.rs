@@ -529,7 +529,11 @@ mod tests {
     async fn a_table_missing_while_serving_is_a_transient_failure() {
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect("sqlite::memory:").await.unwrap();
-        let e = sqlx::query("SELECT id FROM call_logs_moved_away").fetch_all(&pool).await.err().expect("no such table");
+        let e = sqlx::query("SELECT id FROM call_logs_moved_away")
+            .fetch_all(&pool)
+            .await
+            .err()
+            .expect("no such table");
         match StoreError::from(e) {
             StoreError::Transient(m) => assert!(m.contains("no such table"), "{m}"),
             other => panic!("not transient: {other:?}"),

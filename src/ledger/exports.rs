@@ -118,6 +118,8 @@ impl Ledger {
     /// before it and completed after it began (the export read what the deletion was erasing).
     /// The archive is a copy of what the deletion erases, so it goes too.
     pub async fn superseded_exports(&self, limit: usize) -> Result<Vec<ExportRecord>> {
+        // The identifier tags live with the events: link the journal first (`journal`).
+        self.seal_journal().await?;
         let cols = EXPORT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query(&format!(
             "SELECT {cols} FROM dsr_exports e JOIN dsr_requests x ON x.id = e.request_id \
@@ -138,6 +140,7 @@ impl Ledger {
     /// Whether the subject of this export has asked for erasure since (see
     /// `superseded_exports`).
     pub async fn is_export_superseded(&self, request_id: &str) -> Result<bool> {
+        self.seal_journal().await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM dsr_requests x \
              JOIN dsr_event_subjects xs ON xs.request_id = x.id \

@@ -109,11 +109,15 @@ pub async fn assemble(
             let adapter = stores.get(&part.store).ok_or_else(|| {
                 StoreError::Fatal(format!("no adapter for store {:?} in this process", part.store))
             })?;
+            let exporter = adapter.as_export();
             let mut names = HashSet::new();
             let mut erased = 0;
             for file in &part.files {
                 let name = format!("{}/{}", part.store, unique_name(&mut names, &file.name));
-                let src = match adapter.read_file(&file.key).await {
+                let exporter = exporter.ok_or_else(|| {
+                    StoreError::Fatal(format!("the {} store lists no files to read", part.store))
+                })?;
+                let src = match exporter.read_file(&file.key).await {
                     Ok(src) => src,
                     // Erased since it was listed: a deletion of the subject ran meanwhile. The
                     // archive cannot hold it, and the platform no longer does; the manifest says so.

@@ -104,7 +104,22 @@ impl SubjectTable {
 
     /// The tenant's rows with these keys.
     pub fn by_keys(&self, tenant: &str, keys: &[String]) -> SimpleExpr {
-        self.in_tenant(tenant).and(query::col(&self.key).is_in(keys.iter().map(|k| self.value(&self.key, k))))
+        self.in_tenant_by_key(tenant)
+            .and(query::col(&self.key).is_in(keys.iter().map(|k| self.value(&self.key, k))))
+    }
+
+    /// The tenant condition of a look-up by key. On SQLite the tenant column is written `+tenant`,
+    /// which keeps it from choosing the index: without statistics SQLite reckons any `(tenant, …)`
+    /// index narrower than a few lookups in the key's unique index, and ranges over every row of
+    /// the tenant for each erase or check by key (38 ms against 0.1 ms for five keys in a tenant of
+    /// 100,000 rows). The key always has a unique index (`check` requires one).
+    fn in_tenant_by_key(&self, tenant: &str) -> SimpleExpr {
+        match self.backend() {
+            Backend::Sqlite => {
+                Expr::cust_with_expr("+?", query::col(&self.tenant)).eq(self.value(&self.tenant, tenant))
+            }
+            Backend::Postgres => self.in_tenant(tenant),
+        }
     }
 
     /// `SELECT … FROM <table>`, to be completed.
@@ -260,7 +275,11 @@ impl SubjectTable {
                 });
                 let mut q = self.select();
                 self.candidate_columns(&mut q);
-                q.and_where(self.in_tenant(probe.tenant)).and_where(expr.clone().is_in(list));
+                let tenant = match typed_as.as_deref() == Some(self.key.as_str()) {
+                    true => self.in_tenant_by_key(probe.tenant),
+                    false => self.in_tenant(probe.tenant),
+                };
+                q.and_where(tenant).and_where(expr.clone().is_in(list));
                 for row in &self.fetch_all(&q).await? {
                     let r = self.row(row)?;
                     found.entry(r.key.clone()).or_insert(r);
@@ -573,5 +592,54 @@ fn schema_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A look-up or erase of several keys uses the key's unique index on SQLite. Without
+    /// statistics SQLite would rather range over a `(tenant_id, …)` index, reading every row of
+    /// the tenant for each statement.
+    #[tokio::test]
+    async fn statements_by_key_use_the_keys_unique_index_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        for sql in [
+            "CREATE TABLE calls (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, phone TEXT)",
+            "CREATE INDEX calls_tenant_phone ON calls (tenant_id, phone)",
+        ] {
+            sqlx::query(sql).execute(db.pool()).await.unwrap();
+        }
+        let t = SubjectTable {
+            db: db.clone(),
+            table: "calls".into(),
+            key: "id".into(),
+            tenant: "tenant_id".into(),
+            identifiers: vec![("phone".into(), IdentKind::Phone)],
+            link: None,
+            bytes: None,
+            object: None,
+            cleared: None,
+            columns: Default::default(),
+        };
+        let keys: Vec<String> = (0..5).map(|i| format!("call-{i}")).collect();
+        let mut select = t.select();
+        select.expr(t.text("id")).and_where(t.by_keys("acme", &keys));
+        let mut delete = Query::delete();
+        delete.from_table(query::table("calls")).and_where(t.by_keys("acme", &keys));
+        for (sql, values) in [select.build_for(Backend::Sqlite), delete.build_for(Backend::Sqlite)] {
+            let plan: Vec<String> = query::bind(&format!("EXPLAIN QUERY PLAN {sql}"), &values)
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String, _>(3).unwrap())
+                .collect();
+            assert!(plan.iter().any(|p| p.contains("sqlite_autoindex_calls_1")), "{sql}: {plan:?}");
+        }
+        db.close().await;
     }
 }

@@ -7,7 +7,7 @@
 //! | `api`       | the tonic services, wire ↔ domain conversion, errors → status codes    |
 //! | `ledger`    | the service's own durable state: requests, tasks, the hash-chained log |
 //! | `engine`    | workers: claim under lease, run, retry with backoff, record outcomes   |
-//! | `stores`    | the `StoreAdapter` trait and one adapter per store                     |
+//! | `stores`    | small traits by concern (`concerns`) and one adapter per store         |
 //! | `adapter`   | remote stores' gRPC contract, its conformance check, an example adapter |
 //! | `resolve`   | the subject → one person, their identifiers and the keys of their records |
 //! | `retention` | the retention sweep: records past their period leave, holds are kept   |

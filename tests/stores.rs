@@ -121,11 +121,12 @@ async fn erase_everywhere(f: &Fixture, res: &Resolution) -> BTreeMap<String, (u6
     let mut out = BTreeMap::new();
     for store in stores {
         let name = store.name();
+        let eraser = store.as_erase().unwrap_or_else(|| panic!("{name}: every catalog store erases"));
         let scan = resolve::scan(store.as_ref(), res).await.unwrap();
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
-        let first = store.erase(&res.person.tenant, &keys, Utc::now()).await.unwrap();
+        let first = eraser.erase(&res.person.tenant, &keys, Utc::now()).await.unwrap();
         assert_eq!(resolve::leftovers(store.as_ref(), res, &scan).await.unwrap(), 0, "{name}: checked empty");
-        let second = store.erase(&res.person.tenant, &keys, Utc::now()).await.unwrap();
+        let second = eraser.erase(&res.person.tenant, &keys, Utc::now()).await.unwrap();
         assert_eq!(resolve::leftovers(store.as_ref(), res, &scan).await.unwrap(), 0, "{name}: twice");
         match (&first, &second) {
             (Erasure::Erased { affected }, Erasure::Erased { affected: again }) => {
@@ -362,7 +363,12 @@ async fn an_account_no_billing_references_is_deleted_outright(backend: Backend) 
         .await
         .unwrap();
     let accounts = f.stores.get("accounts").unwrap();
-    let erased = accounts.erase("acme", std::slice::from_ref(&target.account_id), Utc::now()).await.unwrap();
+    let erased = accounts
+        .as_erase()
+        .unwrap()
+        .erase("acme", std::slice::from_ref(&target.account_id), Utc::now())
+        .await
+        .unwrap();
     assert_eq!(erased, Erasure::Erased { affected: 1 });
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE id = $1")
         .bind(&target.account_id)
@@ -383,7 +389,8 @@ async fn a_rectification_rewrites_every_format_of_the_old_phone(backend: Backend
     assert_eq!(resolve::taken(f.stores.identity().unwrap().as_ref(), &res.person, &c).await.unwrap(), None);
     for store in f.stores.all() {
         let name = store.name();
-        if !store.holds_any_of(&c) {
+        let rectifier = store.as_rectify().unwrap_or_else(|| panic!("{name}: every catalog store corrects"));
+        if !rectifier.holds_any_of(&c) {
             continue;
         }
         let scan = resolve::scan(store.as_ref(), &res).await.unwrap();
@@ -392,13 +399,13 @@ async fn a_rectification_rewrites_every_format_of_the_old_phone(backend: Backend
             .candidates(&Probe { tenant: "acme", keys: keys.clone(), ..Default::default() })
             .await
             .unwrap();
-        let first = store.rectify(&res.person, &mine, &c, Utc::now()).await.unwrap();
-        assert!(store.verify_rectified(&res.person, &keys, &c).await.unwrap(), "{name}: read back");
+        let first = rectifier.rectify(&res.person, &mine, &c, Utc::now()).await.unwrap();
+        assert!(rectifier.verify_rectified(&res.person, &keys, &c).await.unwrap(), "{name}: read back");
         let mine = store
             .candidates(&Probe { tenant: "acme", keys: keys.clone(), ..Default::default() })
             .await
             .unwrap();
-        let second = store.rectify(&res.person, &mine, &c, Utc::now()).await.unwrap();
+        let second = rectifier.rectify(&res.person, &mine, &c, Utc::now()).await.unwrap();
         assert_eq!(second.affected, 0, "{name}: twice is harmless");
         assert!(first.affected >= 1, "{name}: {first:?}");
         assert_eq!(first.hold.is_some(), name == "billing", "{name}");
@@ -517,20 +524,23 @@ async fn every_adapter_lists_counts_and_erases_what_is_past_retention(backend: B
     stores.sort_by_key(|s| s.stage());
     for store in stores {
         let name = store.name();
+        let retention =
+            store.as_retention().unwrap_or_else(|| panic!("{name}: every catalog store has retention"));
+        assert!(retention.lists_tenants(), "{name}: a catalog store lists its tenants");
         let total: u64 = f.acme.iter().map(|s| s.counts[name]).sum();
-        assert_eq!(store.tenants(None, 10).await.unwrap(), ["acme", "globex"], "{name}");
-        assert_eq!(store.tenants(Some("acme"), 10).await.unwrap(), ["globex"], "{name}");
-        assert_eq!(store.tenants(None, 1).await.unwrap(), ["acme"], "{name}");
-        assert_eq!(store.count_expired(&all).await.unwrap(), total, "{name}: count");
-        assert_eq!(store.count_expired(&none).await.unwrap(), 0, "{name}: nothing that old");
+        assert_eq!(retention.tenants(None, 10).await.unwrap(), ["acme", "globex"], "{name}");
+        assert_eq!(retention.tenants(Some("acme"), 10).await.unwrap(), ["globex"], "{name}");
+        assert_eq!(retention.tenants(None, 1).await.unwrap(), ["acme"], "{name}");
+        assert_eq!(retention.count_expired(&all).await.unwrap(), total, "{name}: count");
+        assert_eq!(retention.count_expired(&none).await.unwrap(), 0, "{name}: nothing that old");
         let globex = Expiry { tenant: "globex", ..all };
-        let globex_before = store.count_expired(&globex).await.unwrap();
+        let globex_before = retention.count_expired(&globex).await.unwrap();
 
         // Listed in key order, page after page, each record with the identifiers it carries.
         let mut listed = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = store.list_expired(&all, after.as_deref(), 5).await.unwrap();
+            let page = retention.list_expired(&all, after.as_deref(), 5).await.unwrap();
             assert!(page.len() <= 5);
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
@@ -555,15 +565,15 @@ async fn every_adapter_lists_counts_and_erases_what_is_past_retention(backend: B
 
         // By key: once, then harmlessly again; another tenant's name reaches nothing.
         let keys: Vec<String> = listed.iter().take(3).map(|r| r.key.clone()).collect();
-        assert_eq!(store.erase_records("globex", &keys).await.unwrap(), 0, "{name}: tenant-scoped");
-        assert_eq!(store.erase_records("acme", &keys).await.unwrap(), 3, "{name}: by key");
-        assert_eq!(store.erase_records("acme", &keys).await.unwrap(), 0, "{name}: twice is harmless");
-        assert_eq!(store.count_expired(&all).await.unwrap(), total - 3, "{name}");
+        assert_eq!(retention.erase_records("globex", &keys).await.unwrap(), 0, "{name}: tenant-scoped");
+        assert_eq!(retention.erase_records("acme", &keys).await.unwrap(), 3, "{name}: by key");
+        assert_eq!(retention.erase_records("acme", &keys).await.unwrap(), 0, "{name}: twice is harmless");
+        assert_eq!(retention.count_expired(&all).await.unwrap(), total - 3, "{name}");
 
         // In bounded batches until nothing is left.
         let mut batches = Vec::new();
         loop {
-            let n = store.erase_expired(&all, 4).await.unwrap();
+            let n = retention.erase_expired(&all, 4).await.unwrap();
             batches.push(n);
             if n < 4 {
                 break;
@@ -571,8 +581,12 @@ async fn every_adapter_lists_counts_and_erases_what_is_past_retention(backend: B
         }
         assert!(batches.iter().all(|n| *n <= 4), "{name}: {batches:?}");
         assert_eq!(batches.iter().sum::<u64>(), total - 3, "{name}: {batches:?}");
-        assert_eq!(store.count_expired(&all).await.unwrap(), 0, "{name}: nothing expired is left");
-        assert_eq!(store.count_expired(&globex).await.unwrap(), globex_before, "{name}: globex untouched");
+        assert_eq!(retention.count_expired(&all).await.unwrap(), 0, "{name}: nothing expired is left");
+        assert_eq!(
+            retention.count_expired(&globex).await.unwrap(),
+            globex_before,
+            "{name}: globex untouched"
+        );
     }
     // The accounts were billed: erased to bare rows, kept for their billing records (gone now,
     // so a later sweep deletes them).
@@ -583,7 +597,7 @@ async fn every_adapter_lists_counts_and_erases_what_is_past_retention(backend: B
     .await
     .unwrap();
     assert_eq!(bare, 3);
-    let accounts = f.stores.get("accounts").unwrap();
+    let accounts = f.stores.get("accounts").unwrap().as_retention().unwrap();
     assert_eq!(accounts.count_expired(&all).await.unwrap(), 3, "no billing left: the bare rows expire");
     assert_eq!(accounts.erase_expired(&all, 10).await.unwrap(), 3);
     // Every expired recording's audio is gone; globex's is all there.

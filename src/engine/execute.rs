@@ -22,7 +22,8 @@ use crate::{
     },
     resolve::{self, Resolution, ResolveError},
     stores::{
-        CallContext, CandidateRow, Erasure, Probe, Rectification, StoreAdapter, StoreError, StoreResult,
+        CallContext, CandidateRow, Erase, Erasure, Export, Probe, Rectification, Rectify, StoreAdapter,
+        StoreError, StoreResult,
     },
 };
 
@@ -91,20 +92,29 @@ impl Engine {
         resolution: &Resolution,
         corrections: Option<Corrections>,
     ) -> StoreResult<TaskResult> {
+        // A store takes part in a kind of request when it offers that concern, and says it does.
+        let not_taking_part = || Ok(skipped("the store does not take part in requests of this kind"));
         if !adapter.takes_part_in(task.kind) {
-            return Ok(skipped("the store does not take part in requests of this kind"));
+            return not_taking_part();
         }
         match task.kind {
-            RequestKind::Deletion => self.erase(adapter, task, resolution).await,
+            RequestKind::Deletion => match adapter.as_erase() {
+                Some(eraser) => self.erase(adapter, eraser, task, resolution).await,
+                None => not_taking_part(),
+            },
             RequestKind::Rectification => {
                 let corrections = corrections
                     .ok_or_else(|| StoreError::Fatal("the rectification holds no corrections".into()))?;
-                if !adapter.holds_any_of(&corrections) {
+                let Some(rectifier) = adapter.as_rectify() else { return not_taking_part() };
+                if !rectifier.holds_any_of(&corrections) {
                     return Ok(skipped("the store holds none of the corrected fields"));
                 }
-                self.rectify(adapter, task, resolution, &corrections).await
+                self.rectify(adapter, rectifier, task, resolution, &corrections).await
             }
-            RequestKind::Export => self.export_part(adapter, task, resolution).await,
+            RequestKind::Export => match adapter.as_export() {
+                Some(exporter) => self.export_part(adapter, exporter, task, resolution).await,
+                None => not_taking_part(),
+            },
         }
     }
 
@@ -113,6 +123,7 @@ impl Engine {
     async fn export_part(
         &self,
         adapter: &dyn StoreAdapter,
+        exporter: &dyn Export,
         task: &ClaimedTask,
         resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
@@ -120,7 +131,7 @@ impl Engine {
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
         if let Err(e) =
-            self.within(adapter, adapter.export(&resolution.person.tenant, &keys, &mut part)).await
+            self.within(adapter, exporter.export(&resolution.person.tenant, &keys, &mut part)).await
         {
             part.abort().await;
             return Err(e);
@@ -175,6 +186,7 @@ impl Engine {
     async fn rectify(
         &self,
         adapter: &dyn StoreAdapter,
+        rectifier: &dyn Rectify,
         task: &ClaimedTask,
         resolution: &Resolution,
         corrections: &Corrections,
@@ -185,9 +197,9 @@ impl Engine {
         let probe = Probe { tenant: &resolution.person.tenant, keys: keys.clone(), ..Default::default() };
         let mine: Vec<CandidateRow> = self.within(adapter, adapter.candidates(&probe)).await?;
         let Rectification { found, affected, hold } = self
-            .within(adapter, adapter.rectify(&resolution.person, &mine, corrections, self.clock.now()))
+            .within(adapter, rectifier.rectify(&resolution.person, &mine, corrections, self.clock.now()))
             .await?;
-        if !self.within(adapter, adapter.verify_rectified(&resolution.person, &keys, corrections)).await? {
+        if !self.within(adapter, rectifier.verify_rectified(&resolution.person, &keys, corrections)).await? {
             return Err(StoreError::Transient(
                 "the store does not hold the corrected values, or still holds the old ones, after the correction"
                     .into(),
@@ -213,6 +225,7 @@ impl Engine {
     async fn erase(
         &self,
         adapter: &dyn StoreAdapter,
+        eraser: &dyn Erase,
         task: &ClaimedTask,
         resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
@@ -246,7 +259,7 @@ impl Engine {
         let held = scan.held(adapter.keeps_under_legal_obligation());
         let first_count = self.first_count(task, held).await?;
         let erasure =
-            self.within(adapter, adapter.erase(&resolution.person.tenant, &keys, self.clock.now())).await?;
+            self.within(adapter, eraser.erase(&resolution.person.tenant, &keys, self.clock.now())).await?;
         let left = self.within(adapter, resolve::leftovers(adapter, resolution, &scan)).await?;
         if left > 0 {
             return Err(StoreError::Transient(format!(

@@ -127,11 +127,15 @@ pub async fn assemble(
             let adapter = stores.get(&part.store).ok_or_else(|| {
                 StoreError::Fatal(format!("no adapter for store {:?} in this process", part.store))
             })?;
+            let exporter = adapter.as_export();
             let mut taken = NameSet::default();
             let mut erased = 0;
             let mut listed = part_files(storage, job.request_id, part).await?;
             while let Some(file) = listed.try_next().await? {
-                let src = match adapter.read_file(&file.key).await {
+                let exporter = exporter.ok_or_else(|| {
+                    StoreError::Fatal(format!("the {} store lists no files to read", part.store))
+                })?;
+                let src = match exporter.read_file(&file.key).await {
                     Ok(src) => src,
                     // Erased since it was listed: a deletion of the subject ran meanwhile. The
                     // archive cannot hold it, and the platform no longer does; the manifest says so.

@@ -299,7 +299,10 @@ pub async fn leftovers(adapter: &dyn StoreAdapter, res: &Resolution, erased: &St
         }
     }
     let objects: Vec<String> = recorded.objects.union(&erased.objects).cloned().collect();
-    let objects_left = adapter.objects_present(&objects).await?;
+    let objects_left = match adapter.as_erase() {
+        Some(eraser) => eraser.objects_present(&objects).await?,
+        None => 0,
+    };
     Ok(left.len() as u64 + objects_left)
 }
 

@@ -39,7 +39,7 @@ use crate::{
     ledger::{LeaseClaim, Ledger, NewEvent, SWEEP_LEASE},
     metrics::Metrics,
     privacy::{IdentifierKind, KeyedHasher},
-    stores::{ExpiredRecord, Expiry, StoreAdapter, StoreRegistry},
+    stores::{ExpiredRecord, Expiry, Retention, StoreAdapter, StoreRegistry},
 };
 
 /// The actor of the sweep's events.
@@ -356,6 +356,13 @@ impl Run<'_> {
                         .push(format!("legal hold {}: no adapter for store {}", hold.id, hold.store));
                     continue;
                 };
+                let Some(retention) = adapter.as_retention() else {
+                    self.report.errors.push(format!(
+                        "legal hold {}: the store {} erases nothing by key",
+                        hold.id, hold.store
+                    ));
+                    continue;
+                };
                 let (mut erased, mut key) = (0, None::<String>);
                 let failed = loop {
                     let keys = match s.ledger.hold_record_keys(&hold.id, key.as_deref(), self.batch()).await {
@@ -365,7 +372,7 @@ impl Run<'_> {
                     if keys.is_empty() {
                         break None;
                     }
-                    match adapter.erase_records(&hold.tenant_id, &keys).await {
+                    match retention.erase_records(&hold.tenant_id, &keys).await {
                         Ok(n) => erased += n,
                         Err(e) => break Some(e.to_string()),
                     }
@@ -400,16 +407,20 @@ impl Run<'_> {
     }
 
     /// Step 2: every store with a period, every tenant it holds. A store that cannot list its
-    /// tenants (a remote one) is visited in every tenant the others hold.
+    /// tenants (a remote one) is visited in every tenant the others hold; a store without
+    /// retention has nothing that expires.
     async fn stores(&mut self) -> Result<(), Halt> {
         let mut adapters: Vec<Arc<dyn StoreAdapter>> = self.sweeper.stores.all().to_vec();
+        adapters.retain(|a| a.as_retention().is_some());
         adapters.sort_by_key(|a| a.stage());
         let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        let (listing, blind): (Vec<_>, Vec<_>) = adapters.into_iter().partition(|a| a.lists_tenants());
+        let (listing, blind): (Vec<_>, Vec<_>) =
+            adapters.into_iter().partition(|a| a.as_retention().is_some_and(|r| r.lists_tenants()));
         for adapter in listing {
+            let Some(retention) = adapter.as_retention() else { continue };
             let mut after: Option<String> = None;
             loop {
-                let tenants = match adapter.tenants(after.as_deref(), TENANT_PAGE).await {
+                let tenants = match retention.tenants(after.as_deref(), TENANT_PAGE).await {
                     Ok(t) => t,
                     Err(e) => {
                         self.report.errors.push(format!("{}: listing tenants: {e}", adapter.name()));
@@ -436,6 +447,7 @@ impl Run<'_> {
 
     /// One store in one tenant.
     async fn unit(&mut self, adapter: &dyn StoreAdapter, tenant: &str) -> Result<(), Halt> {
+        let Some(retention) = adapter.as_retention() else { return Ok(()) };
         let s = self.sweeper;
         let now = self.report.started_at;
         let (Some(period), Some(cutoff)) =
@@ -447,11 +459,11 @@ impl Run<'_> {
         let mut unit = SweepUnit::new(adapter.name(), tenant, cutoff, period);
         let outcome = match s.ledger.has_litigation_hold(tenant).await {
             Err(e) => Ok(Err(format!("reading litigation holds: {e}"))),
-            Ok(false) => self.erase_all(adapter, &expiry, &mut unit).await,
+            Ok(false) => self.erase_all(retention, &expiry, &mut unit).await,
             Ok(true) => Ok(Ok(Flow::HoldPlaced)),
         };
         let outcome = match outcome {
-            Ok(Ok(Flow::HoldPlaced)) => self.erase_unheld(adapter, &expiry, &mut unit).await,
+            Ok(Ok(Flow::HoldPlaced)) => self.erase_unheld(retention, &expiry, &mut unit).await,
             other => other,
         };
         match outcome {
@@ -469,7 +481,7 @@ impl Run<'_> {
     /// a hold is placed.
     async fn erase_all(
         &mut self,
-        adapter: &dyn StoreAdapter,
+        adapter: &dyn Retention,
         expiry: &Expiry<'_>,
         unit: &mut SweepUnit,
     ) -> Result<Result<Flow, String>, Halt> {
@@ -508,7 +520,7 @@ impl Run<'_> {
     /// identifiers a hold covers (the holds read again for every batch), erase the rest by key.
     async fn erase_unheld(
         &mut self,
-        adapter: &dyn StoreAdapter,
+        adapter: &dyn Retention,
         expiry: &Expiry<'_>,
         unit: &mut SweepUnit,
     ) -> Result<Result<Flow, String>, Halt> {

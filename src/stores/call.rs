@@ -1,7 +1,7 @@
 //! Which task a store call belongs to: the request id, task id and attempt (the idempotency key
 //! and fencing token a remote adapter needs), and the trace to continue, set by the engine around
 //! each task (`CallContext::scope`) and read by adapters that cross a process boundary. The
-//! `StoreAdapter` methods stay as they are; local stores simply never look.
+//! store traits' methods stay as they are; local stores simply never look.
 use std::{future::Future, sync::Arc};
 
 use crate::{domain::RequestKind, resolve::Resolution};

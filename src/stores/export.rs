@@ -1,6 +1,6 @@
 //! What an adapter hands over on an export: its rows, as JSON objects, into an `ExportSink`, and
 //! the files that go into the archive as they are (recordings' audio), read back later through
-//! `StoreAdapter::read_file`. `row_json` turns any table's row into JSON, whatever its columns,
+//! `Export::read_file`. `row_json` turns any table's row into JSON, whatever its columns,
 //! so every SQL adapter exports the same way.
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,7 +25,7 @@ pub struct ExportFile {
     /// File name inside the store's folder of the archive (`<call_id>.wav`). Adapters may pass
     /// anything; the archive makes it a safe, unique name.
     pub name: String,
-    /// What `StoreAdapter::read_file` opens (an object key). Never shown to the subject.
+    /// What `Export::read_file` opens (an object key). Never shown to the subject.
     pub key: String,
     /// Size the store reports.
     pub bytes: u64,

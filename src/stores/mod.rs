@@ -1,4 +1,6 @@
-//! The stores that hold a subject's data, one adapter per catalog entry, behind one trait.
+//! The stores that hold a subject's data, one adapter per catalog entry, behind small traits by
+//! concern (`concerns`: a store's description and candidates, then erase, export, rectify and
+//! retention, each offered or not).
 //!
 //! Every store is described in the catalog (`crate::catalog`; the reference stores are its
 //! default entries, `config/catalog.toml`) and run by the generic adapter (`catalog`): a SQL
@@ -17,6 +19,7 @@
 
 mod call;
 mod catalog;
+mod concerns;
 mod export;
 mod objects;
 mod query;
@@ -27,16 +30,16 @@ pub mod watch;
 
 use std::{collections::HashMap, sync::Arc};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use call::CallContext;
 pub use catalog::{CatalogStore, Wiring};
+pub use concerns::{Erase, Export, Rectify, Retention, StoreAdapter};
 pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::{object_path, open_durable_object_store, open_object_store};
 
 pub use crate::resolve::CandidateRow;
-use crate::{config::Settings, db::Db, domain::Corrections, resolve::Person};
+use crate::{config::Settings, db::Db};
 
 /// What a store holds on a subject (a dry run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -185,146 +188,6 @@ impl From<object_store::Error> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// One store of subject data. Every operation is scoped to one tenant and idempotent: erasing
-/// twice is harmless, and a retry after a crash finishes what the first try began.
-///
-/// Which records are the subject's is not the store's decision: the store finds candidates
-/// (`candidates`), the resolution (`crate::resolve`) decides whose each is, and the store then
-/// acts on the keys it is given.
-#[async_trait]
-pub trait StoreAdapter: Send + Sync + 'static {
-    /// The store's name in outcomes (`accounts`, …).
-    fn name(&self) -> &'static str;
-
-    /// Stores of stage 0 run first; a later stage starts only once every earlier one has
-    /// succeeded (DONE, RETAINED or SKIPPED).
-    fn stage(&self) -> u8 {
-        0
-    }
-
-    /// Whether this store holds the platform's accounts: its key is the account id, and its
-    /// rows say who holds an email or a phone.
-    fn is_identity(&self) -> bool {
-        false
-    }
-
-    /// The store whose keys this store's link column holds (transcripts → `call_logs`).
-    fn links_to(&self) -> Option<&'static str> {
-        None
-    }
-
-    /// Whether a deletion keeps this store's records under a legal obligation (billing).
-    fn keeps_under_legal_obligation(&self) -> bool {
-        false
-    }
-
-    /// Whether the store takes part in requests of this kind (a remote store may take part in
-    /// some only); when not, its outcome is SKIPPED.
-    fn takes_part_in(&self, _kind: crate::domain::RequestKind) -> bool {
-        true
-    }
-
-    /// What is wrong with the store's live schema against what the adapter uses (a missing
-    /// table or column, a key without a unique index), each naming the table and column. Empty
-    /// when it fits. Checked at start and by `dsr stores check`.
-    async fn check_schema(&self) -> Vec<String>;
-
-    /// The tenant's rows found by any part of the probe, with the identifiers they hold as
-    /// stored. May return rows that only look alike: the resolution confirms each.
-    async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>>;
-
-    /// Erases (or, under a legal obligation, restricts) the tenant's records with these keys.
-    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure>;
-
-    /// How many of these object keys are still present in the object store (exact keys).
-    async fn objects_present(&self, _objects: &[String]) -> StoreResult<u64> {
-        Ok(0)
-    }
-
-    /// Whether the store holds any of the corrected fields at all; when not, its rectification
-    /// outcome is SKIPPED (call logs hold no name or email).
-    fn holds_any_of(&self, corrections: &Corrections) -> bool;
-
-    /// Rewrites the person's records (`mine`, as found) with the corrected values: every column
-    /// that holds a corrected kind of identifier and names the person gets the new value.
-    /// Idempotent: a second call finds nothing under the old values and changes nothing.
-    async fn rectify(
-        &self,
-        person: &Person,
-        mine: &[CandidateRow],
-        corrections: &Corrections,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rectification>;
-
-    /// Reads back after a rectify: `true` only if none of these records still holds an old
-    /// value of a corrected identifier (and the account holds the new name).
-    async fn verify_rectified(
-        &self,
-        person: &Person,
-        keys: &[String],
-        corrections: &Corrections,
-    ) -> StoreResult<bool>;
-
-    /// Writes the tenant's records with these keys into `sink`: its records, and the files
-    /// that go into the archive as they are. Returns the number of records (files count as
-    /// records: a recording is one). Changes nothing.
-    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64>;
-
-    /// Opens a file that `export` listed, by its key. Stores that list no files keep the default.
-    async fn read_file(&self, _key: &str) -> StoreResult<ByteStream> {
-        Err(StoreError::Fatal(format!("the {} store lists no files to read", self.name())))
-    }
-
-    // Retention (issue 9). The defaults keep nothing on a schedule, so an adapter without
-    // retention needs none of these.
-
-    /// Whether `tenants` lists the store's tenants. A remote store cannot: the sweep visits it
-    /// in every tenant the stores that can list hold.
-    fn lists_tenants(&self) -> bool {
-        true
-    }
-
-    /// Up to `limit` tenants that have records in the store, in order, after `after`.
-    async fn tenants(&self, _after: Option<&str>, _limit: usize) -> StoreResult<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// How many of the tenant's records are past retention (a dry run: changes nothing).
-    async fn count_expired(&self, _expiry: &Expiry<'_>) -> StoreResult<u64> {
-        Ok(0)
-    }
-
-    /// Up to `limit` of the tenant's records past retention whose key is after `after`, in key
-    /// order (keyset paging: records the sweep keeps are not listed again).
-    async fn list_expired(
-        &self,
-        _expiry: &Expiry<'_>,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> StoreResult<Vec<ExpiredRecord>> {
-        Ok(Vec::new())
-    }
-
-    /// Erases the tenant's records with these keys (those still there: erasing twice is
-    /// harmless) in one short transaction; returns how many went. Recordings delete each object
-    /// before its index row. The caller bounds `keys` to one batch.
-    async fn erase_records(&self, _tenant: &str, _keys: &[String]) -> StoreResult<u64> {
-        Ok(0)
-    }
-
-    /// Erases up to `limit` of the tenant's records past retention, in one short transaction;
-    /// returns how many went (fewer than `limit`: nothing expired is left). SQL stores do it in
-    /// one statement.
-    async fn erase_expired(&self, expiry: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
-        let keys: Vec<String> =
-            self.list_expired(expiry, None, limit).await?.into_iter().map(|r| r.key).collect();
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        self.erase_records(expiry.tenant, &keys).await
-    }
-}
 
 /// The adapters in store order.
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use tonic::{
 };
 
 use super::{
-    ByteStream, CallContext, CandidateRow, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, Probe,
-    Rectification, StoreAdapter, StoreError, StoreResult,
+    ByteStream, CallContext, CandidateRow, Erase, Erasure, ExpiredRecord, Expiry, Export, ExportFile,
+    ExportSink, Probe, Rectification, Rectify, Retention, StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     adapter::{pb, tidy},
@@ -261,10 +261,6 @@ impl StoreAdapter for RemoteStore {
         self.entry.takes_part_in(kind)
     }
 
-    fn lists_tenants(&self) -> bool {
-        false
-    }
-
     fn name(&self) -> &'static str {
         self.name
     }
@@ -332,6 +328,27 @@ impl StoreAdapter for RemoteStore {
             .collect()
     }
 
+    fn as_erase(&self) -> Option<&dyn Erase> {
+        Some(self)
+    }
+
+    fn as_export(&self) -> Option<&dyn Export> {
+        Some(self)
+    }
+
+    fn as_rectify(&self) -> Option<&dyn Rectify> {
+        Some(self)
+    }
+
+    /// A remote store cannot list its tenants (`Retention::lists_tenants` keeps its default):
+    /// the sweep visits it in every tenant the others hold.
+    fn as_retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Erase for RemoteStore {
     /// Erase, then Verify: the adapter's own check, by identifiers and keys, after its erase (dsr
     /// checks again with Preview, `resolve::leftovers`).
     async fn erase(&self, tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
@@ -376,7 +393,10 @@ impl StoreAdapter for RemoteStore {
         }
         Ok(erasure)
     }
+}
 
+#[async_trait]
+impl Rectify for RemoteStore {
     fn holds_any_of(&self, c: &Corrections) -> bool {
         let holds = |k| self.entry.holds.contains(&k);
         self.entry.takes_part_in(crate::domain::RequestKind::Rectification)
@@ -405,7 +425,10 @@ impl StoreAdapter for RemoteStore {
     async fn verify_rectified(&self, person: &Person, keys: &[String], c: &Corrections) -> StoreResult<bool> {
         Ok(self.rectify_call(person, keys, c).await?.verified)
     }
+}
 
+#[async_trait]
+impl Export for RemoteStore {
     async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
         if !self.takes_part() {
             return Ok(0);
@@ -499,7 +522,10 @@ impl StoreAdapter for RemoteStore {
             })
             .boxed())
     }
+}
 
+#[async_trait]
+impl Retention for RemoteStore {
     async fn list_expired(
         &self,
         expiry: &Expiry<'_>,

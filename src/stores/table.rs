@@ -105,7 +105,22 @@ impl SubjectTable {
 
     /// The tenant's rows with these keys.
     pub fn by_keys(&self, tenant: &str, keys: &[String]) -> SimpleExpr {
-        self.in_tenant(tenant).and(query::col(&self.key).is_in(keys.iter().map(|k| self.value(&self.key, k))))
+        self.in_tenant_by_key(tenant)
+            .and(query::col(&self.key).is_in(keys.iter().map(|k| self.value(&self.key, k))))
+    }
+
+    /// The tenant condition of a look-up by key. On SQLite it is written `likely(tenant = ?)`,
+    /// which tells the planner the condition holds for most rows: without statistics SQLite
+    /// otherwise reckons any `(tenant, …)` index narrower than a few lookups in the key's unique
+    /// index, and ranges over every row of the tenant for each erase or check of several keys
+    /// (38 ms against 0.1 ms for five keys in a tenant of 100,000 rows). `likely` changes nothing
+    /// else; a unary `+` would also drop the column's affinity (`+org_id = '42'` never matches an
+    /// integer column). The key always has a unique index (`check` requires one).
+    fn in_tenant_by_key(&self, tenant: &str) -> SimpleExpr {
+        match self.backend() {
+            Backend::Sqlite => Expr::cust_with_expr("likely(?)", self.in_tenant(tenant)),
+            Backend::Postgres => self.in_tenant(tenant),
+        }
     }
 
     /// `SELECT … FROM <table>`, to be completed.
@@ -262,7 +277,11 @@ impl SubjectTable {
                 });
                 let mut q = self.select();
                 self.candidate_columns(&mut q);
-                q.and_where(self.in_tenant(probe.tenant)).and_where(expr.clone().is_in(list));
+                let tenant = match typed_as.as_deref() == Some(self.key.as_str()) {
+                    true => self.in_tenant_by_key(probe.tenant),
+                    false => self.in_tenant(probe.tenant),
+                };
+                q.and_where(tenant).and_where(expr.clone().is_in(list));
                 arms.push((q, chunk.len()));
             }
         }
@@ -584,5 +603,58 @@ fn schema_error(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A look-up or erase of several keys uses the key's unique index on SQLite. Without
+    /// statistics SQLite would rather range over a `(tenant, …)` index, reading every row of the
+    /// tenant for each statement. The tenant still compares with the column's affinity.
+    #[tokio::test]
+    async fn statements_by_key_use_the_keys_unique_index_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        for sql in [
+            "CREATE TABLE calls (id TEXT PRIMARY KEY, org_id INTEGER NOT NULL, phone TEXT)",
+            "CREATE INDEX calls_org_phone ON calls (org_id, phone)",
+            "INSERT INTO calls VALUES ('call-1', 42, '+15550001111'), ('call-2', 43, '+15550001111')",
+        ] {
+            sqlx::query(sql).execute(db.pool()).await.unwrap();
+        }
+        let t = SubjectTable {
+            db: db.clone(),
+            table: "calls".into(),
+            key: "id".into(),
+            tenant: "org_id".into(),
+            identifiers: vec![("phone".into(), IdentKind::Phone)],
+            link: None,
+            bytes: None,
+            object: None,
+            cleared: None,
+            columns: Default::default(),
+        };
+        let keys: Vec<String> = (0..5).map(|i| format!("call-{i}")).collect();
+        let mut select = t.select();
+        select.expr(t.text("id")).and_where(t.by_keys("42", &keys));
+        let mut delete = Query::delete();
+        delete.from_table(query::table("calls")).and_where(t.by_keys("42", &keys));
+        for (sql, values) in [select.build_for(Backend::Sqlite), delete.build_for(Backend::Sqlite)] {
+            let plan: Vec<String> = query::bind(&format!("EXPLAIN QUERY PLAN {sql}"), &values)
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String, _>(3).unwrap())
+                .collect();
+            assert!(plan.iter().any(|p| p.contains("sqlite_autoindex_calls_1")), "{sql}: {plan:?}");
+        }
+        // The tenant compares as the column does: an integer column matches the tenant's text.
+        let found = t.fetch_all(&select).await.unwrap();
+        assert_eq!(found.iter().map(|r| r.try_get::<String, _>(0).unwrap()).collect::<Vec<_>>(), ["call-1"]);
+        db.close().await;
     }
 }

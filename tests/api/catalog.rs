@@ -10,6 +10,7 @@ use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
     seed::MessyFixture,
     startup::Overrides,
+    stores::{CandidateRow, Probe, StoreAdapter, StoreResult},
 };
 
 use crate::{
@@ -261,3 +262,77 @@ async fn a_store_that_goes_missing_while_serving_shows_in_health_and_metrics(bac
     app.shutdown().await;
 }
 both!(a_store_that_goes_missing_while_serving_shows_in_health_and_metrics);
+
+/// A store that describes itself and finds candidates, and does none of the four jobs: it
+/// writes no stub for them (every accessor keeps its default, `None`).
+struct DescribedOnly {
+    inner: std::sync::Arc<dyn StoreAdapter>,
+}
+
+#[async_trait::async_trait]
+impl StoreAdapter for DescribedOnly {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn stage(&self) -> u8 {
+        self.inner.stage()
+    }
+    fn links_to(&self) -> Option<&'static str> {
+        self.inner.links_to()
+    }
+    async fn check_schema(&self) -> Vec<String> {
+        self.inner.check_schema().await
+    }
+    async fn candidates(&self, p: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        self.inner.candidates(p).await
+    }
+}
+
+/// A store that offers no concern is SKIPPED in exports, rectifications and deletions (which
+/// complete without it), and its records stay, read directly.
+async fn a_store_that_offers_no_concern_is_skipped_in_every_request(backend: Backend) {
+    let overrides = Overrides {
+        wrap_store: Some(Box::new(|inner| -> std::sync::Arc<dyn StoreAdapter> {
+            if inner.name() == "transcripts" {
+                std::sync::Arc::new(DescribedOnly { inner })
+            } else {
+                inner
+            }
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 2, 3).await;
+    let transcripts = app.count("transcripts").await;
+    let skipped = |r: &pb::DsrRequest| {
+        assert_eq!(r.status, RequestStatus::Completed as i32, "{r:#?}");
+        assert_eq!(outcome(r, "transcripts").state, OutcomeState::Skipped as i32, "{r:#?}");
+    };
+
+    let r = app.export(by_phone("acme", &s[0].phone), pb::Regime::Gdpr).await;
+    skipped(&app.wait_terminal(&r.id).await);
+    let files = unzip(&app.download(&r.id, 0).await.unwrap());
+    assert!(!files.keys().any(|f| f.starts_with("transcripts")), "{:?}", files.keys());
+    assert!(files.contains_key("call_logs.json"), "{:?}", files.keys());
+
+    let r = app
+        .client
+        .clone()
+        .submit_rectification(pb::SubmitRectificationRequest {
+            subject: Some(by_phone("acme", &s[0].phone)),
+            corrections: Some(pb::Corrections { phone: Some("+15559990007".into()), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    skipped(&app.wait_terminal(&r.id).await);
+
+    let r = app.delete(by_account("acme", &s[1].account_id)).await;
+    let done = app.wait_terminal(&r.id).await;
+    skipped(&done);
+    assert_eq!(outcome(&done, "call_logs").state, OutcomeState::Done as i32, "a later stage still runs");
+    assert_eq!(app.count("transcripts").await, transcripts, "read directly: every transcript stays");
+    app.shutdown().await;
+}
+both!(a_store_that_offers_no_concern_is_skipped_in_every_request);

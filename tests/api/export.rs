@@ -5,14 +5,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
     clock::{ManualClock, SharedClock},
     export::{Manifest, MANIFEST_FORMAT},
     seed::SeededSubject,
     startup::Overrides,
-    stores::{Erasure, StoreAdapter, StoreError, StoreResult},
+    stores::{StoreAdapter, StoreError, StoreResult},
 };
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
@@ -493,15 +493,15 @@ impl FailsExport {
     }
 }
 
-crate::store_wrapper!(FailsExport, reads_files {
+crate::store_wrapper!(FailsExport: Export);
+
+#[async_trait::async_trait]
+impl dsr::stores::Export for FailsExport {
     async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
         if self.fails("archive") {
             return Err(StoreError::Fatal("the object store refused a read (test)".into()));
         }
-        self.inner.read_file(key).await
-    }
-    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
-        self.inner.erase(tenant, keys, now).await
+        self.inner_export().read_file(key).await
     }
     async fn export(
         &self,
@@ -512,9 +512,9 @@ crate::store_wrapper!(FailsExport, reads_files {
         if self.fails(self.inner.name()) {
             return Err(StoreError::Fatal(format!("the {} store refused (test)", self.inner.name())));
         }
-        self.inner.export(tenant, keys, sink).await
+        self.inner_export().export(tenant, keys, sink).await
     }
-});
+}
 
 /// An export that ends FAILED leaves nothing in the export storage — neither the parts of the
 /// stores that succeeded nor a partial archive — and RetryRequest still builds the complete
@@ -638,10 +638,10 @@ struct HeldExport {
     gate: Arc<Semaphore>,
 }
 
-crate::store_wrapper!(HeldExport {
-    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
-        self.inner.erase(tenant, keys, now).await
-    }
+crate::store_wrapper!(HeldExport: Export);
+
+#[async_trait::async_trait]
+impl dsr::stores::Export for HeldExport {
     async fn export(
         &self,
         tenant: &str,
@@ -652,9 +652,12 @@ crate::store_wrapper!(HeldExport {
             self.entered.notify_one();
             self.gate.acquire().await.expect("gate").forget();
         }
-        self.inner.export(tenant, keys, sink).await
+        self.inner_export().export(tenant, keys, sink).await
     }
-});
+    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        self.inner_export().read_file(key).await
+    }
+}
 
 /// An export cancelled while a store was writing its part ends CANCELLED with nothing left in
 /// the export storage: not the parts written before the cancel, not the one finished after it.

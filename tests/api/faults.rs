@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use dsr::{
     api::pb::{self, OutcomeState, RequestStatus},
     startup::Overrides,
-    stores::{Erasure, ExportSink, StoreAdapter, StoreError, StoreResult},
+    stores::{Erase, Erasure, Export, ExportSink, StoreAdapter, StoreError, StoreResult},
 };
 use tonic::Code;
 
@@ -25,7 +25,10 @@ struct FlakyStore {
     gate: Arc<tokio::sync::Semaphore>,
 }
 
-crate::store_wrapper!(FlakyStore {
+crate::store_wrapper!(FlakyStore: Erase, Export);
+
+#[async_trait::async_trait]
+impl Erase for FlakyStore {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         self.gate.acquire().await.expect("gate").forget();
         self.erase_calls.fetch_add(1, Ordering::SeqCst);
@@ -35,8 +38,15 @@ crate::store_wrapper!(FlakyStore {
         if self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(StoreError::Transient("timeout (injected)".into()));
         }
-        self.inner.erase(tenant, keys, now).await
+        self.inner_erase().erase(tenant, keys, now).await
     }
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        self.inner_erase().objects_present(objects).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Export for FlakyStore {
     /// Fails like `erase` does: an export is a store task like any other.
     async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
         self.gate.acquire().await.expect("gate").forget();
@@ -44,9 +54,12 @@ crate::store_wrapper!(FlakyStore {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Transient("connection refused (injected)".into()));
         }
-        self.inner.export(tenant, keys, sink).await
+        self.inner_export().export(tenant, keys, sink).await
     }
-});
+    async fn read_file(&self, key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        self.inner_export().read_file(key).await
+    }
+}
 
 struct Fault {
     failures_left: Arc<AtomicU32>,
@@ -251,14 +264,17 @@ struct LyingStore {
     inner: Arc<dyn StoreAdapter>,
 }
 
-crate::store_wrapper!(LyingStore {
+crate::store_wrapper!(LyingStore: Erase);
+
+#[async_trait::async_trait]
+impl Erase for LyingStore {
     async fn erase(&self, _tenant: &str, keys: &[String], _now: DateTime<Utc>) -> StoreResult<Erasure> {
         Ok(Erasure::Erased { affected: keys.len() as u64 })
     }
-    async fn export(&self, tenant: &str, keys: &[String], sink: &mut dyn ExportSink) -> StoreResult<u64> {
-        self.inner.export(tenant, keys, sink).await
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        self.inner_erase().objects_present(objects).await
     }
-});
+}
 
 /// The check after an erase does not take the eraser's word: a store that reports its records
 /// erased while they are all still there is not DONE and not verified; it is retried, and ends

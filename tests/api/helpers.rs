@@ -263,24 +263,43 @@ macro_rules! both {
     };
 }
 
-/// `impl StoreAdapter for $wrapper` over a field `inner: Arc<dyn StoreAdapter>`: every method
-/// the test wrappers do not change is forwarded; the ones given (`erase`, `export`, retention…)
-/// replace it. Methods not given and not forwarded here keep the trait's defaults.
+/// A test wrapper around a real store, over a field `inner: Arc<dyn StoreAdapter>`:
+/// `store_wrapper!(W: Erase, Export)` implements `StoreAdapter` for `W`, forwarding the store's
+/// description, its candidates and every concern not named. The concerns named are the ones the
+/// wrapper changes: it implements each itself (`impl Erase for W`), reaching the wrapped store's
+/// through `inner_erase()` & co. for the methods it passes through, and offers it exactly when
+/// the wrapped store does. `store_wrapper!(W)` changes nothing.
 #[macro_export]
 macro_rules! store_wrapper {
-    ($wrapper:ty { $($method:item)* }) => {
-        $crate::store_wrapper!(@impl $wrapper {
-            async fn read_file(&self, key: &str) -> dsr::stores::StoreResult<dsr::stores::ByteStream> {
-                self.inner.read_file(key).await
-            }
-            $($method)*
-        });
+    (@offer as_erase Erase [Erase $($rest:ident)*]) => {
+        fn as_erase(&self) -> Option<&dyn dsr::stores::Erase> {
+            self.inner.as_erase().map(|_| self as &dyn dsr::stores::Erase)
+        }
     };
-    // A wrapper that gives its own `read_file`.
-    ($wrapper:ty, reads_files { $($method:item)* }) => {
-        $crate::store_wrapper!(@impl $wrapper { $($method)* });
+    (@offer as_export Export [Export $($rest:ident)*]) => {
+        fn as_export(&self) -> Option<&dyn dsr::stores::Export> {
+            self.inner.as_export().map(|_| self as &dyn dsr::stores::Export)
+        }
     };
-    (@impl $wrapper:ty { $($method:item)* }) => {
+    (@offer as_rectify Rectify [Rectify $($rest:ident)*]) => {
+        fn as_rectify(&self) -> Option<&dyn dsr::stores::Rectify> {
+            self.inner.as_rectify().map(|_| self as &dyn dsr::stores::Rectify)
+        }
+    };
+    (@offer as_retention Retention [Retention $($rest:ident)*]) => {
+        fn as_retention(&self) -> Option<&dyn dsr::stores::Retention> {
+            self.inner.as_retention().map(|_| self as &dyn dsr::stores::Retention)
+        }
+    };
+    (@offer $as:ident $concern:ident [$other:ident $($rest:ident)*]) => {
+        $crate::store_wrapper!(@offer $as $concern [$($rest)*]);
+    };
+    (@offer $as:ident $concern:ident []) => {
+        fn $as(&self) -> Option<&dyn dsr::stores::$concern> {
+            self.inner.$as()
+        }
+    };
+    ($wrapper:ty $(: $($concern:ident),+)?) => {
         #[async_trait::async_trait]
         impl dsr::stores::StoreAdapter for $wrapper {
             fn name(&self) -> &'static str {
@@ -298,6 +317,9 @@ macro_rules! store_wrapper {
             fn keeps_under_legal_obligation(&self) -> bool {
                 self.inner.keeps_under_legal_obligation()
             }
+            fn takes_part_in(&self, kind: dsr::domain::RequestKind) -> bool {
+                self.inner.takes_part_in(kind)
+            }
             async fn check_schema(&self) -> Vec<String> {
                 self.inner.check_schema().await
             }
@@ -307,30 +329,27 @@ macro_rules! store_wrapper {
             ) -> dsr::stores::StoreResult<Vec<dsr::stores::CandidateRow>> {
                 self.inner.candidates(p).await
             }
-            async fn objects_present(&self, objects: &[String]) -> dsr::stores::StoreResult<u64> {
-                self.inner.objects_present(objects).await
+            $crate::store_wrapper!(@offer as_erase Erase [$($($concern)+)?]);
+            $crate::store_wrapper!(@offer as_export Export [$($($concern)+)?]);
+            $crate::store_wrapper!(@offer as_rectify Rectify [$($($concern)+)?]);
+            $crate::store_wrapper!(@offer as_retention Retention [$($($concern)+)?]);
+        }
+
+        /// The wrapped store's concerns, for the methods a wrapper passes through.
+        #[allow(dead_code)]
+        impl $wrapper {
+            fn inner_erase(&self) -> &dyn dsr::stores::Erase {
+                self.inner.as_erase().expect("offered only when the wrapped store erases")
             }
-            fn holds_any_of(&self, c: &dsr::domain::Corrections) -> bool {
-                self.inner.holds_any_of(c)
+            fn inner_export(&self) -> &dyn dsr::stores::Export {
+                self.inner.as_export().expect("offered only when the wrapped store exports")
             }
-            async fn rectify(
-                &self,
-                p: &dsr::resolve::Person,
-                mine: &[dsr::stores::CandidateRow],
-                c: &dsr::domain::Corrections,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> dsr::stores::StoreResult<dsr::stores::Rectification> {
-                self.inner.rectify(p, mine, c, now).await
+            fn inner_rectify(&self) -> &dyn dsr::stores::Rectify {
+                self.inner.as_rectify().expect("offered only when the wrapped store corrects")
             }
-            async fn verify_rectified(
-                &self,
-                p: &dsr::resolve::Person,
-                keys: &[String],
-                c: &dsr::domain::Corrections,
-            ) -> dsr::stores::StoreResult<bool> {
-                self.inner.verify_rectified(p, keys, c).await
+            fn inner_retention(&self) -> &dyn dsr::stores::Retention {
+                self.inner.as_retention().expect("offered only when the wrapped store has retention")
             }
-            $($method)*
         }
     };
 }

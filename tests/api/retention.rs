@@ -16,7 +16,10 @@ use dsr::{
     ledger::Ledger,
     retention::{SweepMode, SweepOutcome},
     startup::Overrides,
-    stores::{open_object_store, Erasure, ExpiredRecord, Expiry, StoreAdapter, StoreError, StoreResult},
+    stores::{
+        open_object_store, Erase, Erasure, ExpiredRecord, Expiry, Export, Retention, StoreAdapter,
+        StoreError, StoreResult,
+    },
 };
 use object_store::{path::Path, ObjectStoreExt, PutPayload};
 use tokio::sync::{Notify, Semaphore};
@@ -228,24 +231,19 @@ struct Probed {
     n: AtomicU32,
 }
 
-crate::store_wrapper!(Probed {
-    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
-        self.inner.erase(tenant, keys, now).await
-    }
-    async fn export(
-        &self,
-        tenant: &str,
-        keys: &[String],
-        sink: &mut dyn dsr::stores::ExportSink,
-    ) -> StoreResult<u64> {
-        self.inner.export(tenant, keys, sink).await
+crate::store_wrapper!(Probed: Retention);
+
+#[async_trait::async_trait]
+impl Retention for Probed {
+    fn lists_tenants(&self) -> bool {
+        self.inner_retention().lists_tenants()
     }
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         self.probe.touch().await;
-        self.inner.tenants(after, limit).await
+        self.inner_retention().tenants(after, limit).await
     }
     async fn count_expired(&self, e: &Expiry<'_>) -> StoreResult<u64> {
-        self.inner.count_expired(e).await
+        self.inner_retention().count_expired(e).await
     }
     async fn list_expired(
         &self,
@@ -253,20 +251,20 @@ crate::store_wrapper!(Probed {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ExpiredRecord>> {
-        self.inner.list_expired(e, after, limit).await
+        self.inner_retention().list_expired(e, after, limit).await
     }
     async fn erase_records(&self, tenant: &str, keys: &[String]) -> StoreResult<u64> {
-        self.inner.erase_records(tenant, keys).await
+        self.inner_retention().erase_records(tenant, keys).await
     }
     async fn erase_expired(&self, e: &Expiry<'_>, limit: usize) -> StoreResult<u64> {
         self.probe.touch().await;
         let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
         (self.probe.hook)(self.inner.name(), n).await?;
-        let erased = self.inner.erase_expired(e, limit).await?;
+        let erased = self.inner_retention().erase_expired(e, limit).await?;
         self.probe.calls.lock().unwrap().push((self.inner.name(), limit, erased));
         Ok(erased)
     }
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -1112,23 +1110,21 @@ struct HeldUp {
     gate: Arc<Semaphore>,
 }
 
-crate::store_wrapper!(HeldUp {
+crate::store_wrapper!(HeldUp: Erase);
+
+#[async_trait::async_trait]
+impl Erase for HeldUp {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         if self.inner.name() == "transcripts" {
             self.entered.notify_one();
             self.gate.acquire().await.expect("gate").forget();
         }
-        self.inner.erase(tenant, keys, now).await
+        self.inner_erase().erase(tenant, keys, now).await
     }
-    async fn export(
-        &self,
-        tenant: &str,
-        keys: &[String],
-        sink: &mut dyn dsr::stores::ExportSink,
-    ) -> StoreResult<u64> {
-        self.inner.export(tenant, keys, sink).await
+    async fn objects_present(&self, objects: &[String]) -> StoreResult<u64> {
+        self.inner_erase().objects_present(objects).await
     }
-});
+}
 
 /// A litigation hold placed while a store is erasing: that store's outcome says the hold came
 /// too late for what it erased; the stores that had not started keep the subject's data.
@@ -1192,23 +1188,23 @@ struct ErasedMeanwhile {
     inner: Arc<dyn StoreAdapter>,
 }
 
-crate::store_wrapper!(ErasedMeanwhile, reads_files {
-    async fn read_file(&self, _key: &str) -> StoreResult<dsr::stores::ByteStream> {
-        // A deletion of the subject erased the object after the export listed it.
-        Err(dsr::stores::StoreError::Gone("an object is no longer in the object store".into()))
-    }
-    async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
-        self.inner.erase(tenant, keys, now).await
-    }
+crate::store_wrapper!(ErasedMeanwhile: Export);
+
+#[async_trait::async_trait]
+impl Export for ErasedMeanwhile {
     async fn export(
         &self,
         tenant: &str,
         keys: &[String],
         sink: &mut dyn dsr::stores::ExportSink,
     ) -> StoreResult<u64> {
-        self.inner.export(tenant, keys, sink).await
+        self.inner_export().export(tenant, keys, sink).await
     }
-});
+    async fn read_file(&self, _key: &str) -> StoreResult<dsr::stores::ByteStream> {
+        // A deletion of the subject erased the object after the export listed it.
+        Err(dsr::stores::StoreError::Gone("an object is no longer in the object store".into()))
+    }
+}
 
 /// A file the export listed but a deletion erased before the archive copied it: the export
 /// completes without it, and the manifest counts it as erased meanwhile.

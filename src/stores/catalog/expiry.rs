@@ -169,7 +169,7 @@ impl CatalogStore {
             .iter()
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<_, _>>()?;
-        use crate::stores::StoreAdapter;
+        use crate::stores::Retention;
         self.erase_records(expiry.tenant, &keys).await
     }
 }

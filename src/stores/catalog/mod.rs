@@ -25,8 +25,8 @@ use sqlx::Row;
 use super::{
     objects, query,
     table::{Exported, SubjectTable, CHUNK},
-    ByteStream, CandidateRow, Erasure, ExpiredRecord, Expiry, ExportFile, ExportSink, LegalHold, Probe,
-    Rectification, StoreAdapter, StoreError, StoreResult,
+    ByteStream, CandidateRow, Erase, Erasure, ExpiredRecord, Expiry, Export, ExportFile, ExportSink,
+    LegalHold, Probe, Rectification, Rectify, Retention, StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     catalog::{CatalogEntry, ErasureMode},
@@ -239,6 +239,25 @@ impl StoreAdapter for CatalogStore {
         Ok(rows)
     }
 
+    fn as_erase(&self) -> Option<&dyn Erase> {
+        Some(self)
+    }
+
+    fn as_export(&self) -> Option<&dyn Export> {
+        Some(self)
+    }
+
+    fn as_rectify(&self) -> Option<&dyn Rectify> {
+        Some(self)
+    }
+
+    fn as_retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Erase for CatalogStore {
     async fn erase(&self, tenant: &str, keys: &[String], now: DateTime<Utc>) -> StoreResult<Erasure> {
         match self.entry.erasure {
             ErasureMode::Delete => Ok(Erasure::Erased { affected: self.delete(tenant, keys).await? }),
@@ -255,7 +274,10 @@ impl StoreAdapter for CatalogStore {
         }
         objects::count_present(self.objects()?, keys).await
     }
+}
 
+#[async_trait]
+impl Rectify for CatalogStore {
     fn holds_any_of(&self, c: &Corrections) -> bool {
         (c.email.is_some() && self.entry.holds(IdentKind::Email))
             || (c.phone.is_some() && self.entry.holds(IdentKind::Phone))
@@ -320,7 +342,10 @@ impl StoreAdapter for CatalogStore {
         }
         Ok(wrong == 0)
     }
+}
 
+#[async_trait]
+impl Export for CatalogStore {
     /// The records, as JSON objects; an object-backed store's rows as files (the object, with its
     /// row as the file's record, minus where it lives). A row the erasure blanked holds nothing
     /// of the person and is left out; restricted rows are exported: a legal obligation limits
@@ -363,6 +388,13 @@ impl StoreAdapter for CatalogStore {
 
     async fn read_file(&self, key: &str) -> StoreResult<ByteStream> {
         objects::read(self.objects()?, key).await
+    }
+}
+
+#[async_trait]
+impl Retention for CatalogStore {
+    fn lists_tenants(&self) -> bool {
+        true
     }
 
     async fn tenants(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {

@@ -79,16 +79,22 @@ pub async fn submit(mut settings: Settings, requests: usize, clients: usize) -> 
     let rate = requests as f64 / secs;
     println!("SubmitDeletion      {rate:>9.0} /s   ({requests} in {secs:.2} s)");
 
-    // The floor: pgbench, one-row INSERT transactions, same clients, same server.
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_submit_floor (id BIGSERIAL PRIMARY KEY, tenant TEXT, payload TEXT)",
-    )
+    // The floor: pgbench, one-row INSERT transactions, same clients, same server. The table is
+    // in the run's own schema, named in full: pgbench's sessions do not have the pool's
+    // search_path.
+    let table = match db.schema() {
+        Some(schema) => format!("\"{}\".bench_submit_floor", schema.replace('"', "\"\"")),
+        None => "bench_submit_floor".to_owned(),
+    };
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id BIGSERIAL PRIMARY KEY, tenant TEXT, payload TEXT)"
+    ))
     .execute(db.pool())
     .await?;
     let script = settings.data_dir.join("bench-submit.sql");
     std::fs::write(
         &script,
-        "INSERT INTO bench_submit_floor (tenant, payload) VALUES ('t', md5(random()::text));\n",
+        format!("INSERT INTO {table} (tenant, payload) VALUES ('t', md5(random()::text));\n"),
     )?;
     let pgbench = pgbench().context("pgbench (from the postgresql package) is needed for the floor")?;
     let out = Command::new(pgbench)

@@ -135,7 +135,7 @@ fn hold_from_row(row: &AnyRow) -> sqlx::Result<HoldRecord> {
 }
 
 /// Placeholders `$first…` for `n` values.
-fn params(first: usize, n: usize) -> String {
+pub(super) fn params(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 

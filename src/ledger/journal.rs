@@ -32,7 +32,7 @@ use super::{
     Ledger, Result,
 };
 use crate::{
-    clock::{from_millis, to_millis},
+    clock::to_millis,
     db::{Backend, Tx},
 };
 
@@ -192,9 +192,10 @@ where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     let rows = sqlx::query(&format!(
-        "SELECT h.seq AS head_seq, h.hash AS head_hash, j.id, j.at, j.request_id, j.tenant_id, j.store, \
-         j.action, j.attempt, j.records_found, j.records_affected, j.actor, j.subject_tag, j.detail, \
-         j.subject_tags FROM dsr_audit_head h LEFT JOIN (SELECT * FROM dsr_event_journal ORDER BY id \
+        "SELECT h.seq AS head_seq, h.hash AS head_hash, j.id, CAST(0 AS BIGINT) AS seq, j.at, j.request_id, \
+         j.tenant_id, j.store, j.action, j.attempt, j.records_found, j.records_affected, j.actor, \
+         j.subject_tag, j.detail, j.subject_tags, CAST(NULL AS TEXT) AS prev_hash, CAST(NULL AS TEXT) AS hash \
+         FROM dsr_audit_head h LEFT JOIN (SELECT * FROM dsr_event_journal ORDER BY id \
          LIMIT {SEAL_BATCH}) j ON 1 = 1 WHERE h.id = 1 ORDER BY j.id"
     ))
     .fetch_all(executor)
@@ -214,23 +215,9 @@ where
         let subject_tags: Vec<String> =
             serde_json::from_str(&tags).map_err(|e| sqlx::Error::Decode(e.into()))?;
         seq += 1;
-        let mut e = EventRecord {
-            seq,
-            at: from_millis(r.try_get("at")?),
-            request_id: r.try_get("request_id")?,
-            tenant_id: r.try_get("tenant_id")?,
-            store: r.try_get("store")?,
-            action: r.try_get("action")?,
-            attempt: r.try_get("attempt")?,
-            records_found: r.try_get("records_found")?,
-            records_affected: r.try_get("records_affected")?,
-            actor: r.try_get("actor")?,
-            subject_tag: r.try_get("subject_tag")?,
-            detail: r.try_get("detail")?,
-            subject_tags,
-            prev_hash: Some(prev),
-            hash: None,
-        };
+        // The journal row in the event's columns (seq and links filled in here).
+        let mut e = EventRecord::from_row(r)?;
+        (e.seq, e.subject_tags, e.prev_hash) = (seq, subject_tags, Some(prev));
         let hash = chain_hash(&e);
         e.hash = Some(hash.clone());
         prev = hash;

@@ -153,7 +153,7 @@ impl Ledger {
             rows.iter().map(|r| r.try_get("request_id")).collect::<sqlx::Result<_>>()?;
         request_ids.sort();
         request_ids.dedup();
-        let list = placeholders(1, request_ids.len());
+        let list = super::holds::params(1, request_ids.len());
         let sql = format!(
             "SELECT id, tenant_id, kind, subject_json, trace_context FROM dsr_requests WHERE id IN ({list})"
         );
@@ -212,7 +212,7 @@ impl Ledger {
         let sql = format!(
             "SELECT t.id, t.request_id, t.store, t.attempt FROM dsr_tasks t WHERE t.store IN ({}) \
              AND t.state = 'running' AND t.lease_until < $1 AND t.attempt >= t.attempt_limit",
-            placeholders(2, stores.len())
+            super::holds::params(2, stores.len())
         );
         let mut q = sqlx::query_as::<_, (String, String, String, i64)>(&sql).bind(now_ms);
         for store in stores {
@@ -432,9 +432,4 @@ pub(super) async fn finish_in(
     }
     let status = refresh_status(tx, &task.request_id, &task.tenant_id, now).await?;
     Ok(Fenced::Applied(status))
-}
-
-/// `$first, $first+1, …`: `n` placeholders for an `IN (…)` list of bound values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }

@@ -401,6 +401,48 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert_no_canaries(&log, &canaries(&seeded));
 }
 
+/// A SIGTERM sent the moment the port answers (an orchestrator stopping a pod it just started)
+/// drains like any other: the handler is installed before the listener binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_as_soon_as_the_port_answers_still_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_platform_database(Backend::Sqlite, dir.path()).await;
+    for round in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = dir.path().join(format!("server-{round}.log"));
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--listen", &addr.to_string(), "--metrics-listen", "off"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--database-url")
+            .arg(&db)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "dsr serve exited early");
+            assert!(Instant::now() < deadline, "dsr serve did not listen");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "dsr did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(exit.success(), "round {round}: exit status {exit:?}:\n{text}");
+        assert!(text.contains("dsr stopped"), "round {round}: no drain:\n{text}");
+    }
+}
+
 #[test]
 fn without_credentials_the_server_refuses_a_public_address() {
     let dir = tempfile::tempdir().unwrap();

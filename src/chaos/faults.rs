@@ -28,13 +28,13 @@ impl Campaign {
     /// SIGTERM, timed; a server that does not exit cleanly in time is a violation.
     async fn stop(&mut self, r: Replica) {
         let name = r.name.clone();
-        let (took, clean) = r.terminate(SHUTDOWN_PATIENCE).await;
+        let (took, problem) = r.terminate(SHUTDOWN_PATIENCE).await;
         self.figures.sigterms += 1;
         self.figures.time("shutdown after SIGTERM", took);
-        if !clean {
+        if let Some(problem) = problem {
             self.figures.violation(
                 "unclean shutdown",
-                format!("{name}: not a clean exit within {SHUTDOWN_PATIENCE:?}"),
+                format!("{name}: not a clean exit within {SHUTDOWN_PATIENCE:?}: {problem}"),
             );
         }
     }

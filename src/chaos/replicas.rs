@@ -132,18 +132,30 @@ impl Replica {
     }
 
     /// SIGTERM, then waits up to `patience` (then SIGKILL): how long it took to exit, and
-    /// whether it exited cleanly within `patience`.
-    pub async fn terminate(mut self, patience: Duration) -> (Duration, bool) {
+    /// `None` when it exited cleanly within `patience`, else what went wrong (its exit status
+    /// and the last lines of its log).
+    pub async fn terminate(mut self, patience: Duration) -> (Duration, Option<String>) {
         let started = Instant::now();
         self.signal(libc::SIGTERM);
-        match tokio::time::timeout(patience, self.child.wait()).await {
-            Ok(Ok(status)) => (started.elapsed(), status.success()),
-            _ => {
+        let problem = match tokio::time::timeout(patience, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => None,
+            Ok(Ok(status)) => Some(format!("exited {status}")),
+            Ok(Err(e)) => Some(format!("could not be waited for: {e}")),
+            Err(_) => {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
-                (started.elapsed(), false)
+                Some(format!("still running after {patience:?}"))
             }
-        }
+        };
+        let took = started.elapsed();
+        (took, problem.map(|p| format!("{p}; its log ends with:\n{}", self.log_tail(5))))
+    }
+
+    /// The last `n` lines of its log.
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
 

@@ -24,8 +24,10 @@ pub async fn serve(
     if let Some(m) = metrics_listen {
         settings.file.metrics.listen = Some(m);
     }
+    // Before the port opens: a SIGTERM from then on drains.
+    let stopped = shutdown_signal();
     let app = Application::build_with(settings, Overrides { listen, ..Default::default() }).await?;
-    app.run_until_stopped(shutdown_signal()).await
+    app.run_until_stopped(stopped).await
 }
 
 pub async fn migrate(loc: &Locations) -> anyhow::Result<()> {
@@ -169,8 +171,9 @@ pub async fn sweep(loc: &Locations, dry_run: bool) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
+        let stopped = shutdown_signal();
         async move {
-            shutdown_signal().await;
+            stopped.await;
             stop.cancel();
         }
     });

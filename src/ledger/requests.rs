@@ -391,21 +391,30 @@ async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
     .bind(&new.trace_context)
     .execute(&mut **tx)
     .await?;
+    // Every task in one statement (a request has a handful: one per store, and an archive).
     let first_stage = new.stores.iter().map(|(_, stage)| *stage).min().unwrap_or(0);
-    for (position, (store, stage)) in new.stores.iter().enumerate() {
-        sqlx::query(
+    if !new.stores.is_empty() {
+        let rows: Vec<String> = (0..new.stores.len())
+            .map(|i| {
+                let p = i * 5;
+                format!("(${}, $1, ${}, ${}, ${}, 'pending', $2, ${})", p + 3, p + 4, p + 5, p + 6, p + 7)
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO dsr_tasks (id, request_id, store, position, stage, state, attempt_limit, next_run_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
-        )
-        .bind(format!("{}:{store}", new.id))
-        .bind(&new.id)
-        .bind(store)
-        .bind(position as i64)
-        .bind(*stage as i64)
-        .bind(new.attempt_limit as i64)
-        .bind(if *stage == first_stage { now } else { BLOCKED })
-        .execute(&mut **tx)
-        .await?;
+             VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql).bind(&new.id).bind(new.attempt_limit as i64);
+        for (position, (store, stage)) in new.stores.iter().enumerate() {
+            insert = insert
+                .bind(format!("{}:{store}", new.id))
+                .bind(store)
+                .bind(position as i64)
+                .bind(*stage as i64)
+                .bind(if *stage == first_stage { now } else { BLOCKED });
+        }
+        insert.execute(&mut **tx).await?;
     }
     super::deliveries::insert(tx, &new.id, &new.tenant_id, &new.deliveries).await?;
     let mut event = NewEvent::request(&new.id, &new.tenant_id, "submitted")

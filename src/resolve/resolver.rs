@@ -58,12 +58,18 @@ pub async fn resolve(
     .collect();
 
     let mut account: Option<CandidateRow> = None;
+    // The identity store's rows found by any identifier asked so far: one look-up for all the
+    // given identifiers (the store sends each as its own lookup in one statement), then each
+    // identifier's holders told apart here, exactly as a look-up of it alone would find them.
+    let mut identity_rows: Vec<CandidateRow> = Vec::new();
+    let given_idents: Vec<(IdentKind, String)> = given.iter().map(|(_, k, v)| (*k, v.clone())).collect();
     if let Some(identity) = stores.identity() {
+        identity_rows = accounts_by(identity.as_ref(), tenant, &given_idents)
+            .await
+            .map_err(store_err(identity.as_ref()))?;
         let mut named: Vec<(&'static str, Vec<CandidateRow>)> = Vec::new();
         for (field, kind, value) in &given {
-            let accounts = accounts_named(identity.as_ref(), &person, *kind, value)
-                .await
-                .map_err(store_err(identity.as_ref()))?;
+            let accounts = named_by(&identity_rows, &person, *kind, value);
             if accounts.len() > 1 {
                 let what = match kind {
                     IdentKind::Email => "a duplicate email",
@@ -124,15 +130,26 @@ pub async fn resolve(
         }
     }
 
-    // Which of their identifiers another account also holds.
+    // Which of their identifiers another account also holds: those not asked above in one
+    // more look-up, then each judged alone.
     if let Some(identity) = stores.identity() {
+        let more: Vec<(IdentKind, String)> = person
+            .identifiers()
+            .into_iter()
+            .filter(|(k, v)| {
+                *k != IdentKind::AccountId && !given_idents.iter().any(|(gk, gv)| gk == k && gv == v)
+            })
+            .collect();
+        if !more.is_empty() {
+            let rows =
+                accounts_by(identity.as_ref(), tenant, &more).await.map_err(store_err(identity.as_ref()))?;
+            identity_rows.extend(rows);
+        }
         for (kind, value) in person.identifiers() {
             if kind == IdentKind::AccountId {
                 continue;
             }
-            let holders = accounts_named(identity.as_ref(), &person, kind, &value)
-                .await
-                .map_err(store_err(identity.as_ref()))?;
+            let holders = named_by(&identity_rows, &person, kind, &value);
             if holders.iter().any(|r| Some(&r.key) != person.account_id.as_ref()) {
                 match kind {
                     IdentKind::Email => person.shared_emails.insert(value),
@@ -194,31 +211,53 @@ async fn accounts_named(
     kind: IdentKind,
     value: &str,
 ) -> StoreResult<Vec<CandidateRow>> {
-    let mut probe = Probe { tenant: &person.tenant, ..Default::default() };
+    let rows = accounts_by(identity, &person.tenant, &[(kind, value.to_owned())]).await?;
+    Ok(named_by(&rows, person, kind, value))
+}
+
+/// The rows of the identity store found by any of these identifiers, in one probe: a
+/// superset of each identifier's holders, which `named_by` tells apart.
+async fn accounts_by(
+    identity: &dyn StoreAdapter,
+    tenant: &str,
+    identifiers: &[(IdentKind, String)],
+) -> StoreResult<Vec<CandidateRow>> {
+    let mut probe = Probe { tenant, ..Default::default() };
+    for (kind, value) in identifiers {
+        match kind {
+            IdentKind::AccountId => probe.account_ids.push(value.clone()),
+            IdentKind::Email => probe.emails.push(value.clone()),
+            IdentKind::Phone => probe.phones.push(value.clone()),
+        }
+    }
+    if identifiers.is_empty() {
+        return Ok(Vec::new());
+    }
+    identity.candidates(&probe).await
+}
+
+/// Of `rows`, those whose `kind` column means `value` (read in the person's region).
+fn named_by(rows: &[CandidateRow], person: &Person, kind: IdentKind, value: &str) -> Vec<CandidateRow> {
     let mut alone = Person::new(&person.tenant, &person.region);
     match kind {
-        IdentKind::AccountId => {
-            probe.account_ids.push(value.to_owned());
-            alone.account_id = Some(value.to_owned());
-        }
+        IdentKind::AccountId => alone.account_id = Some(value.to_owned()),
         IdentKind::Email => {
-            probe.emails.push(value.to_owned());
             alone.emails.insert(value.to_owned());
         }
         IdentKind::Phone => {
-            probe.phones.push(value.to_owned());
             alone.phones.insert(value.to_owned());
         }
     }
-    let rows = identity.candidates(&probe).await?;
-    Ok(rows
-        .into_iter()
+    let mut seen = BTreeSet::new();
+    rows.iter()
         .filter(|r| {
             r.identifiers
                 .iter()
                 .any(|(k, v)| *k == kind && v.as_deref().is_some_and(|v| names_person(&alone, kind, v)))
         })
-        .collect())
+        .filter(|r| seen.insert(r.key.clone()))
+        .cloned()
+        .collect()
 }
 
 /// Every row of the store that may be the person's: by each identifier, by link to their

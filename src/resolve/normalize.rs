@@ -90,6 +90,7 @@ fn read_phone(t: &str, region: Region) -> Option<String> {
 /// dialled with an international prefix. A lookup by these finds every candidate; `phone`
 /// then keeps only those that really mean this number.
 pub fn phone_digit_forms(e164: &str) -> Vec<String> {
+    // An E.164 number reads the same in every region: the key's region is always the default.
     FORMS.with(|f| f.borrow_mut().get_or_insert_with((Region::default(), e164), || digit_forms(e164)))
 }
 

@@ -222,6 +222,9 @@ async fn accounts_by(
     tenant: &str,
     identifiers: &[(IdentKind, String)],
 ) -> StoreResult<Vec<CandidateRow>> {
+    if identifiers.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut probe = Probe { tenant, ..Default::default() };
     for (kind, value) in identifiers {
         match kind {
@@ -229,9 +232,6 @@ async fn accounts_by(
             IdentKind::Email => probe.emails.push(value.clone()),
             IdentKind::Phone => probe.phones.push(value.clone()),
         }
-    }
-    if identifiers.is_empty() {
-        return Ok(Vec::new());
     }
     identity.candidates(&probe).await
 }

@@ -203,8 +203,8 @@ pub async fn seed(
     // A platform's live tables have statistics; the seeded ones get them here.
     if db.backend() == crate::db::Backend::Postgres {
         let tables = [&t.accounts, &t.call_logs, &t.transcripts, &t.recordings, &t.billing];
-        let list: Vec<&str> = tables.iter().map(|s| s.as_str()).collect();
-        sqlx::query(&format!("ANALYZE {}", list.join(", "))).execute(db.pool()).await?;
+        let list = tables.map(String::as_str).join(", ");
+        sqlx::query(&format!("ANALYZE {list}")).execute(db.pool()).await?;
     }
     Ok(())
 }

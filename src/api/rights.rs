@@ -166,7 +166,11 @@ impl RightsService {
                 info!(request_id = %existing, "idempotent resubmission")
             }
         }
-        Ok((&ctx.ledger.get(submitted.id()).await?).into())
+        Ok(match submitted {
+            // What was just committed, as GetRequest would read it (not read back).
+            Submitted::Created(_) => (&new.as_created()).into(),
+            Submitted::Existing(id) => (&ctx.ledger.get(&id).await?).into(),
+        })
     }
 
     async fn get(&self, id: &str) -> Result<pb::DsrRequest, ApiError> {

@@ -44,9 +44,9 @@ pub fn stream(
                 },
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let current = match ctx.ledger.version_of(&id).await {
-                Ok(v) if v == version => continue,
-                Ok(_) => ctx.ledger.get(&id).await,
+            let current = match ctx.ledger.get_if_changed(&id, version).await {
+                Ok(None) => continue,
+                Ok(Some(rec)) => Ok(rec),
                 Err(e) => Err(e),
             };
             match current {

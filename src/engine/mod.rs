@@ -31,6 +31,9 @@ use crate::{
     telemetry::propagation::{context_from_traceparent, current_traceparent},
 };
 
+/// How often the engine ends the tasks whose lease expired at their attempt limit.
+const EXHAUSTED_CHECK: Duration = Duration::from_secs(1);
+
 /// Export archives assembled at once by one process (each streams every recording of a subject).
 const ARCHIVE_CONCURRENCY: usize = 2;
 
@@ -110,8 +113,20 @@ impl Engine {
         info!(owner = %self.owner, workers = self.config.workers, "engine started");
         let mut inflight = JoinSet::new();
         let mut db_trouble = 0u32;
+        let mut exhausted_checked: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             let mut claimed = 0;
+            // Tasks whose lease ran out at their attempt limit are never claimed again; ending
+            // them FAILED is a query of its own, not needed on every round (they wait for no one:
+            // a request with one is not done anyway).
+            if exhausted_checked.is_none_or(|at| at.elapsed() >= EXHAUSTED_CHECK) {
+                exhausted_checked = Some(Instant::now());
+                let stores: Vec<&str> =
+                    self.stores.all().iter().map(|a| a.name()).chain([ARCHIVE_TASK]).collect();
+                if let Err(e) = self.ledger.fail_exhausted(&stores, self.clock.now()).await {
+                    warn!(error = %e, "ending tasks at their attempt limit failed; will try again");
+                }
+            }
             // Every queue with room, in one claim (one transaction, one statement per queue).
             let queues: Vec<(&str, usize)> = self
                 .stores

@@ -178,31 +178,7 @@ const DELIVERY_COLUMNS: &str = "recipient, state, id, attempt, last_error, next_
 impl Ledger {
     /// A request's recipients, in catalog order.
     pub async fn deliveries_of(&self, request_id: &str) -> Result<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM dsr_deliveries WHERE request_id = $1 ORDER BY position"
-        ))
-        .bind(request_id)
-        .fetch_all(self.db.pool())
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let pending = state == "waiting" || state == "pending";
-            let state = if state == "waiting" { "pending".to_owned() } else { state };
-            out.push(DeliveryRecord {
-                recipient: row.try_get("recipient")?,
-                state: decode_enum(state, OutcomeState::from_db)?,
-                event_id: row.try_get("id")?,
-                attempts: row.try_get::<i64, _>("attempt")? as u32,
-                last_error: row.try_get("last_error")?,
-                // A waiting delivery is not due at all (`i64::MAX`): no time to show.
-                next_attempt_at: Some(row.try_get::<i64, _>("next_attempt_at")?)
-                    .filter(|t| pending && *t != i64::MAX)
-                    .map(from_millis),
-                finished_at: opt_time(&row, "finished_at")?,
-            });
-        }
-        Ok(out)
+        deliveries_on(&mut *self.db.pool().acquire().await?, request_id).await
     }
 
     /// Claims up to `limit` due deliveries for `owner` until `now + lease`: pending ones whose
@@ -418,4 +394,36 @@ pub struct OutboxStats {
     pub oldest_age: f64,
     /// Deliveries given up (FAILED) and not retried.
     pub dead_letters: u64,
+}
+
+/// A request's recipients, in catalog order, read on `conn`.
+pub(super) async fn deliveries_on(
+    conn: &mut sqlx::AnyConnection,
+    request_id: &str,
+) -> Result<Vec<DeliveryRecord>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM dsr_deliveries WHERE request_id = $1 ORDER BY position"
+    ))
+    .bind(request_id)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let state: String = row.try_get("state")?;
+        let pending = state == "waiting" || state == "pending";
+        let state = if state == "waiting" { "pending".to_owned() } else { state };
+        out.push(DeliveryRecord {
+            recipient: row.try_get("recipient")?,
+            state: decode_enum(state, OutcomeState::from_db)?,
+            event_id: row.try_get("id")?,
+            attempts: row.try_get::<i64, _>("attempt")? as u32,
+            last_error: row.try_get("last_error")?,
+            // A waiting delivery is not due at all (`i64::MAX`): no time to show.
+            next_attempt_at: Some(row.try_get::<i64, _>("next_attempt_at")?)
+                .filter(|t| pending && *t != i64::MAX)
+                .map(from_millis),
+            finished_at: opt_time(&row, "finished_at")?,
+        });
+    }
+    Ok(out)
 }

@@ -80,11 +80,7 @@ const EXPORT_COLUMNS: &str =
 impl Ledger {
     /// The archive of an export request, if it has one.
     pub async fn export_of(&self, request_id: &str) -> Result<Option<ExportRecord>> {
-        let row = sqlx::query(&format!("SELECT {EXPORT_COLUMNS} FROM dsr_exports WHERE request_id = $1"))
-            .bind(request_id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        Ok(row.as_ref().map(ExportRecord::from_row).transpose()?)
+        export_on(&mut *self.db.pool().acquire().await?, request_id).await
     }
 
     /// The status of an export request; `None` when there is no such export in this ledger.
@@ -235,4 +231,16 @@ impl Ledger {
             .collect::<sqlx::Result<_>>()
             .map_err(Into::into)
     }
+}
+
+/// An export's archive record, read on `conn`.
+pub(super) async fn export_on(
+    conn: &mut sqlx::AnyConnection,
+    request_id: &str,
+) -> Result<Option<ExportRecord>> {
+    let row = sqlx::query(&format!("SELECT {EXPORT_COLUMNS} FROM dsr_exports WHERE request_id = $1"))
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.as_ref().map(ExportRecord::from_row).transpose()?)
 }

@@ -41,6 +41,56 @@ pub struct NewDsrRequest {
     pub deliveries: Vec<crate::recipients::NewDelivery>,
 }
 
+impl NewDsrRequest {
+    /// The request as `Ledger::get` reads it right after `submit` created it: PENDING, version
+    /// 0, every store (not an export's archive) pending, every recipient waiting. The submit's
+    /// answer, without reading back what it just wrote (`api::rights`; a test compares the two).
+    pub fn as_created(&self) -> RequestRecord {
+        let task = |store: &str| TaskRecord {
+            store: store.to_owned(),
+            state: OutcomeState::Pending,
+            records_found: 0,
+            records_affected: 0,
+            records_unattributed: 0,
+            retention_basis: None,
+            retained_until: None,
+            attempts: 0,
+            last_error: None,
+            verified: false,
+            started_at: None,
+            finished_at: None,
+        };
+        RequestRecord {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            kind: self.kind,
+            status: RequestStatus::Pending,
+            regime: self.regime,
+            requested_by: self.requested_by.clone(),
+            created_at: from_millis(to_millis(self.created_at)),
+            due_at: from_millis(to_millis(self.due_at)),
+            completed_at: None,
+            deadline_extended: false,
+            version: 0,
+            outcomes: self.stores.iter().filter(|(s, _)| s != ARCHIVE_TASK).map(|(s, _)| task(s)).collect(),
+            export: None,
+            recipients: self
+                .deliveries
+                .iter()
+                .map(|d| super::DeliveryRecord {
+                    recipient: d.recipient.clone(),
+                    state: OutcomeState::Pending,
+                    event_id: d.id.clone(),
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at: None,
+                    finished_at: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submitted {
     Created(String),
@@ -126,15 +176,35 @@ impl Ledger {
         }
     }
 
+    /// A request with its outcomes, read on one connection (its three or four statements
+    /// would each take a pooled connection, which sqlx pings before and after use).
     pub async fn get(&self, id: &str) -> Result<RequestRecord> {
+        let mut conn = self.db.pool().acquire().await?;
         let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&mut *conn)
             .await?
             .ok_or(LedgerError::NotFound)?;
         let mut rec = request_from_row(&row)?;
-        self.fill(&mut rec).await?;
+        fill(&mut conn, &mut rec).await?;
         Ok(rec)
+    }
+
+    /// The request as `get` reads it, when its version is no longer `version`; `None` when it is
+    /// (a watcher's re-read: one connection either way).
+    pub async fn get_if_changed(&self, id: &str, version: i64) -> Result<Option<RequestRecord>> {
+        let mut conn = self.db.pool().acquire().await?;
+        let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(LedgerError::NotFound)?;
+        let mut rec = request_from_row(&row)?;
+        if rec.version == version {
+            return Ok(None);
+        }
+        fill(&mut conn, &mut rec).await?;
+        Ok(Some(rec))
     }
 
     /// The tenant a request belongs to (for authorisation before reading it).
@@ -154,35 +224,6 @@ impl Ledger {
             .await?
             .ok_or(LedgerError::NotFound)?;
         Ok((row.try_get("tenant_id")?, decode_enum(row.try_get("kind")?, RequestKind::from_db)?))
-    }
-
-    /// The change counter of a request: bumped by every state change, so a watcher knows when
-    /// to send.
-    pub async fn version_of(&self, id: &str) -> Result<i64> {
-        sqlx::query_scalar("SELECT version FROM dsr_requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await?
-            .ok_or(LedgerError::NotFound)
-    }
-
-    /// Adds the outcomes (and an export's archive) to a request read from its row. The
-    /// `archive` task of an export is not a store: it shows only when it failed, so that a FAILED
-    /// export says why.
-    async fn fill(&self, rec: &mut RequestRecord) -> Result<()> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM dsr_tasks WHERE request_id = $1 ORDER BY position"
-        ))
-        .bind(&rec.id)
-        .fetch_all(self.db.pool())
-        .await?;
-        rec.outcomes = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        rec.outcomes.retain(|t| t.store != ARCHIVE_TASK || t.state == OutcomeState::Failed);
-        if rec.kind == RequestKind::Export {
-            rec.export = self.export_of(&rec.id).await?;
-        }
-        rec.recipients = self.deliveries_of(&rec.id).await?;
-        Ok(())
     }
 
     /// Newest first. Returns the page and, when there is more, the position after it.
@@ -242,8 +283,11 @@ impl Ledger {
         } else {
             None
         };
-        for r in &mut records {
-            self.fill(r).await?;
+        if !records.is_empty() {
+            let mut conn = self.db.pool().acquire().await?;
+            for r in &mut records {
+                fill(&mut conn, r).await?;
+            }
         }
         Ok((records, next))
     }
@@ -492,6 +536,24 @@ impl Ledger {
     }
 }
 
+/// Adds the outcomes (and an export's archive) to a request read from its row. The
+/// `archive` task of an export is not a store: it shows only when it failed, so that a FAILED
+/// export says why.
+async fn fill(conn: &mut sqlx::AnyConnection, rec: &mut RequestRecord) -> Result<()> {
+    let rows =
+        sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM dsr_tasks WHERE request_id = $1 ORDER BY position"))
+            .bind(&rec.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    rec.outcomes = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+    rec.outcomes.retain(|t| t.store != ARCHIVE_TASK || t.state == OutcomeState::Failed);
+    if rec.kind == RequestKind::Export {
+        rec.export = super::exports::export_on(&mut *conn, &rec.id).await?;
+    }
+    rec.recipients = super::deliveries::deliveries_on(conn, &rec.id).await?;
+    Ok(())
+}
+
 /// Re-derives a request's status from its tasks, bumps its version, and on a terminal status
 /// stamps `completed_at`, appends the closing event and — once nothing can run any more — drops
 /// the subject's identifiers (a FAILED request keeps them for RetryRequest).
@@ -511,18 +573,6 @@ pub(super) async fn refresh_status(
             .execute(&mut **tx)
             .await?;
     }
-    // A later stage starts only once every earlier stage has succeeded: one that FAILED (or waits
-    // to retry) keeps it blocked, so nothing runs on a request whose earlier step is undone.
-    sqlx::query(
-        "UPDATE dsr_tasks SET next_run_at = $1 WHERE request_id = $2 AND state = 'pending' AND next_run_at = $3 \
-         AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = $2 AND e.stage < dsr_tasks.stage \
-                         AND e.state NOT IN ('done', 'retained', 'skipped'))",
-    )
-    .bind(to_millis(now))
-    .bind(id)
-    .bind(BLOCKED)
-    .execute(&mut **tx)
-    .await?;
     let rows = sqlx::query(
         "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
     )
@@ -542,6 +592,34 @@ pub(super) async fn refresh_status(
             r.try_get::<i64, _>("attempt")? as u32,
             r.try_get::<i64, _>("next_run_at")? == BLOCKED,
         ));
+    }
+    // A later stage starts only once every earlier stage has succeeded: one that FAILED (or waits
+    // to retry) keeps it blocked, so nothing runs on a request whose earlier step is undone.
+    // Decided here from the rows just read (under the request's lock), so the statement that
+    // makes them due runs only when a stage has just ended, not at every task's end.
+    let succeeded = |state: OutcomeState| {
+        matches!(state, OutcomeState::Done | OutcomeState::Retained | OutcomeState::Skipped)
+    };
+    let unblocked: Vec<usize> = (0..tasks.len())
+        .filter(|&i| {
+            let (stage, state, _, blocked) = tasks[i];
+            state == OutcomeState::Pending && blocked && tasks.iter().all(|e| e.0 >= stage || succeeded(e.1))
+        })
+        .collect();
+    if !unblocked.is_empty() {
+        sqlx::query(
+            "UPDATE dsr_tasks SET next_run_at = $1 WHERE request_id = $2 AND state = 'pending' AND next_run_at = $3 \
+             AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = $2 AND e.stage < dsr_tasks.stage \
+                             AND e.state NOT IN ('done', 'retained', 'skipped'))",
+        )
+        .bind(to_millis(now))
+        .bind(id)
+        .bind(BLOCKED)
+        .execute(&mut **tx)
+        .await?;
+        for i in unblocked {
+            tasks[i].3 = false;
+        }
     }
     // Stores blocked behind a stage that ended unsuccessfully cannot run until a retry: they stay
     // PENDING, and the request ends FAILED (or CANCELLED) without them.

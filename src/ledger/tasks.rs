@@ -77,7 +77,8 @@ pub enum Fenced {
 }
 
 impl Ledger {
-    /// Claims up to `limit` due tasks of one store (see `claim_due`).
+    /// Claims up to `limit` due tasks of one store (see `claim_due`), after ending FAILED the
+    /// store's tasks whose lease expired at their last attempt (`fail_exhausted`).
     pub async fn claim(
         &self,
         store: &str,
@@ -86,16 +87,26 @@ impl Ledger {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<ClaimedTask>> {
+        self.fail_exhausted(&[store], now).await?;
         self.claim_due(&[(store, limit)], limit, owner, lease, now).await
     }
 
     /// Claims due tasks of several stores, up to a limit each and `room` in all (taken in queue
-    /// order, as each store's claim returns), in one transaction: pending ones
-    /// whose time has come, and running ones whose lease expired (their worker died). Tasks of a
-    /// later stage are due only once every earlier stage of their request has ended (see
-    /// `BLOCKED`), so each store's claim is an index range scan whatever the backlog. The
+    /// order), in one transaction: pending ones whose time has come, and running ones whose
+    /// lease expired (their worker died) below their attempt limit. Tasks of a later stage are
+    /// due only once every earlier stage of their request has ended (see `BLOCKED`), so each
+    /// store's part is an index range scan whatever the backlog.
+    ///
+    /// One `UPDATE` claims for every queue: each store's due tasks are a sub-select of their
+    /// own (its limit, `SKIP LOCKED` on Postgres), the sub-selects are joined by `UNION ALL`
+    /// under an outer `LIMIT room`, which Postgres applies lazily in queue order (a later
+    /// store's part is not even scanned once `room` is reached). An engine round with nothing
+    /// due is then three round trips (begin, claim, commit), not one statement per store. The
     /// requests the tasks belong to are read, moved to IN_PROGRESS and given their
     /// `task_started` events in one statement each, not one per task.
+    ///
+    /// Tasks at their attempt limit whose lease expired are not claimed (`claim` and the
+    /// engine end them with `fail_exhausted`).
     pub async fn claim_due(
         &self,
         queues: &[(&str, usize)],
@@ -112,39 +123,36 @@ impl Ledger {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        // A task whose lease expired at its last attempt is not claimed again: its work killed
-        // (or hung) every worker that took it, and claiming it once more would crash-loop the
-        // fleet. It ends FAILED, saying so; RetryRequest gives it a new budget once fixed.
-        let stores: Vec<&str> = queues.iter().map(|(s, _)| *s).collect();
-        self.fail_exhausted(&stores, now).await?;
+        // $1 owner, $2 lease end, $3 now, $4 room; then each queue's store and limit.
+        let parts: Vec<String> = (0..queues.len())
+            .map(|i| {
+                let (store, limit) = (5 + 2 * i, 6 + 2 * i);
+                format!(
+                    "SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE \
+                     ((t.store = ${store} AND t.state = 'pending' AND t.next_run_at <= $3) \
+                      OR (t.store = ${store} AND t.state = 'running' AND t.lease_until < $3 AND t.attempt < t.attempt_limit)) \
+                     ORDER BY t.next_run_at LIMIT ${limit} {lock}) q{i}"
+                )
+            })
+            .collect();
         let sql = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT t.id FROM dsr_tasks t WHERE \
-               ((t.store = $4 AND t.state = 'pending' AND t.next_run_at <= $3) \
-                OR (t.store = $4 AND t.state = 'running' AND t.lease_until < $3 AND t.attempt < t.attempt_limit)) \
-               ORDER BY t.next_run_at LIMIT $5 {lock}) \
-             RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint"
+             WHERE id IN (SELECT id FROM ({}) due LIMIT $4) \
+             RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint",
+            parts.join(" UNION ALL ")
         );
         let now_ms = to_millis(now);
-        let mut tx = self.begin_chained().await?;
-        let mut rows = Vec::new();
+        let mut q = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now_ms + lease.as_millis() as i64)
+            .bind(now_ms)
+            .bind(room as i64);
         for (store, limit) in &queues {
-            let limit = (*limit).min(room - rows.len());
-            if limit == 0 {
-                break;
-            }
-            rows.extend(
-                sqlx::query(&sql)
-                    .bind(owner)
-                    .bind(now_ms + lease.as_millis() as i64)
-                    .bind(now_ms)
-                    .bind(*store)
-                    .bind(limit as i64)
-                    .fetch_all(&mut *tx)
-                    .await?,
-            );
+            q = q.bind(*store).bind((*limit).min(room) as i64);
         }
+        let mut tx = self.begin_chained().await?;
+        let rows = q.fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -206,8 +214,10 @@ impl Ledger {
     }
 
     /// Ends FAILED the tasks of `stores` whose lease expired on their last allowed attempt, each
-    /// with its `outcome` event and its request's new status.
-    async fn fail_exhausted(&self, stores: &[&str], now: DateTime<Utc>) -> Result<()> {
+    /// with its `outcome` event and its request's new status. Not claimed again: their work
+    /// killed (or hung) every worker that took them, and claiming them once more would
+    /// crash-loop the fleet; RetryRequest gives them a new budget once fixed.
+    pub async fn fail_exhausted(&self, stores: &[&str], now: DateTime<Utc>) -> Result<()> {
         let now_ms = to_millis(now);
         let sql = format!(
             "SELECT t.id, t.request_id, t.store, t.attempt FROM dsr_tasks t WHERE t.store IN ({}) \

@@ -349,3 +349,45 @@ async fn nats_jetstream_gets_the_event_once_deduplicated_by_id_across_a_resend(b
     js.delete_stream(format!("DSR_{suffix}")).await.ok();
 }
 both!(nats_jetstream_gets_the_event_once_deduplicated_by_id_across_a_resend);
+
+/// A submit answers with the request as it was committed, without reading it back: the answer
+/// must be exactly what GetRequest reads right after (stores and recipients alike, for every
+/// kind; an export's archive task never shows while it has not failed).
+async fn a_submits_answer_is_what_get_request_reads_right_after(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let config = recipients_config(&payments(&receiver, &secret_file(secrets.path())));
+    let app = spawn_app_with(backend, &config, Overrides { paused_engine: true, ..Default::default() }).await;
+    let s = app.seed("acme", 3, 1).await;
+    let mut c = app.client.clone();
+    let deletion = app.delete(by_account("acme", &s[0].account_id)).await;
+    let export = c
+        .submit_export(pb::SubmitExportRequest {
+            subject: Some(by_phone("acme", &s[1].phone)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rectification = c
+        .submit_rectification(pb::SubmitRectificationRequest {
+            subject: Some(by_account("acme", &s[2].account_id)),
+            corrections: Some(pb::Corrections {
+                email: Some("new-address@example.net".into()),
+                ..Default::default()
+            }),
+            requested_by: "support-agent-7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deletion.recipients.len(), 1, "{deletion:#?}");
+    assert_eq!(rectification.recipients.len(), 1, "{rectification:#?}");
+    for submitted in [deletion, export, rectification] {
+        assert!(!submitted.outcomes.is_empty());
+        assert_eq!(submitted, app.get(&submitted.id).await);
+    }
+    app.shutdown().await;
+}
+both!(a_submits_answer_is_what_get_request_reads_right_after);

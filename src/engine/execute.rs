@@ -238,12 +238,19 @@ impl Engine {
         };
         let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let unattributed = scan.unattributed.len() as u64;
+        let held = scan.held(adapter.keeps_under_legal_obligation());
         // Asked right before the erase, after finding the records (which may take long): a hold
-        // placed meanwhile still keeps them. And once more after it (below).
-        if let Some(hold) = hold_now().await? {
+        // placed meanwhile still keeps them. The same statement remembers the count (and
+        // fences on the attempt). And once more after the erase (below).
+        let ready = match self.ledger.ready_to_erase(task, held, &tags).await {
+            Ok(Some(ready)) => ready,
+            Ok(None) => return Err(StoreError::Transient("lease lost before changing the store".into())),
+            Err(e) => return Err(StoreError::Transient(format!("ledger unavailable: {e}"))),
+        };
+        if let Some(hold) = ready.litigation_hold {
             return Ok(TaskResult {
                 state: OutcomeState::Retained,
-                found: scan.held(adapter.keeps_under_legal_obligation()),
+                found: held,
                 affected: 0,
                 unattributed,
                 retention_basis: Some(format!(
@@ -256,20 +263,21 @@ impl Engine {
             });
         }
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
-        let held = scan.held(adapter.keeps_under_legal_obligation());
-        let first_count = self.first_count(task, held).await?;
         let erasure =
             self.within(adapter, eraser.erase(&resolution.person.tenant, &keys, self.clock.now())).await?;
-        let left = self.within(adapter, resolve::leftovers(adapter, resolution, &scan)).await?;
+        // The check and the second hold question are independent reads: asked at once.
+        let (left, late_hold) =
+            tokio::join!(self.within(adapter, resolve::leftovers(adapter, resolution, &scan)), hold_now());
+        let left = left?;
         if left > 0 {
             return Err(StoreError::Transient(format!(
                 "{left} record(s) of the subject are left after the erase"
             )));
         }
-        let found = held.max(first_count);
+        let found = held.max(ready.first_count);
         // A hold placed while the store erased came too late for what it erased: the outcome
         // says so (and the hold keeps whatever the other stores still hold).
-        let too_late = hold_now().await?.map(|hold| {
+        let too_late = late_hold?.map(|hold| {
             format!(
                 "{LITIGATION_HOLD_BASIS}: hold {hold} was placed while this store erased; the {found} record(s) it held were already erased"
             )

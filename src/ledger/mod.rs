@@ -28,7 +28,7 @@ pub use holds::{
 pub use leases::{LeaseClaim, SWEEP_LEASE};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
-pub use tasks::{ClaimedTask, Fenced, TaskHold, TaskResult};
+pub use tasks::{ClaimedTask, Fenced, ReadyToErase, TaskHold, TaskResult};
 
 use crate::{
     clock::from_millis,
@@ -49,7 +49,15 @@ pub enum LedgerError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        // A lost connection: the pool pings the others before their next use.
+        crate::db::liveness::note(&e);
+        LedgerError::Db(e)
+    }
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

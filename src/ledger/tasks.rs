@@ -37,6 +37,15 @@ pub struct ClaimedTask {
     pub trace_context: Option<String>,
 }
 
+/// What the ledger says right before an erase (`Ledger::ready_to_erase`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyToErase {
+    /// The records of the person the store held before the first attempt changed anything.
+    pub first_count: u64,
+    /// The active litigation hold that covers the subject, if any.
+    pub litigation_hold: Option<String>,
+}
+
 /// What a store reported for a task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskResult {
@@ -293,6 +302,41 @@ impl Ledger {
         .await?
         .rows_affected();
         Ok(if n == 1 { Fenced::Applied(RequestStatus::InProgress) } else { Fenced::Stale })
+    }
+
+    /// Right before an erase, in one statement: records how many records the store holds now
+    /// (as `checkpoint_found` does; an earlier attempt's count is kept), and reads whether an
+    /// active litigation hold covers any of the subject's identifier tags. `None` when the task
+    /// is no longer ours. One round trip instead of two on every erase.
+    pub async fn ready_to_erase(
+        &self,
+        task: &ClaimedTask,
+        found: u64,
+        tags: &[String],
+    ) -> Result<Option<ReadyToErase>> {
+        // $1 count, $2 task, $3 attempt, $4 tenant, then the tags.
+        let hold = if tags.is_empty() {
+            "CAST(NULL AS TEXT)".to_owned()
+        } else {
+            format!(
+                "(SELECT h.id FROM dsr_holds h JOIN dsr_hold_subjects s ON s.hold_id = h.id \
+                 WHERE h.tenant_id = $4 AND h.kind = 'litigation' AND h.ended_at IS NULL AND s.tag IN ({}) \
+                 ORDER BY h.id LIMIT 1)",
+                super::holds::params(5, tags.len())
+            )
+        };
+        let sql = format!(
+            "UPDATE dsr_tasks SET found_checkpoint = COALESCE(found_checkpoint, $1) \
+             WHERE id = $2 AND attempt = $3 AND state = 'running' \
+             RETURNING found_checkpoint, {hold} AS hold_id"
+        );
+        let q = sqlx::query(&sql).bind(found as i64).bind(&task.task_id).bind(task.attempt as i64);
+        let q = tags.iter().fold(q.bind(&task.tenant_id), |q, t| q.bind(t.as_str()));
+        let Some(row) = q.fetch_optional(self.db.pool()).await? else { return Ok(None) };
+        Ok(Some(ReadyToErase {
+            first_count: row.try_get::<i64, _>("found_checkpoint")? as u64,
+            litigation_hold: row.try_get("hold_id")?,
+        }))
     }
 
     /// Ends a task with the store's result, appends its `outcome` event and re-derives the

@@ -139,6 +139,8 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error::*;
+        // A lost connection: the pool pings the others before their next use.
+        crate::db::liveness::note(&e);
         match &e {
             ColumnNotFound(_)
             | ColumnDecode { .. }

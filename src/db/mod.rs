@@ -1,6 +1,8 @@
 //! One handle over either SQL backend (SQLite or Postgres), chosen from the URL. Queries are
 //! written once in the subset both dialects share (`$n` parameters, BIGINT epoch-millisecond
 //! times, TEXT ids); the few that differ ask `backend()`.
+pub mod liveness;
+
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
@@ -100,6 +102,15 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
+            // A ping before each use only when it can find something (`liveness`); sqlx's own
+            // would cost every statement on the pool a round trip more.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    Ok(!liveness::needs_ping(meta.idle_for) || conn.ping().await.is_ok())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 let search_path = search_path.clone();
                 Box::pin(async move {

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod execute;
+pub mod finisher;
 mod signals;
 
 use std::{
@@ -18,6 +19,7 @@ use tracing::{field::Empty, info, warn, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use backoff::Backoff;
+pub use finisher::{Ended, Finisher, Recorded};
 pub use signals::Signals;
 
 use crate::{
@@ -58,6 +60,8 @@ pub struct Engine {
     timeouts: HashMap<&'static str, Duration>,
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
+    /// Ends tasks, those of one request that end at once together.
+    finisher: finisher::Finisher,
     metrics: Arc<Metrics>,
 }
 
@@ -85,6 +89,7 @@ impl Engine {
             .map(|a| (a.name(), Duration::from_secs(file.store(a.name()).timeout_secs)))
             .collect();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        let finisher = finisher::Finisher::new(ledger.clone(), clock.clone());
         Self {
             ledger,
             stores,
@@ -103,6 +108,7 @@ impl Engine {
             per_store,
             timeouts,
             running: Mutex::new(HashMap::new()),
+            finisher,
             metrics,
         }
     }
@@ -244,7 +250,7 @@ impl Engine {
             let (end, recorded) = match outcome {
                 None => {
                     warn!("lease lost to another worker; result dropped");
-                    (TaskEnd::Abandoned, Ok(Fenced::Stale))
+                    (TaskEnd::Abandoned, Ok(Ended { fenced: Fenced::Stale, reports_status: false }))
                 }
                 Some(Ok(result)) => {
                     info!(outcome = %result.state, found = result.found, affected = result.affected, verified = result.verified, "store task done");
@@ -252,8 +258,10 @@ impl Engine {
                     span.record("dsr.records_found", i64::try_from(result.found).unwrap_or(i64::MAX));
                     span.record("dsr.records_affected", i64::try_from(result.affected).unwrap_or(i64::MAX));
                     span.record("dsr.verified", result.verified);
-                    let recorded = self.ledger.finish(&task, &result, self.clock.now()).await;
-                    if result.export.is_some() && matches!(recorded, Ok(Fenced::Applied(_))) {
+                    let recorded = self.finisher.finish(&task, &result).await;
+                    if result.export.is_some()
+                        && matches!(recorded, Ok(Ended { fenced: Fenced::Applied(_), .. }))
+                    {
                         // The archive holds the parts now (and is recorded): they can go.
                         if let Err(e) = self.exports.delete_parts(&task.request_id).await {
                             warn!(error = %e, "deleting the export's parts failed; they go when the archive expires");
@@ -270,16 +278,17 @@ impl Engine {
             }
             self.metrics.task_attempt(&task.store, end, started.elapsed());
             match recorded {
-                Ok(Fenced::Applied(status)) => {
+                Ok(Ended { fenced: Fenced::Applied(status), reports_status }) => {
                     span.record("dsr.request_status", status.as_str());
-                    // The ledger reports a terminal status once: on the transition.
-                    if status.is_terminal() {
+                    // The ledger reports a terminal status once: on the transition, to one
+                    // of the tasks that ended together.
+                    if status.is_terminal() && reports_status {
                         self.metrics.request_ended(task.kind, status);
                         crate::export::request_ended(&self.exports, task.kind, &task.request_id, status).await;
                     }
                     info!(request_status = %status, "outcome recorded")
                 }
-                Ok(Fenced::Stale) => warn!("a newer attempt owns this task; nothing recorded"),
+                Ok(Ended { fenced: Fenced::Stale, .. }) => warn!("a newer attempt owns this task; nothing recorded"),
                 // The lease will expire and the task run again; adapters are idempotent.
                 Err(e) => warn!(error = %e, "recording the outcome failed"),
             }
@@ -291,11 +300,7 @@ impl Engine {
         .await
     }
 
-    async fn record_failure(
-        &self,
-        task: &ClaimedTask,
-        err: &StoreError,
-    ) -> (TaskEnd, crate::ledger::Result<Fenced>) {
+    async fn record_failure(&self, task: &ClaimedTask, err: &StoreError) -> (TaskEnd, Recorded) {
         let now = self.clock.now();
         let retry_at = match err {
             StoreError::Transient(_) if task.attempt < task.attempt_limit => {
@@ -319,7 +324,8 @@ impl Engine {
                 TaskEnd::Failed
             }
         };
-        (end, self.ledger.fail_attempt(task, &message, retry_at, now).await)
+        let recorded = self.ledger.fail_attempt(task, &message, retry_at, now).await;
+        (end, recorded.map(|fenced| Ended { fenced, reports_status: true }).map_err(Arc::new))
     }
 
     /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.

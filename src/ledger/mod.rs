@@ -28,7 +28,7 @@ pub use holds::{
 pub use leases::{LeaseClaim, SWEEP_LEASE};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
-pub use tasks::{ClaimedTask, Fenced, ReadyToErase, TaskHold, TaskResult};
+pub use tasks::{ClaimedTask, Fenced, FinishedTogether, ReadyToErase, TaskHold, TaskResult};
 
 use crate::{
     clock::from_millis,

@@ -119,3 +119,93 @@ async fn the_sqlite_ledger_syncs_every_commit_unless_told_otherwise() {
     assert_eq!(level, 1, "NORMAL");
     app.shutdown().await;
 }
+
+/// Tasks of one request that end at the same time are ended together (`engine::Finisher`): each
+/// still fenced on its own attempt, every outcome recorded once, and the request's end reported
+/// by exactly one of them (metrics and export clean-up count on it).
+async fn tasks_of_one_request_ending_at_once_report_its_end_once(backend: Backend) {
+    use dsr::{
+        clock::{Clock, SystemClock},
+        domain::OutcomeState as State,
+        engine::{Ended, Finisher},
+        ledger::{Fenced, Ledger, TaskResult},
+    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 2, 1).await;
+    let ledger = Ledger::new(app.db.clone());
+    let finisher = Finisher::new(ledger.clone(), std::sync::Arc::new(SystemClock));
+    let stores = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
+    let queues: Vec<(&str, usize)> = stores.iter().map(|s| (*s, 10)).collect();
+    let done = TaskResult {
+        state: State::Done,
+        found: 1,
+        affected: 1,
+        retention_basis: None,
+        retained_until: None,
+        verified: true,
+        unattributed: 0,
+        detail: None,
+        export: None,
+        hold: None,
+    };
+    for (i, subject) in s.iter().enumerate() {
+        let r = app.delete(by_phone("acme", &subject.phone)).await;
+        // Every store due at once (call_logs normally waits for the others), so the request's
+        // last tasks end together.
+        sqlx::query("UPDATE dsr_tasks SET stage = 0, next_run_at = 0 WHERE request_id = $1")
+            .bind(&r.id)
+            .execute(app.db.pool())
+            .await
+            .unwrap();
+        let lease = std::time::Duration::from_secs(30);
+        let tasks = ledger.claim_due(&queues, 10, "test-worker", lease, SystemClock.now()).await.unwrap();
+        assert_eq!(tasks.len(), 5);
+        // The second time, one task has a newer attempt elsewhere: its end is not recorded,
+        // and the request is not over.
+        let stale = (i == 1).then(|| tasks[2].task_id.clone());
+        if let Some(id) = &stale {
+            sqlx::query("UPDATE dsr_tasks SET attempt = attempt + 1 WHERE id = $1")
+                .bind(id)
+                .execute(app.db.pool())
+                .await
+                .unwrap();
+        }
+        let ends = futures::future::join_all(tasks.iter().map(|t| finisher.finish(t, &done))).await;
+        let mut reported_end = 0;
+        for (task, end) in tasks.iter().zip(&ends) {
+            let end = end.as_ref().unwrap();
+            if Some(&task.task_id) == stale.as_ref() {
+                assert_eq!(end.fenced, Fenced::Stale, "{}", task.store);
+                continue;
+            }
+            let Ended { fenced: Fenced::Applied(status), reports_status } = end else {
+                panic!("{} not recorded: {end:?}", task.store)
+            };
+            if status.is_terminal() && *reports_status {
+                reported_end += 1;
+            }
+        }
+        let got = app.get(&r.id).await;
+        let recorded = got.outcomes.iter().filter(|o| o.state == OutcomeState::Done as i32).count();
+        if stale.is_some() {
+            assert_eq!(got.status, RequestStatus::InProgress as i32, "{got:#?}");
+            assert_eq!((recorded, reported_end), (4, 0));
+        } else {
+            assert_eq!(got.status, RequestStatus::Completed as i32, "{got:#?}");
+            assert_eq!((recorded, reported_end), (5, 1));
+        }
+        // Sealed into the chain (`dsr_events`) or not yet (`dsr_event_journal`).
+        let events: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM dsr_events WHERE request_id = $1 AND action = 'outcome') \
+             + (SELECT COUNT(*) FROM dsr_event_journal WHERE request_id = $1 AND action = 'outcome')",
+        )
+        .bind(&r.id)
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(events as usize, recorded, "one outcome event per recorded end");
+    }
+    app.shutdown().await;
+}
+both!(tasks_of_one_request_ending_at_once_report_its_end_once);

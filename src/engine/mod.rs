@@ -167,8 +167,13 @@ impl Engine {
                 self.running.lock().expect("running lock").insert(task.task_id.clone(), task.clone());
                 let engine = self.clone();
                 inflight.spawn(async move {
-                    let _permits = permits;
-                    engine.run_task(task).await;
+                    engine.clone().run_task(task).await;
+                    // Room first, then the wake-up: woken before the permits were back, the
+                    // loop found no room, claimed nothing and slept until the next task ended
+                    // or the poll interval passed, while due tasks waited (`dsr bench deletions`
+                    // ran with workers idle).
+                    drop(permits);
+                    engine.signals.work_available();
                 });
             }
             while inflight.try_join_next().is_some() {}
@@ -294,7 +299,6 @@ impl Engine {
             }
             self.running.lock().expect("running lock").remove(&task.task_id);
             self.signals.request_changed(&task.request_id);
-            self.signals.work_available();
         }
         .instrument(span)
         .await

@@ -1,31 +1,30 @@
-//! Ends tasks together: group commit for task outcomes. Every task's end is a transaction
-//! (its row, its `outcome` event, its request's status under the request's row lock); one by
-//! one, they queue for that lock when a request's stores end at once, and each pays a commit
-//! (an fsync on SQLite). Here one writer per process ends tasks: a task that ends while
-//! nothing is being written is written at once, alone; the tasks that end while a write runs
-//! wait and are then written together, in one transaction (`Ledger::finish_all`), up to
-//! `MOST_AT_ONCE`. No timer: nothing waits for company.
+//! Ends the tasks of one request together. A request's stores run at once and often end within
+//! a few milliseconds of each other; each end is a transaction that takes the request's row lock
+//! (to re-derive its status), so one at a time they queue on that lock and pay a commit each.
+//! Here the first task of a request to end writes at once; the tasks of the same request that
+//! end while it writes wait and are then ended together, in one transaction (`Ledger::finish_all`),
+//! and so on until none is waiting. No timer: a task alone is ended as soon as it is done.
 //!
-//! Each task is still fenced on its own attempt, and each request's new status (which the
-//! engine reports once when terminal: metrics, export clean-up) goes to one of its tasks only.
-use std::{collections::HashMap, sync::Arc};
+//! Each task is still fenced on its own attempt, and the request's terminal status (which the
+//! engine reports once: metrics, export clean-up) goes to one task of the batch only.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     clock::SharedClock,
     ledger::{ClaimedTask, Fenced, Ledger, LedgerError, TaskResult},
 };
 
-/// The most task ends written in one transaction (a bound on how long it holds its locks).
-const MOST_AT_ONCE: usize = 64;
-
 /// How a task's end was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ended {
     pub fenced: Fenced,
-    /// This task reports its request's new status: one task per request and status, however
-    /// many of its tasks ended in the same transaction.
+    /// This task is the one that reports the request's new status (each status is reported
+    /// by one task, however many ended with it).
     pub reports_status: bool,
 }
 
@@ -37,75 +36,107 @@ struct Waiting {
     reply: oneshot::Sender<Recorded>,
 }
 
-/// The handle workers end tasks through; the writer runs until every handle is gone.
 pub struct Finisher {
-    queue: mpsc::UnboundedSender<Waiting>,
+    ledger: Ledger,
+    clock: SharedClock,
+    /// Requests a task is being ended for now, with the tasks of each that wait for it.
+    writing: Mutex<HashMap<String, Vec<Waiting>>>,
 }
 
 impl Finisher {
-    /// Starts the writer (on the current Tokio runtime).
     pub fn new(ledger: Ledger, clock: SharedClock) -> Self {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(ledger, clock, waiting));
-        Self { queue }
+        Self { ledger, clock, writing: Mutex::new(HashMap::new()) }
     }
 
-    /// Records the task's end, with whatever other ends are waiting by then.
+    /// Records the task's end, with the other tasks of its request that end meanwhile.
     pub async fn finish(&self, task: &ClaimedTask, result: &TaskResult) -> Recorded {
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting { task: task.clone(), result: result.clone(), reply };
-        if self.queue.send(waiting).is_err() {
-            return Err(stopped());
+        let waiting = {
+            let mut writing = self.writing.lock().expect("finisher lock");
+            match writing.get_mut(&task.request_id) {
+                Some(queue) => {
+                    let (reply, answer) = oneshot::channel();
+                    queue.push(Waiting { task: task.clone(), result: result.clone(), reply });
+                    Some(answer)
+                }
+                None => {
+                    writing.insert(task.request_id.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(answer) = waiting {
+            return answer.await.unwrap_or_else(|_| {
+                Err(Arc::new(LedgerError::FailedPrecondition(
+                    "the task that ended this one's request stopped before answering".into(),
+                )))
+            });
         }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        // This task writes: first alone, then whatever waited meanwhile, until nothing does.
+        let mut leading = Leading { writing: &self.writing, request_id: &task.request_id, done: false };
+        let mine = self.write(&[(task, result)]).await.remove(0);
+        loop {
+            let batch = {
+                let mut writing = self.writing.lock().expect("finisher lock");
+                let queue = writing.get_mut(&task.request_id).expect("this task's entry");
+                if queue.is_empty() {
+                    writing.remove(&task.request_id);
+                    leading.done = true;
+                    break;
+                }
+                std::mem::take(queue)
+            };
+            let pairs: Vec<(&ClaimedTask, &TaskResult)> =
+                batch.iter().map(|w| (&w.task, &w.result)).collect();
+            let answers = self.write(&pairs).await;
+            for (w, answer) in batch.into_iter().zip(answers) {
+                let _ = w.reply.send(answer);
+            }
+        }
+        mine
+    }
+
+    /// One transaction for `tasks` (all of one request): an answer for each.
+    async fn write(&self, tasks: &[(&ClaimedTask, &TaskResult)]) -> Vec<Recorded> {
+        match self.ledger.finish_all(tasks, self.clock.now()).await {
+            Ok(ended) => {
+                let reporter = ended.applied.iter().rposition(|a| *a);
+                ended
+                    .applied
+                    .iter()
+                    .enumerate()
+                    .map(|(i, applied)| {
+                        Ok(match (applied, ended.status) {
+                            (true, Some(status)) => {
+                                Ended { fenced: Fenced::Applied(status), reports_status: Some(i) == reporter }
+                            }
+                            _ => Ended { fenced: Fenced::Stale, reports_status: false },
+                        })
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                tasks.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
     }
 }
 
-fn stopped() -> Arc<LedgerError> {
-    Arc::new(LedgerError::FailedPrecondition("the engine's outcome writer has stopped".into()))
+/// The request's entry while a task writes for it. Dropped early (the task's future cancelled at
+/// shutdown), it takes the entry along, and with it the waiting tasks' answer channels: they get
+/// an error (their leases expire and they run again) instead of waiting for ever.
+struct Leading<'a> {
+    writing: &'a Mutex<HashMap<String, Vec<Waiting>>>,
+    request_id: &'a str,
+    done: bool,
 }
 
-async fn write_batches(ledger: Ledger, clock: SharedClock, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
-    let mut batch = Vec::with_capacity(MOST_AT_ONCE);
-    // Blocks for the first end, then takes every end already waiting, up to the bound.
-    while waiting.recv_many(&mut batch, MOST_AT_ONCE).await > 0 {
-        let tasks: Vec<(&ClaimedTask, &TaskResult)> = batch.iter().map(|w| (&w.task, &w.result)).collect();
-        let answers = answers(ledger.finish_all(&tasks, clock.now()).await, &tasks);
-        for (w, answer) in batch.drain(..).zip(answers) {
-            let _ = w.reply.send(answer);
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Ok(mut writing) = self.writing.lock() {
+                writing.remove(self.request_id);
+            }
         }
     }
-}
-
-/// One answer per task, the request's status reported by the last of its tasks that ended.
-fn answers(
-    ended: crate::ledger::Result<crate::ledger::FinishedTogether>,
-    tasks: &[(&ClaimedTask, &TaskResult)],
-) -> Vec<Recorded> {
-    let ended = match ended {
-        Ok(ended) => ended,
-        Err(e) => {
-            let e = Arc::new(e);
-            return tasks.iter().map(|_| Err(e.clone())).collect();
-        }
-    };
-    let mut reporter: HashMap<&str, usize> = HashMap::new();
-    for (i, (task, _)) in tasks.iter().enumerate() {
-        if ended.applied[i] {
-            reporter.insert(&task.request_id, i);
-        }
-    }
-    tasks
-        .iter()
-        .enumerate()
-        .map(|(i, (task, _))| {
-            Ok(match ended.status.get(&task.request_id) {
-                Some(status) if ended.applied[i] => Ended {
-                    fenced: Fenced::Applied(*status),
-                    reports_status: reporter.get(task.request_id.as_str()) == Some(&i),
-                },
-                _ => Ended { fenced: Fenced::Stale, reports_status: false },
-            })
-        })
-        .collect()
 }

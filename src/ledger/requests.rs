@@ -563,37 +563,16 @@ pub(super) async fn refresh_status(
     tenant: &str,
     now: DateTime<Utc>,
 ) -> Result<RequestStatus> {
-    lock_requests(tx, &[id]).await?;
-    refresh_status_locked(tx, id, tenant, now).await
-}
-
-/// Locks the requests' rows for the rest of the transaction (Postgres), in id order, so two
-/// transactions that lock several never wait for each other in a circle.
-///
-/// Two tasks of one request ending at once must not both miss the other's end (READ COMMITTED
-/// write skew: neither would unblock the next stage or complete the request; the deletion
-/// benchmark caught one such request in a thousand). A status is re-derived only under this
-/// lock, by a statement after it (which sees every end committed before). SQLite's single
-/// writer already serialises these transactions.
-pub(super) async fn lock_requests(tx: &mut Tx, ids: &[&str]) -> Result<()> {
-    if tx.backend_name() != "PostgreSQL" || ids.is_empty() {
-        return Ok(());
+    // Two tasks of one request ending at once must not both miss the other's end (READ COMMITTED
+    // write skew: neither would unblock the next stage or complete the request; the deletion
+    // benchmark caught one such request in a thousand). Lock the request row first; SQLite's
+    // single writer already serialises these transactions.
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT id FROM dsr_requests WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     }
-    let sql = format!(
-        "SELECT id FROM dsr_requests WHERE id IN ({}) ORDER BY id FOR UPDATE",
-        super::holds::params(1, ids.len())
-    );
-    ids.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id)).execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// `refresh_status` for a request whose row this transaction has locked (`lock_requests`).
-pub(super) async fn refresh_status_locked(
-    tx: &mut Tx,
-    id: &str,
-    tenant: &str,
-    now: DateTime<Utc>,
-) -> Result<RequestStatus> {
     let rows = sqlx::query(
         "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
     )

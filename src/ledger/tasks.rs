@@ -1,9 +1,6 @@
 //! Tasks: claimed under a lease, renewed while a worker runs them, and ended by a write fenced
 //! on the attempt number.
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -12,7 +9,7 @@ use super::{
     decode_enum,
     events::NewEvent,
     holds::{record_legal_hold, NewLegalHold},
-    requests::{lock_requests, refresh_status, refresh_status_locked},
+    requests::refresh_status,
     Ledger, Result,
 };
 use crate::{
@@ -41,11 +38,11 @@ pub struct ClaimedTask {
 }
 
 /// What `Ledger::finish_all` did: which of the tasks it ended (the others are no longer ours),
-/// and the status after them of each request it ended a task of.
+/// and the request's status after them (`None` when it ended none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedTogether {
     pub applied: Vec<bool>,
-    pub status: HashMap<String, RequestStatus>,
+    pub status: Option<RequestStatus>,
 }
 
 /// What the ledger says right before an erase (`Ledger::ready_to_erase`).
@@ -119,12 +116,9 @@ impl Ledger {
     ///
     /// One `UPDATE` claims for every queue: each store's due tasks are a sub-select of their
     /// own (its limit, `SKIP LOCKED` on Postgres), the sub-selects are joined by `UNION ALL`
-    /// and the earliest due of them taken up to `room`, a request's tasks next to each other
-    /// (they were made due together). So the stores of one request run at once and end at about
-    /// the same time, and their ends are recorded together (`engine::finisher`); taken store by
-    /// store instead, the first store's queue filled the room with as many different requests,
-    /// and each end paid a transaction of its own. An engine round with nothing
-    /// due is three round trips (begin, claim, commit), not one statement per store. The
+    /// under an outer `LIMIT room`, which Postgres applies lazily in queue order (a later
+    /// store's part is not even scanned once `room` is reached). An engine round with nothing
+    /// due is then three round trips (begin, claim, commit), not one statement per store. The
     /// requests the tasks belong to are read, moved to IN_PROGRESS and given their
     /// `task_started` events in one statement each, not one per task.
     ///
@@ -142,16 +136,16 @@ impl Ledger {
         if queues.is_empty() || room == 0 {
             return Ok(Vec::new());
         }
-        let (lock, lock_rows) = match self.db.backend() {
-            Backend::Postgres => ("FOR UPDATE SKIP LOCKED", "FOR UPDATE"),
-            Backend::Sqlite => ("", ""),
+        let lock = match self.db.backend() {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
         };
         // $1 owner, $2 lease end, $3 now, $4 room; then each queue's store and limit.
         let parts: Vec<String> = (0..queues.len())
             .map(|i| {
                 let (store, limit) = (5 + 2 * i, 6 + 2 * i);
                 format!(
-                    "SELECT id, next_run_at, request_id FROM (SELECT t.id, t.next_run_at, t.request_id FROM dsr_tasks t WHERE \
+                    "SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE \
                      ((t.store = ${store} AND t.state = 'pending' AND t.next_run_at <= $3) \
                       OR (t.store = ${store} AND t.state = 'running' AND t.lease_until < $3 AND t.attempt < t.attempt_limit)) \
                      ORDER BY t.next_run_at LIMIT ${limit} {lock}) q{i}"
@@ -161,7 +155,7 @@ impl Ledger {
         let sql = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT id FROM ({}) due ORDER BY next_run_at, request_id LIMIT $4) \
+             WHERE id IN (SELECT id FROM ({}) due LIMIT $4) \
              RETURNING id, request_id, store, attempt, attempt_limit, found_checkpoint",
             parts.join(" UNION ALL ")
         );
@@ -223,12 +217,9 @@ impl Ledger {
             .collect();
         NewEvent::append_all(&events, &mut tx, now).await?;
         // A claim cannot end a request: the status only moves from PENDING to IN_PROGRESS.
-        // The rows locked in id order, like every transaction that locks several requests
-        // (`lock_requests`): no two of them wait for each other in a circle.
         let sql = format!(
             "UPDATE dsr_requests SET status = 'in_progress', version = version + 1 \
-             WHERE id IN (SELECT id FROM dsr_requests WHERE id IN ({list}) ORDER BY id {lock_rows}) \
-             AND status IN ('pending', 'in_progress')"
+             WHERE id IN ({list}) AND status IN ('pending', 'in_progress')"
         );
         let mut q = sqlx::query(&sql);
         for id in &request_ids {
@@ -365,46 +356,36 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<Fenced> {
         let ended = self.finish_all(&[(task, result)], now).await?;
-        Ok(match ended.status.get(&task.request_id) {
-            Some(status) if ended.applied[0] => Fenced::Applied(*status),
+        Ok(match ended.status {
+            Some(status) if ended.applied[0] => Fenced::Applied(status),
             _ => Fenced::Stale,
         })
     }
 
-    /// Ends several tasks, of one request or of several, in one transaction: each as `finish`
-    /// would (fenced on its own attempt), then each request's status re-derived once, the
-    /// requests locked in id order. Tasks that end at about the same time then share one commit
-    /// instead of queueing for it (and, for one request's tasks, for its row lock) one by one
-    /// (`engine::finisher`).
+    /// Ends several tasks of one request in one transaction: each as `finish` would (fenced on
+    /// its own attempt), then the request's status re-derived once. Tasks of one request that
+    /// end at about the same time share the request's row lock, so ending them together saves
+    /// them queueing for it one after the other, and saves a commit each (`engine::finisher`).
     pub async fn finish_all(
         &self,
         tasks: &[(&ClaimedTask, &TaskResult)],
         now: DateTime<Utc>,
     ) -> Result<FinishedTogether> {
-        let mut ended = FinishedTogether { applied: Vec::with_capacity(tasks.len()), status: HashMap::new() };
-        if tasks.is_empty() {
-            return Ok(ended);
-        }
+        let Some((first, _)) = tasks.first() else {
+            return Ok(FinishedTogether { applied: Vec::new(), status: None });
+        };
+        debug_assert!(tasks.iter().all(|(t, _)| t.request_id == first.request_id), "one request");
         let mut tx = self.begin_chained().await?;
-        let mut requests: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut applied = Vec::with_capacity(tasks.len());
         for (task, result) in tasks {
-            let applied = end_task_in(&mut tx, task, result, now).await?;
-            if applied {
-                requests.insert(&task.request_id, &task.tenant_id);
-            }
-            ended.applied.push(applied);
+            applied.push(end_task_in(&mut tx, task, result, now).await?);
         }
-        if requests.is_empty() {
-            return Ok(ended);
+        if !applied.contains(&true) {
+            return Ok(FinishedTogether { applied, status: None });
         }
-        let ids: Vec<&str> = requests.keys().copied().collect();
-        lock_requests(&mut tx, &ids).await?;
-        for (id, tenant) in requests {
-            let status = refresh_status_locked(&mut tx, id, tenant, now).await?;
-            ended.status.insert(id.to_owned(), status);
-        }
+        let status = refresh_status(&mut tx, &first.request_id, &first.tenant_id, now).await?;
         tx.commit().await?;
-        Ok(ended)
+        Ok(FinishedTogether { applied, status: Some(status) })
     }
 
     /// A failed attempt: back to the queue at `next_run_at`, or FAILED when `give_up`.

@@ -374,7 +374,13 @@ impl Ledger {
         let Some((first, _)) = tasks.first() else {
             return Ok(FinishedTogether { applied: Vec::new(), status: None });
         };
-        debug_assert!(tasks.iter().all(|(t, _)| t.request_id == first.request_id), "one request");
+        // One request per transaction: its row is the only request row locked, so two of these
+        // never wait for each other (several, locked in different orders, could).
+        if tasks.iter().any(|(t, _)| t.request_id != first.request_id) {
+            return Err(super::LedgerError::FailedPrecondition(
+                "finish_all ends the tasks of one request at a time".into(),
+            ));
+        }
         let mut tx = self.begin_chained().await?;
         let mut applied = Vec::with_capacity(tasks.len());
         for (task, result) in tasks {

@@ -59,26 +59,17 @@ impl From<LedgerError> for ApiError {
 /// connection failed or was cut, the pool gave up waiting, the server is shutting down or
 /// refusing connections, or SQLite is busy. A client may retry these; UNAVAILABLE says so.
 pub fn database_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // Postgres: class 08 (connection exception), 57P01–57P03 (shutting down, cannot
-            // connect now), 53300 (too many connections), 55000 when a database stops accepting
+    // A lost connection (`db::liveness`: I/O, TLS, protocol, Postgres classes 08 and 57P), or:
+    crate::db::liveness::is_connection_failure(e)
+        || match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            // Postgres: 53300 (too many connections), 55000 when a database stops accepting
             // connections. SQLite: 5 and 6 (busy, locked).
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code == "53300"
-                || code == "55000"
-                || code == "5"
-                || code == "6"
-        }),
-        _ => false,
-    }
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|code| matches!(code.as_ref(), "53300" | "55000" | "5" | "6"))
+            }
+            _ => false,
+        }
 }
 
 /// A subject that does not resolve to exactly one person is the caller's to fix (name the

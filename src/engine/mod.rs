@@ -61,7 +61,7 @@ pub struct Engine {
     /// Tasks running now, so shutdown can hand back the ones that do not finish in time.
     running: Mutex<HashMap<String, ClaimedTask>>,
     /// Ends tasks, those of one request that end at once together.
-    finisher: finisher::Finisher,
+    finisher: Finisher,
     metrics: Arc<Metrics>,
 }
 
@@ -89,7 +89,7 @@ impl Engine {
             .map(|a| (a.name(), Duration::from_secs(file.store(a.name()).timeout_secs)))
             .collect();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-        let finisher = finisher::Finisher::new(ledger.clone(), clock.clone());
+        let finisher = Finisher::new(ledger.clone(), clock.clone());
         Self {
             ledger,
             stores,

@@ -202,6 +202,17 @@ pub(super) async fn record_legal_hold(
     Ok(())
 }
 
+/// The query for `litigation_hold_in`: the tenant bound as `$tenant`, the `tags` identifier
+/// tags from `$first_tag` on. Also a sub-select of `Ledger::ready_to_erase`.
+pub(super) fn litigation_hold_select(tenant: usize, first_tag: usize, tags: usize) -> String {
+    format!(
+        "SELECT h.id FROM dsr_holds h JOIN dsr_hold_subjects s ON s.hold_id = h.id \
+         WHERE h.tenant_id = ${tenant} AND h.kind = 'litigation' AND h.ended_at IS NULL AND s.tag IN ({}) \
+         ORDER BY h.id LIMIT 1",
+        params(first_tag, tags)
+    )
+}
+
 /// The active litigation hold (if any) of the tenant that covers any of these identifier tags.
 pub(super) async fn litigation_hold_in<'c, E>(
     executor: E,
@@ -214,12 +225,7 @@ where
     if tags.is_empty() {
         return Ok(None);
     }
-    let sql = format!(
-        "SELECT h.id FROM dsr_holds h JOIN dsr_hold_subjects s ON s.hold_id = h.id \
-         WHERE h.tenant_id = $1 AND h.kind = 'litigation' AND h.ended_at IS NULL AND s.tag IN ({}) \
-         ORDER BY h.id LIMIT 1",
-        params(2, tags.len())
-    );
+    let sql = litigation_hold_select(1, 2, tags.len());
     let q = tags.iter().fold(sqlx::query_scalar(&sql).bind(tenant), |q, t| q.bind(t.as_str()));
     q.fetch_optional(executor).await
 }

@@ -326,12 +326,7 @@ impl Ledger {
         let hold = if tags.is_empty() {
             "CAST(NULL AS TEXT)".to_owned()
         } else {
-            format!(
-                "(SELECT h.id FROM dsr_holds h JOIN dsr_hold_subjects s ON s.hold_id = h.id \
-                 WHERE h.tenant_id = $4 AND h.kind = 'litigation' AND h.ended_at IS NULL AND s.tag IN ({}) \
-                 ORDER BY h.id LIMIT 1)",
-                super::holds::params(5, tags.len())
-            )
+            format!("({})", super::holds::litigation_hold_select(4, 5, tags.len()))
         };
         let sql = format!(
             "UPDATE dsr_tasks SET found_checkpoint = COALESCE(found_checkpoint, $1) \
@@ -347,23 +342,8 @@ impl Ledger {
         }))
     }
 
-    /// Ends a task with the store's result, appends its `outcome` event and re-derives the
-    /// request's status — one transaction, fenced on the attempt.
-    pub async fn finish(
-        &self,
-        task: &ClaimedTask,
-        result: &TaskResult,
-        now: DateTime<Utc>,
-    ) -> Result<Fenced> {
-        let ended = self.finish_all(&[(task, result)], now).await?;
-        Ok(match ended.status {
-            Some(status) if ended.applied[0] => Fenced::Applied(status),
-            _ => Fenced::Stale,
-        })
-    }
-
-    /// Ends several tasks of one request in one transaction: each as `finish` would (fenced on
-    /// its own attempt), then the request's status re-derived once. Tasks of one request that
+    /// Ends tasks of one request in one transaction: each with the store's result and its
+    /// `outcome` event, fenced on its own attempt; then the request's status re-derived once. Tasks of one request that
     /// end at about the same time share the request's row lock, so ending them together saves
     /// them queueing for it one after the other, and saves a commit each (`engine::finisher`).
     pub async fn finish_all(

@@ -99,7 +99,16 @@ impl RightsService {
         let subject_tag = ctx.hasher.tag(&s.subject.canonical_identifiers());
         // One resolution, before any store acts: the one person, or a refusal that writes nothing.
         let region = ctx.config.subjects.region_for(s.subject.tenant.as_str());
-        let resolution = resolve::resolve(&ctx.stores, &s.subject, region).await?;
+        // An export records the person only: its stores find their records as they write their
+        // parts, a batch at a time (`resolve::walk`).
+        let found_at_run = s.kind == RequestKind::Export;
+        let resolution = match found_at_run {
+            true => resolve::Resolution {
+                person: resolve::resolve_person(&ctx.stores, &s.subject, region).await?,
+                stores: Default::default(),
+            },
+            false => resolve::resolve(&ctx.stores, &s.subject, region).await?,
+        };
         if let (Some(c), Some(identity)) = (&s.corrections, ctx.stores.identity()) {
             let taken = resolve::taken(identity.as_ref(), &resolution.person, c).await.map_err(|e| {
                 ApiError::Unavailable(format!(
@@ -118,6 +127,7 @@ impl RightsService {
             subject: s.subject.clone(),
             corrections: s.corrections,
             resolution: Some(resolution),
+            found_at_run,
         };
         let id = RequestId::new().to_string();
         // The recipients' outbox rows, with only what each may see of the resolved person.

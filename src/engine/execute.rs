@@ -20,7 +20,11 @@ use crate::{
         ClaimedTask, Fenced, NewLegalHold, SubjectRecord, TaskHold, TaskResult, ARCHIVE_TASK,
         LITIGATION_HOLD_BASIS,
     },
-    resolve::{self, Resolution, ResolveError},
+    resolve::{
+        self,
+        walk::{self, KeyBatches},
+        Person, Resolution, ResolveError,
+    },
     stores::{
         CallContext, CandidateRow, Erase, Erasure, Export, Probe, Rectification, Rectify, StoreAdapter,
         StoreError, StoreResult,
@@ -56,33 +60,77 @@ impl Engine {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
         // serde_json's messages name positions and types, never the values.
-        let SubjectRecord { subject, corrections, resolution } = task
+        let SubjectRecord { subject, corrections, resolution, found_at_run } = task
             .subject_json
             .as_deref()
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| StoreError::Fatal(format!("the ledger's subject record does not parse: {e}")))?
             .ok_or_else(|| StoreError::Fatal("the request no longer holds its subject".into()))?;
+        let resolve_err = |e| match e {
+            ResolveError::Refused(r) => StoreError::Fatal(format!("{}: {}", r.field, r.reason)),
+            ResolveError::Store(store, e) => StoreError::Transient(format!("resolving in {store}: {e}")),
+        };
+        // An export that recorded the person only walks the store for their records, batch by
+        // batch, when the store and those it links to can stream (`resolve::walk`).
+        let walk = found_at_run
+            && task.kind == RequestKind::Export
+            && walk::walkable(&self.stores, adapter.as_ref());
         let resolution = match resolution {
+            Some(r) if found_at_run && !walk => {
+                // A store that answers only whole: every store resolved now, as at submit.
+                resolve::scan_stores(&self.stores, r.person).await.map_err(resolve_err)?
+            }
             Some(r) => r,
             // A request submitted before resolution existed: resolved now, by the same rules.
             None => {
                 resolve::resolve(&self.stores, &subject, self.subjects.region_for(subject.tenant.as_str()))
                     .await
-                    .map_err(|e| match e {
-                        ResolveError::Refused(r) => StoreError::Fatal(format!("{}: {}", r.field, r.reason)),
-                        ResolveError::Store(store, e) => {
-                            StoreError::Transient(format!("resolving in {store}: {e}"))
-                        }
-                    })?
+                    .map_err(resolve_err)?
             }
         };
+        if walk {
+            let exporter = adapter.as_export();
+            return CallContext::with_resolution(
+                &resolution,
+                self.walk_export_part(adapter.as_ref(), exporter, task, &resolution.person),
+            )
+            .await;
+        }
         // A remote store is told the resolution with every call (`stores::remote`).
         CallContext::with_resolution(
             &resolution,
             self.run_kind(adapter.as_ref(), task, &resolution, corrections),
         )
         .await
+    }
+
+    /// An export's part found by walking the store (`resolve::walk`): the person's records, a
+    /// batch of keys at a time, straight into the part.
+    async fn walk_export_part(
+        &self,
+        adapter: &dyn StoreAdapter,
+        exporter: Option<&dyn Export>,
+        task: &ClaimedTask,
+        person: &Person,
+    ) -> StoreResult<TaskResult> {
+        let Some(exporter) = exporter.filter(|_| adapter.takes_part_in(task.kind)) else {
+            return Ok(skipped("the store does not take part in requests of this kind"));
+        };
+        let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
+        let mut into_part = IntoPart { exporter, tenant: &person.tenant, part: &mut part };
+        let walked =
+            self.within(adapter, walk::mine_in_batches(&self.stores, adapter, person, &mut into_part)).await;
+        let walked = match walked {
+            Ok(w) => w,
+            Err(e) => {
+                part.abort().await;
+                return Err(e);
+            }
+        };
+        let summary = part.finish().await?;
+        let exported = summary.records + summary.file_count();
+        Ok(TaskResult { found: exported, affected: exported, unattributed: walked.unattributed, ..done() })
     }
 
     async fn run_kind(
@@ -351,4 +399,18 @@ fn done() -> TaskResult {
 
 fn skipped(why: &str) -> TaskResult {
     TaskResult { state: OutcomeState::Skipped, detail: Some(why.to_owned()), ..done() }
+}
+
+/// A walk's keys, exported into the store's part as they come.
+struct IntoPart<'a> {
+    exporter: &'a dyn Export,
+    tenant: &'a str,
+    part: &'a mut PartWriter,
+}
+
+#[async_trait::async_trait]
+impl KeyBatches for IntoPart<'_> {
+    async fn keys(&mut self, keys: Vec<String>) -> StoreResult<()> {
+        self.exporter.export(self.tenant, &keys, self.part).await.map(|_| ())
+    }
 }

@@ -83,6 +83,11 @@ pub struct SubjectRecord {
     /// the engine resolves them when it first runs them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<crate::resolve::Resolution>,
+    /// An export's record holds the person only (`resolution.stores` is empty): each store
+    /// finds their records as it writes its part (`resolve::walk`), so a person with 100,000
+    /// calls costs a batch of memory, not the list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub found_at_run: bool,
 }
 
 /// A request as stored, with one outcome per store in store order.
@@ -208,10 +213,19 @@ mod tests {
         let subject = Subject::parse("acme", "acct-1", "", "+14155550100").unwrap();
         let old = serde_json::to_string(&subject).unwrap();
         let record: SubjectRecord = serde_json::from_str(&old).unwrap();
-        assert_eq!(record, SubjectRecord { subject: subject.clone(), corrections: None, resolution: None });
+        assert_eq!(
+            record,
+            SubjectRecord {
+                subject: subject.clone(),
+                corrections: None,
+                resolution: None,
+                found_at_run: false
+            }
+        );
         assert_eq!(serde_json::to_string(&record).unwrap(), old, "a deletion's record is unchanged");
         let corrections = Corrections::parse(None, Some("a@example.com"), None).unwrap();
-        let with = SubjectRecord { subject, corrections: Some(corrections), resolution: None };
+        let with =
+            SubjectRecord { subject, corrections: Some(corrections), resolution: None, found_at_run: false };
         let back: SubjectRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
         assert_eq!(back, with);
     }

@@ -8,6 +8,7 @@
 //! | `normalize` | identifiers as people write them: emails, phones, and their SQL forms |
 //! | `attribute` | whose a record is: the person's, someone else's, or nobody's in particular |
 //! | `resolver`  | the lookups: identity, then every store's records, links followed     |
+//! | `walk`      | one store's records of the person, a batch at a time (exports)        |
 //!
 //! The resolution is personal data. It is kept with the request while the request is open and
 //! dropped with the subject's identifiers when it ends.
@@ -15,6 +16,7 @@
 pub mod attribute;
 pub mod normalize;
 mod resolver;
+pub mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use attribute::{attribute, names_person, Attribution, CandidateRow, IdentKind};
 pub use normalize::Region;
-pub use resolver::{leftovers, resolve, scan, taken, Refusal, ResolveError};
+pub use resolver::{leftovers, resolve, resolve_person, scan, scan_stores, taken, Refusal, ResolveError};
 
 /// The one person a request is about, within one tenant. Identifiers are normalised (emails
 /// lower case and trimmed, phones E.164). `Debug` shows the tenant only.

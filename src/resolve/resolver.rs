@@ -43,6 +43,17 @@ pub async fn resolve(
     subject: &Subject,
     region: Region,
 ) -> Result<Resolution, ResolveError> {
+    let person = resolve_person(stores, subject, region).await?;
+    scan_stores(stores, person).await
+}
+
+/// The first half of `resolve`: the one person `subject` names (or the refusal), without
+/// looking at any store but the identity store.
+pub async fn resolve_person(
+    stores: &StoreRegistry,
+    subject: &Subject,
+    region: Region,
+) -> Result<Person, ResolveError> {
     let tenant = subject.tenant.as_str();
     let mut person = Person::new(tenant, &region.code());
     let given: Vec<(&'static str, IdentKind, String)> = [
@@ -159,6 +170,13 @@ pub async fn resolve(
         }
     }
 
+    Ok(person)
+}
+
+/// The second half of `resolve`: what every store holds of `person`.
+pub async fn scan_stores(stores: &StoreRegistry, person: Person) -> Result<Resolution, ResolveError> {
+    let tenant = person.tenant.clone();
+    let tenant = tenant.as_str();
     // Every store, link targets first; a linked record whose target the identifiers did not
     // find is looked up by key in the target store, so it follows its owner. Stores at the same
     // depth of links are asked at once (their look-ups are independent); what they found is

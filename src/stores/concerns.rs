@@ -31,6 +31,12 @@ use crate::{
     resolve::Person,
 };
 
+/// Where `StoreAdapter::candidates_into` hands its rows.
+#[async_trait]
+pub trait CandidateSink: Send {
+    async fn row(&mut self, row: CandidateRow) -> StoreResult<()>;
+}
+
 /// One store of subject data: what it is, where it stands among the others, and its candidate
 /// rows. The jobs it does are its concerns (`as_erase`, `as_export`, `as_rectify`,
 /// `as_retention`).
@@ -81,6 +87,22 @@ pub trait StoreAdapter: Send + Sync + 'static {
     /// stored. May return rows that only look alike: the resolution confirms each. Changes
     /// nothing; every concern's check reads through it too (`resolve::leftovers`).
     async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>>;
+
+    /// Whether `candidates_into` hands rows over as they are read rather than all at once: an
+    /// export then finds the person's records a batch at a time (`resolve::walk`) instead of
+    /// resolving every store whole first.
+    fn streams_candidates(&self) -> bool {
+        false
+    }
+
+    /// The rows `candidates` finds, each handed to `sink` (once, in no particular order). Rows'
+    /// `cleared` may be left `false`: the exports that ask this way do not read it.
+    async fn candidates_into(&self, probe: &Probe<'_>, sink: &mut dyn CandidateSink) -> StoreResult<()> {
+        for row in self.candidates(probe).await? {
+            sink.row(row).await?;
+        }
+        Ok(())
+    }
 
     /// The store's erasure, when it erases (deletions).
     fn as_erase(&self) -> Option<&dyn Erase> {

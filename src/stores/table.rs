@@ -4,7 +4,7 @@
 //!
 //! - `candidates`: one index lookup per part of a `Probe` (account ids, emails by their compared
 //!   form, phones by their digits, links, keys), each scoped to the tenant, sent together as one
-//!   `UNION ALL` statement (in chunks of bound values);
+//!   `UNION ALL` statement (in chunks of bound values); `candidates_into` streams them;
 //! - `delete`, `export`, `set_column`: by key, after the resolution has decided whose a row is.
 //!
 //! Identifiers are bound, never spliced into SQL; table and column names come from a validated
@@ -24,7 +24,7 @@ use sqlx::{any::AnyRow, Row};
 use super::{
     export::row_json,
     query::{self, Statement},
-    ExportSink, Probe, StoreResult,
+    CandidateSink, ExportSink, Probe, StoreResult,
 };
 use crate::{
     db::{Backend, Db},
@@ -263,6 +263,49 @@ impl SubjectTable {
     /// index for `tenant AND (a OR b)`), and the parts go to the database together, joined by
     /// `UNION ALL`: one round trip for a whole probe, unless its values exceed `CHUNK`.
     pub async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+        let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
+        let mut arms = self.arms(probe).into_iter().peekable();
+        while let Some((mut q, mut bound)) = arms.next() {
+            while let Some((next, n)) = arms.next_if(|(_, n)| bound + n <= CHUNK) {
+                q.union(sea_query::UnionType::All, next);
+                bound += n;
+            }
+            for row in &self.fetch_all(&q).await? {
+                let r = self.row(row)?;
+                found.entry(r.key.clone()).or_insert(r);
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// The rows `candidates` finds, handed to `sink` as they are read. A probe whose values fit
+    /// one statement (a person's identifiers; a batch of links) is one `UNION` — not `UNION ALL`:
+    /// the database drops a row found by two parts — read row by row, so a person's 100,000 calls
+    /// are never held together. A larger probe is answered by `candidates`.
+    pub async fn candidates_into(&self, probe: &Probe<'_>, sink: &mut dyn CandidateSink) -> StoreResult<()> {
+        let arms = self.arms(probe);
+        if arms.iter().map(|(_, n)| n).sum::<usize>() > CHUNK {
+            for row in self.candidates(probe).await? {
+                sink.row(row).await?;
+            }
+            return Ok(());
+        }
+        let mut arms = arms.into_iter();
+        let Some((mut q, _)) = arms.next() else { return Ok(()) };
+        for (next, _) in arms {
+            q.union(sea_query::UnionType::Distinct, next);
+        }
+        let (sql, values) = q.build_for(self.backend());
+        let mut rows = query::bind(&sql, &values).fetch(self.db.pool());
+        while let Some(row) = rows.try_next().await? {
+            sink.row(self.row(&row)?).await?;
+        }
+        Ok(())
+    }
+
+    /// One `SELECT` of candidate columns per chunk of each lookup of the probe, with the number
+    /// of values it binds.
+    fn arms(&self, probe: &Probe<'_>) -> Vec<(SelectStatement, usize)> {
         let mut arms: Vec<(SelectStatement, usize)> = Vec::new();
         for (expr, typed_as, values) in self.lookups(probe) {
             // A value that cannot be of the column's type (text for a uuid key) names no row.
@@ -285,19 +328,7 @@ impl SubjectTable {
                 arms.push((q, chunk.len()));
             }
         }
-        let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
-        let mut arms = arms.into_iter().peekable();
-        while let Some((mut q, mut bound)) = arms.next() {
-            while let Some((next, n)) = arms.next_if(|(_, n)| bound + n <= CHUNK) {
-                q.union(sea_query::UnionType::All, next);
-                bound += n;
-            }
-            for row in &self.fetch_all(&q).await? {
-                let r = self.row(row)?;
-                found.entry(r.key.clone()).or_insert(r);
-            }
-        }
-        Ok(found.into_values().collect())
+        arms
     }
 
     /// Deletes the tenant's rows with these keys; returns how many there were.

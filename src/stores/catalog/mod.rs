@@ -25,8 +25,8 @@ use sqlx::Row;
 use super::{
     objects, query,
     table::{Exported, SubjectTable, CHUNK},
-    ByteStream, CandidateRow, Erase, Erasure, ExpiredRecord, Expiry, Export, ExportFile, ExportSink,
-    LegalHold, Probe, Rectification, Rectify, Retention, StoreAdapter, StoreError, StoreResult,
+    ByteStream, CandidateRow, CandidateSink, Erase, Erasure, ExpiredRecord, Expiry, Export, ExportFile,
+    ExportSink, LegalHold, Probe, Rectification, Rectify, Retention, StoreAdapter, StoreError, StoreResult,
 };
 use crate::{
     catalog::{CatalogEntry, ErasureMode},
@@ -237,6 +237,16 @@ impl StoreAdapter for CatalogStore {
             self.mark_restricted(probe.tenant, &mut rows).await?;
         }
         Ok(rows)
+    }
+
+    fn streams_candidates(&self) -> bool {
+        true
+    }
+
+    /// Streamed from the table; a restriction kept in the ledger is not looked up (`cleared`
+    /// stays as the table says).
+    async fn candidates_into(&self, probe: &Probe<'_>, sink: &mut dyn CandidateSink) -> StoreResult<()> {
+        self.rows.candidates_into(probe, sink).await
     }
 
     fn as_erase(&self) -> Option<&dyn Erase> {

@@ -7,23 +7,23 @@
 //! Entries are stored, not compressed (audio does not compress; JSON stays readable by anything
 //! that opens a ZIP), with data descriptors, so nothing needs to seek; ZIP64 takes over past
 //! 4 GiB. Re-running the step after a crash rewrites the same archive from the same parts.
-use std::{
-    collections::HashSet,
-    io::Write,
-    sync::{Arc, Mutex},
-};
+use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{buffered::BufWriter, ObjectStoreExt};
-use rawzip::{time::UtcDateTime, DataDescriptorOutput, ZipArchiveWriter};
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncWriteExt, sync::mpsc, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use super::{
     manifest::{Manifest, ManifestFile, ManifestWriter},
     part::io_error,
+    zip::ZipStream,
     ExportStorage, PartSummary, ARCHIVE_FORMAT,
 };
 use crate::{
@@ -100,13 +100,13 @@ pub async fn assemble(
     let path = ExportStorage::archive_path(job.request_id);
     let upload = BufWriter::with_capacity(storage.objects().clone(), path.clone(), UPLOAD_BUFFER)
         .with_max_concurrency(2);
-    let mut zip = ZipOut::new(upload);
+    let mut zip = ZipOut::new(upload).await?;
     // The manifest goes last in the archive but is written as the files go in: into the export
     // storage beside the parts, then copied into the archive.
     let spool_path = ExportStorage::manifest_spool_path(job.request_id);
     let mut spool = BufWriter::with_capacity(storage.objects().clone(), spool_path.clone(), UPLOAD_BUFFER)
         .with_max_concurrency(2);
-    let modified = UtcDateTime::from_unix(job.now.timestamp());
+    let modified = job.now;
     let result = async {
         let (mut entries, head) = ManifestWriter::start(&manifest);
         spool.put(Bytes::from(head)).await?;
@@ -274,62 +274,18 @@ impl NameSet {
     }
 }
 
-/// The ZIP writer's output. rawzip writes synchronously into this; it is drained into the
-/// upload (and the archive's hash) after every write. A file's data is handed over as the
-/// `Bytes` it was read in (`expect`), not copied: only headers are.
-#[derive(Clone, Default)]
-struct Pending(Arc<Mutex<PendingBytes>>);
-
-#[derive(Default)]
-struct PendingBytes {
-    /// The chunk about to be written, if it is passed on whole.
-    expected: Option<Bytes>,
-    pieces: Vec<Bytes>,
-    copied: Vec<u8>,
-}
-
-impl Pending {
-    fn expect(&self, chunk: Bytes) {
-        self.0.lock().expect("pending bytes").expected = Some(chunk);
-    }
-
-    fn take(&self) -> Vec<Bytes> {
-        let mut p = self.0.lock().expect("pending bytes");
-        if !p.copied.is_empty() {
-            let copied = Bytes::from(std::mem::take(&mut p.copied));
-            p.pieces.push(copied);
-        }
-        p.expected = None;
-        std::mem::take(&mut p.pieces)
-    }
-}
-
-impl Write for Pending {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut p = self.0.lock().expect("pending bytes");
-        match p.expected.take() {
-            Some(chunk) if chunk.as_ptr() == buf.as_ptr() && chunk.len() == buf.len() => {
-                if !p.copied.is_empty() {
-                    let copied = Bytes::from(std::mem::take(&mut p.copied));
-                    p.pieces.push(copied);
-                }
-                p.pieces.push(chunk);
-            }
-            _ => p.copied.extend_from_slice(buf),
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// The archive being written: its ZIP framing (`super::zip`) and the upload its bytes go to.
+/// A file's bytes go on as the `Bytes` they were read in; small pieces (headers, small files)
+/// travel together, up to `PIECES_BYTES` at a time.
 struct ZipOut {
-    zip: Option<ZipArchiveWriter<Pending>>,
-    pending: Pending,
+    zip: Option<ZipStream>,
     upload: Upload,
+    pieces: Vec<Bytes>,
+    pieces_len: usize,
 }
+
+/// Bytes gathered before they go to the upload task together.
+const PIECES_BYTES: usize = 256 * 1024;
 
 /// The archive's bytes on their way out: a task of its own hashes and uploads them, so hashing
 /// the archive runs beside reading and hashing its files (two cores, twice the throughput).
@@ -376,14 +332,6 @@ impl Upload {
         Self { tx: Some(tx), task: Some(task) }
     }
 
-    async fn drain(&mut self, pending: &Pending) -> StoreResult<()> {
-        let pieces = pending.take();
-        if pieces.is_empty() {
-            return Ok(());
-        }
-        self.send(Piece::Data(pieces)).await
-    }
-
     async fn send(&mut self, piece: Piece) -> StoreResult<()> {
         let tx = self.tx.as_ref().expect("upload open");
         if tx.send(piece).await.is_err() {
@@ -417,50 +365,81 @@ impl Upload {
     }
 }
 
-fn zip_error(e: rawzip::Error) -> StoreError {
-    StoreError::Fatal(format!("writing the archive: {e}"))
-}
-
 impl ZipOut {
-    fn new(out: BufWriter) -> Self {
-        let pending = Pending::default();
-        Self { zip: Some(ZipArchiveWriter::new(pending.clone())), pending, upload: Upload::start(out) }
+    async fn new(out: BufWriter) -> StoreResult<Self> {
+        Ok(Self {
+            zip: Some(ZipStream::new().await.map_err(io_error)?),
+            upload: Upload::start(out),
+            pieces: Vec::new(),
+            pieces_len: 0,
+        })
+    }
+
+    /// Passes `bytes` on, with the pieces gathered before it once they are `PIECES_BYTES`.
+    async fn put(&mut self, bytes: Bytes) -> StoreResult<()> {
+        self.pieces_len += bytes.len();
+        self.pieces.push(bytes);
+        if self.pieces_len >= PIECES_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> StoreResult<()> {
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        self.pieces_len = 0;
+        let pieces = std::mem::take(&mut self.pieces);
+        self.upload.send(Piece::Data(pieces)).await
     }
 
     /// Adds one stored entry with `src`'s bytes; returns its size and sha256.
     async fn add(
         &mut self,
         name: &str,
-        modified: UtcDateTime,
+        modified: DateTime<Utc>,
         mut src: ByteStream,
     ) -> StoreResult<(u64, String)> {
         let zip = self.zip.as_mut().expect("archive open");
-        let (mut entry, _) = zip.new_file(name).last_modified(modified).start().map_err(zip_error)?;
+        let header = zip.start(name, modified).map_err(io_error)?;
+        self.put(header).await?;
         let mut sha256 = Sha256::new();
-        // PCLMULQDQ where the CPU has it: rawzip's table-driven CRC costs about a fifth of a
-        // second per GiB more.
+        // PCLMULQDQ where the CPU has it: a table-driven CRC costs about a fifth of a second per
+        // GiB more.
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
         let mut bytes = 0u64;
-        self.upload.drain(&self.pending).await?;
         while let Some(chunk) = src.try_next().await? {
             sha256.update(&chunk);
             crc.update(&chunk);
             bytes += chunk.len() as u64;
-            self.pending.expect(chunk.clone());
-            entry.write_all(&chunk).map_err(io_error)?;
-            self.upload.drain(&self.pending).await?;
+            self.put(chunk).await?;
         }
-        let descriptor = DataDescriptorOutput::new(crc.finalize() as u32, bytes);
-        entry.finish(descriptor).map_err(zip_error)?;
-        self.upload.drain(&self.pending).await?;
+        let zip = self.zip.as_mut().expect("archive open");
+        let descriptor = zip.end(crc.finalize() as u32, bytes).await.map_err(io_error)?;
+        self.put(descriptor).await?;
         Ok((bytes, hex::encode(sha256.finalize())))
     }
 
-    /// Writes the central directory and completes the upload; returns the archive's size and
-    /// sha256.
+    /// Copies out the central directory and the end records, and completes the upload; returns
+    /// the archive's size and sha256.
     async fn finish(&mut self) -> StoreResult<(u64, String)> {
-        self.zip.take().expect("archive open").finish().map_err(zip_error)?;
-        self.upload.drain(&self.pending).await?;
+        let zip = self.zip.take().expect("archive open");
+        let (mut central, end) = zip.finish().await.map_err(io_error)?;
+        loop {
+            let mut buf = BytesMut::with_capacity(PIECES_BYTES);
+            while buf.len() < PIECES_BYTES {
+                if central.read_buf(&mut buf).await.map_err(io_error)? == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            self.put(buf.freeze()).await?;
+        }
+        self.put(end).await?;
+        self.flush().await?;
         self.upload.finish().await
     }
 

@@ -17,6 +17,7 @@ mod download_file;
 mod janitor;
 mod manifest;
 mod part;
+mod zip;
 
 use std::sync::Arc;
 

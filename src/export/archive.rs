@@ -2,7 +2,7 @@
 //! the recordings' audio into one ZIP in the export storage — hashing each file for the manifest
 //! and the whole archive for `ExportInfo.sha256` on the way — and write `manifest.json` last.
 //! Memory stays flat: bytes pass through in chunks of at most a few hundred KiB, and the upload
-//! buffers at most `UPLOAD_BUFFER` × 2.
+//! buffers at most three parts (`ExportStorage::upload`).
 //!
 //! Entries are stored, not compressed (audio does not compress; JSON stays readable by anything
 //! that opens a ZIP), with data descriptors, so nothing needs to seek; ZIP64 takes over past
@@ -31,9 +31,6 @@ use crate::{
     ledger::{ExportRecord, Ledger, ARCHIVE_TASK},
     stores::{ByteStream, ExportFile, StoreError, StoreRegistry, StoreResult},
 };
-
-/// Bytes buffered before the archive goes out as a multipart upload (S3's smallest part: 5 MiB).
-const UPLOAD_BUFFER: usize = 5 * 1024 * 1024;
 
 /// What the archive step needs to know about the request.
 pub struct ArchiveJob<'a> {
@@ -98,14 +95,12 @@ pub async fn assemble(
     }
 
     let path = ExportStorage::archive_path(job.request_id);
-    let upload = BufWriter::with_capacity(storage.objects().clone(), path.clone(), UPLOAD_BUFFER)
-        .with_max_concurrency(2);
+    let upload = storage.upload(path.clone());
     let mut zip = ZipOut::new(upload).await?;
     // The manifest goes last in the archive but is written as the files go in: into the export
     // storage beside the parts, then copied into the archive.
     let spool_path = ExportStorage::manifest_spool_path(job.request_id);
-    let mut spool = BufWriter::with_capacity(storage.objects().clone(), spool_path.clone(), UPLOAD_BUFFER)
-        .with_max_concurrency(2);
+    let mut spool = storage.upload(spool_path.clone());
     let modified = job.now;
     let result = async {
         let (mut entries, head) = ManifestWriter::start(&manifest);

@@ -36,6 +36,18 @@ use crate::{
     stores::{open_durable_object_store, StoreError, StoreResult},
 };
 
+/// What an upload gathers before it sends a part: S3's smallest part (5 MiB) there; on a local
+/// disk, where a part is a write, 1 MiB — an export writes up to a dozen uploads at once (every
+/// store's records and file list, the archive, the manifest), each with two parts in flight.
+fn upload_buffer(url: &str) -> usize {
+    const MIB: usize = 1024 * 1024;
+    if url.starts_with("file:") {
+        MIB
+    } else {
+        5 * MIB
+    }
+}
+
 /// The archive format `ExportInfo.format` names.
 pub const ARCHIVE_FORMAT: &str = "zip";
 
@@ -44,6 +56,8 @@ pub struct ExportStorage {
     objects: Arc<dyn ObjectStore>,
     pub expiry: Duration,
     pub notice: ExportNotice,
+    /// Bytes an upload gathers before it sends a part (`upload_buffer`).
+    pub(crate) upload_buffer: usize,
     /// Wakes the janitor before its interval: a deletion completed, so archives of its subject
     /// go now rather than at the next pass.
     janitor: tokio::sync::Notify,
@@ -56,6 +70,7 @@ impl ExportStorage {
             objects: open_durable_object_store(&settings.exports_url)?,
             expiry: Duration::days(x.expiry_days.into()),
             notice: x.notice.clone(),
+            upload_buffer: upload_buffer(&settings.exports_url),
             janitor: tokio::sync::Notify::new(),
         })
     }
@@ -67,6 +82,11 @@ impl ExportStorage {
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
+    }
+
+    /// An upload of `path` that sends a part every `upload_buffer` bytes, two at a time.
+    pub(crate) fn upload(&self, path: Path) -> object_store::buffered::BufWriter {
+        part::upload(&self.objects, path, self.upload_buffer)
     }
 
     pub fn part_path(request_id: &str, store: &str) -> Path {

@@ -35,6 +35,15 @@ use crate::{
 /// Values bound per statement: well under SQLite's 32766 and Postgres' 65535 parameters.
 pub const CHUNK: usize = 500;
 
+/// One chunk of one lookup of a probe: the expression compared, the condition that finds its
+/// rows (`<expr> IN (…)`), the tenant condition that goes with it, and the values it binds.
+struct LookupChunk {
+    expr: SimpleExpr,
+    found_by: SimpleExpr,
+    tenant: SimpleExpr,
+    values: usize,
+}
+
 /// What one exported row becomes.
 pub enum Exported {
     Record(super::Record),
@@ -279,22 +288,35 @@ impl SubjectTable {
     }
 
     /// The rows `candidates` finds, handed to `sink` as they are read. A probe whose values fit
-    /// one statement (a person's identifiers; a batch of links) is one `UNION` — not `UNION ALL`:
-    /// the database drops a row found by two parts — read row by row, so a person's 100,000 calls
-    /// are never held together. A larger probe is answered by `candidates`.
+    /// one statement (a person's identifiers; a batch of links) is one `UNION ALL` read row by
+    /// row, so a person's 100,000 calls are never held together — not even by the database: each
+    /// part leaves out the rows an earlier part finds, where `UNION` would sort them all to drop
+    /// the doubles. A larger probe is answered by `candidates`.
     pub async fn candidates_into(&self, probe: &Probe<'_>, sink: &mut dyn CandidateSink) -> StoreResult<()> {
-        let arms = self.arms(probe);
-        if arms.iter().map(|(_, n)| n).sum::<usize>() > CHUNK {
+        let chunks = self.lookup_chunks(probe);
+        if chunks.iter().map(|c| c.values).sum::<usize>() > CHUNK {
             for row in self.candidates(probe).await? {
                 sink.row(row).await?;
             }
             return Ok(());
         }
-        let mut arms = arms.into_iter();
-        let Some((mut q, _)) = arms.next() else { return Ok(()) };
-        for (next, _) in arms {
-            q.union(sea_query::UnionType::Distinct, next);
+        let mut union: Option<SelectStatement> = None;
+        for (i, c) in chunks.iter().enumerate() {
+            let mut q = self.select();
+            self.candidate_columns(&mut q);
+            q.and_where(c.tenant.clone()).and_where(c.found_by.clone());
+            for earlier in &chunks[..i] {
+                // `IS NOT NULL` first: `NOT (NULL IN …)` is NULL, which would leave the row out.
+                q.and_where(earlier.expr.clone().is_not_null().and(earlier.found_by.clone()).not());
+            }
+            match &mut union {
+                None => union = Some(q),
+                Some(u) => {
+                    u.union(sea_query::UnionType::All, q);
+                }
+            }
         }
+        let Some(q) = union else { return Ok(()) };
         let (sql, values) = q.build_for(self.backend());
         let mut rows = query::bind(&sql, &values).fetch(self.db.pool());
         while let Some(row) = rows.try_next().await? {
@@ -306,7 +328,20 @@ impl SubjectTable {
     /// One `SELECT` of candidate columns per chunk of each lookup of the probe, with the number
     /// of values it binds.
     fn arms(&self, probe: &Probe<'_>) -> Vec<(SelectStatement, usize)> {
-        let mut arms: Vec<(SelectStatement, usize)> = Vec::new();
+        self.lookup_chunks(probe)
+            .into_iter()
+            .map(|c| {
+                let mut q = self.select();
+                self.candidate_columns(&mut q);
+                q.and_where(c.tenant).and_where(c.found_by);
+                (q, c.values)
+            })
+            .collect()
+    }
+
+    /// Each chunk of each lookup of the probe.
+    fn lookup_chunks(&self, probe: &Probe<'_>) -> Vec<LookupChunk> {
+        let mut chunks = Vec::new();
         for (expr, typed_as, values) in self.lookups(probe) {
             // A value that cannot be of the column's type (text for a uuid key) names no row.
             let values: Vec<String> = match typed_as.as_deref().and_then(|c| self.non_text_type(c)) {
@@ -318,17 +353,19 @@ impl SubjectTable {
                     Some(col) => self.value(col, v),
                     None => Expr::val(v.as_str()).into(),
                 });
-                let mut q = self.select();
-                self.candidate_columns(&mut q);
                 let tenant = match typed_as.as_deref() == Some(self.key.as_str()) {
                     true => self.in_tenant_by_key(probe.tenant),
                     false => self.in_tenant(probe.tenant),
                 };
-                q.and_where(tenant).and_where(expr.clone().is_in(list));
-                arms.push((q, chunk.len()));
+                chunks.push(LookupChunk {
+                    expr: expr.clone(),
+                    found_by: expr.clone().is_in(list),
+                    tenant,
+                    values: chunk.len(),
+                });
             }
         }
-        arms
+        chunks
     }
 
     /// Deletes the tenant's rows with these keys; returns how many there were.

@@ -101,13 +101,12 @@ impl RightsService {
         let region = ctx.config.subjects.region_for(s.subject.tenant.as_str());
         // An export records the person only: its stores find their records as they write their
         // parts, a batch at a time (`resolve::walk`).
-        let found_at_run = s.kind == RequestKind::Export;
-        let resolution = match found_at_run {
-            true => resolve::Resolution {
+        let resolution = match s.kind {
+            RequestKind::Export => resolve::Resolution {
                 person: resolve::resolve_person(&ctx.stores, &s.subject, region).await?,
                 stores: Default::default(),
             },
-            false => resolve::resolve(&ctx.stores, &s.subject, region).await?,
+            _ => resolve::resolve(&ctx.stores, &s.subject, region).await?,
         };
         if let (Some(c), Some(identity)) = (&s.corrections, ctx.stores.identity()) {
             let taken = resolve::taken(identity.as_ref(), &resolution.person, c).await.map_err(|e| {
@@ -126,8 +125,8 @@ impl RightsService {
         let record = SubjectRecord {
             subject: s.subject.clone(),
             corrections: s.corrections,
-            resolution: Some(resolution),
-            found_at_run,
+            person: (s.kind == RequestKind::Export).then(|| resolution.person.clone()),
+            resolution: (s.kind != RequestKind::Export).then_some(resolution),
         };
         let id = RequestId::new().to_string();
         // The recipients' outbox rows, with only what each may see of the resolved person.

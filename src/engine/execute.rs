@@ -60,7 +60,7 @@ impl Engine {
             StoreError::Fatal(format!("no adapter for store {:?} in this process", task.store))
         })?;
         // serde_json's messages name positions and types, never the values.
-        let SubjectRecord { subject, corrections, resolution, found_at_run } = task
+        let SubjectRecord { subject, corrections, resolution, person } = task
             .subject_json
             .as_deref()
             .map(serde_json::from_str)
@@ -73,17 +73,16 @@ impl Engine {
         };
         // An export that recorded the person only walks the store for their records, batch by
         // batch, when the store and those it links to can stream (`resolve::walk`).
-        let walk = found_at_run
+        let walk = person.is_some()
             && task.kind == RequestKind::Export
             && walk::walkable(&self.stores, adapter.as_ref());
-        let resolution = match resolution {
-            Some(r) if found_at_run && !walk => {
-                // A store that answers only whole: every store resolved now, as at submit.
-                resolve::scan_stores(&self.stores, r.person).await.map_err(resolve_err)?
-            }
-            Some(r) => r,
+        let resolution = match (resolution, person) {
+            (Some(r), _) => r,
+            (None, Some(person)) if walk => Resolution { person, stores: Default::default() },
+            // A store that answers only whole: every store resolved now, as at submit.
+            (None, Some(person)) => resolve::scan_stores(&self.stores, person).await.map_err(resolve_err)?,
             // A request submitted before resolution existed: resolved now, by the same rules.
-            None => {
+            (None, None) => {
                 resolve::resolve(&self.stores, &subject, self.subjects.region_for(subject.tenant.as_str()))
                     .await
                     .map_err(resolve_err)?

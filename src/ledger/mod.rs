@@ -83,11 +83,13 @@ pub struct SubjectRecord {
     /// the engine resolves them when it first runs them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<crate::resolve::Resolution>,
-    /// An export's record holds the person only (`resolution.stores` is empty): each store
-    /// finds their records as it writes its part (`resolve::walk`), so a person with 100,000
-    /// calls costs a batch of memory, not the list.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub found_at_run: bool,
+    /// An export's person, resolved at submit, in place of `resolution`: each store finds
+    /// their records as it writes its part (`resolve::walk`), so a person with 100,000 calls
+    /// costs a batch of memory, not the list. (A field of its own: a version before this one
+    /// finds no resolution and resolves the request whole when it runs it, rather than reading
+    /// a resolution without stores as "nothing found".)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<crate::resolve::Person>,
 }
 
 /// A request as stored, with one outcome per store in store order.
@@ -215,18 +217,28 @@ mod tests {
         let record: SubjectRecord = serde_json::from_str(&old).unwrap();
         assert_eq!(
             record,
-            SubjectRecord {
-                subject: subject.clone(),
-                corrections: None,
-                resolution: None,
-                found_at_run: false
-            }
+            SubjectRecord { subject: subject.clone(), corrections: None, resolution: None, person: None }
         );
         assert_eq!(serde_json::to_string(&record).unwrap(), old, "a deletion's record is unchanged");
         let corrections = Corrections::parse(None, Some("a@example.com"), None).unwrap();
-        let with =
-            SubjectRecord { subject, corrections: Some(corrections), resolution: None, found_at_run: false };
+        let with = SubjectRecord { subject, corrections: Some(corrections), resolution: None, person: None };
         let back: SubjectRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
         assert_eq!(back, with);
+    }
+
+    /// An export's record carries its person beside, not in, `resolution`: a version that does
+    /// not know `person` finds no resolution and resolves the export whole when it runs it,
+    /// instead of reading an empty one as "the person holds nothing".
+    #[test]
+    fn an_exports_record_holds_its_person_where_older_versions_do_not_look() {
+        let subject = Subject::parse("acme", "", "", "+14155550100").unwrap();
+        let mut person = crate::resolve::Person::new("acme", "US");
+        person.phones.insert("+14155550100".into());
+        let record = SubjectRecord { subject, corrections: None, resolution: None, person: Some(person) };
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert!(json.get("resolution").is_none(), "{json}");
+        assert_eq!(json["person"]["phones"][0], "+14155550100");
+        let back: SubjectRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
     }
 }

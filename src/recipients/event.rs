@@ -185,7 +185,7 @@ mod tests {
                 Corrections::parse(None, Some("new@example.com"), Some("+14155550199")).unwrap(),
             ),
             resolution: Some(Resolution { person, stores }),
-            found_at_run: false,
+            person: None,
         }
     }
 

@@ -1,9 +1,18 @@
 //! Private files: everything dsr writes holds personal data (the SQLite ledger, recordings,
 //! export archives, downloaded archives), so it is readable by the service's own user only —
-//! directories 0700 and files 0600, whatever umask the process was started with.
+//! directories 0700 and files 0600, whatever umask the process was started with — and spools,
+//! temporary files nobody else can open.
 use std::path::Path;
 
 use anyhow::Context;
+
+/// A spool: an unlinked temporary file (in `$TMPDIR`), gone with its handle or the process,
+/// for what is written once and read back once (an export's candidate keys, a ZIP's central
+/// directory) rather than held in memory.
+pub async fn spool_file() -> std::io::Result<tokio::fs::File> {
+    let file = tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(file))
+}
 
 /// The mode bits no file or directory dsr creates may have: group and others get nothing.
 const PRIVATE_UMASK: u32 = 0o077;

@@ -23,7 +23,7 @@ use crate::{
     resolve::{
         self,
         walk::{self, KeyBatches},
-        Person, Resolution, ResolveError,
+        Resolution, ResolveError,
     },
     stores::{
         CallContext, CandidateRow, Erase, Erasure, Export, Probe, Rectification, Rectify, StoreAdapter,
@@ -88,48 +88,12 @@ impl Engine {
                     .map_err(resolve_err)?
             }
         };
-        if walk {
-            let exporter = adapter.as_export();
-            return CallContext::with_resolution(
-                &resolution,
-                self.walk_export_part(adapter.as_ref(), exporter, task, &resolution.person),
-            )
-            .await;
-        }
         // A remote store is told the resolution with every call (`stores::remote`).
         CallContext::with_resolution(
             &resolution,
-            self.run_kind(adapter.as_ref(), task, &resolution, corrections),
+            self.run_kind(adapter.as_ref(), task, &resolution, corrections, walk),
         )
         .await
-    }
-
-    /// An export's part found by walking the store (`resolve::walk`): the person's records, a
-    /// batch of keys at a time, straight into the part.
-    async fn walk_export_part(
-        &self,
-        adapter: &dyn StoreAdapter,
-        exporter: Option<&dyn Export>,
-        task: &ClaimedTask,
-        person: &Person,
-    ) -> StoreResult<TaskResult> {
-        let Some(exporter) = exporter.filter(|_| adapter.takes_part_in(task.kind)) else {
-            return Ok(skipped("the store does not take part in requests of this kind"));
-        };
-        let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
-        let mut into_part = IntoPart { exporter, tenant: &person.tenant, part: &mut part };
-        let walked =
-            self.within(adapter, walk::mine_in_batches(&self.stores, adapter, person, &mut into_part)).await;
-        let walked = match walked {
-            Ok(w) => w,
-            Err(e) => {
-                part.abort().await;
-                return Err(e);
-            }
-        };
-        let summary = part.finish().await?;
-        let exported = summary.records + summary.file_count();
-        Ok(TaskResult { found: exported, affected: exported, unattributed: walked.unattributed, ..done() })
     }
 
     async fn run_kind(
@@ -138,6 +102,7 @@ impl Engine {
         task: &ClaimedTask,
         resolution: &Resolution,
         corrections: Option<Corrections>,
+        walk: bool,
     ) -> StoreResult<TaskResult> {
         // A store takes part in a kind of request when it offers that concern, and says it does.
         let not_taking_part = || Ok(skipped("the store does not take part in requests of this kind"));
@@ -159,38 +124,48 @@ impl Engine {
                 self.rectify(adapter, rectifier, task, resolution, &corrections).await
             }
             RequestKind::Export => match adapter.as_export() {
-                Some(exporter) => self.export_part(adapter, exporter, task, resolution).await,
+                Some(exporter) => self.export_part(adapter, exporter, task, resolution, walk).await,
                 None => not_taking_part(),
             },
         }
     }
 
-    /// Writes the store's part of an export: the person's records, as resolved. Changes nothing
-    /// in the store, so a retry simply writes the part again.
+    /// Writes the store's part of an export: the person's records, as resolved — or, when `walk`
+    /// (the request recorded the person only), found a batch at a time (`resolve::walk`).
+    /// Changes nothing in the store, so a retry simply writes the part again.
     async fn export_part(
         &self,
         adapter: &dyn StoreAdapter,
         exporter: &dyn Export,
         task: &ClaimedTask,
         resolution: &Resolution,
+        walk: bool,
     ) -> StoreResult<TaskResult> {
-        let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
-        let keys: Vec<String> = scan.mine.iter().cloned().collect();
+        let tenant = &resolution.person.tenant;
         let mut part = PartWriter::new(&self.exports, &task.request_id, adapter.name());
-        if let Err(e) =
-            self.within(adapter, exporter.export(&resolution.person.tenant, &keys, &mut part)).await
-        {
-            part.abort().await;
-            return Err(e);
-        }
+        let written = if walk {
+            let mut into_part = IntoPart { exporter, tenant, part: &mut part };
+            let walking = walk::mine_in_batches(&self.stores, adapter, &resolution.person, &mut into_part);
+            self.within(adapter, walking).await.map(|w| w.unattributed)
+        } else {
+            async {
+                let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
+                let keys: Vec<String> = scan.mine.iter().cloned().collect();
+                self.within(adapter, exporter.export(tenant, &keys, &mut part)).await?;
+                Ok(scan.unattributed.len() as u64)
+            }
+            .await
+        };
+        let unattributed = match written {
+            Ok(n) => n,
+            Err(e) => {
+                part.abort().await;
+                return Err(e);
+            }
+        };
         let summary = part.finish().await?;
         let exported = summary.records + summary.file_count();
-        Ok(TaskResult {
-            found: exported,
-            affected: exported,
-            unattributed: scan.unattributed.len() as u64,
-            ..done()
-        })
+        Ok(TaskResult { found: exported, affected: exported, unattributed, ..done() })
     }
 
     /// The last step of an export: the archive, from every store's part. Its result carries the

@@ -295,7 +295,7 @@ enum Piece {
     Finish,
 }
 
-/// Pieces in flight between the ZIP writer and the upload (each at most a read chunk).
+/// Batches in flight between the ZIP writer and the upload (each `PIECES_BYTES` or a little more).
 const UPLOAD_QUEUE: usize = 4;
 
 impl Upload {

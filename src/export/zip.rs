@@ -46,14 +46,8 @@ struct OpenEntry {
 impl ZipStream {
     /// A new archive; its central directory spools to an unlinked temporary file.
     pub async fn new() -> std::io::Result<Self> {
-        let file = tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(std::io::Error::other)??;
-        Ok(Self {
-            written: 0,
-            entries: 0,
-            central: BufWriter::new(tokio::fs::File::from_std(file)),
-            central_len: 0,
-            open: None,
-        })
+        let file = crate::files::spool_file().await?;
+        Ok(Self { written: 0, entries: 0, central: BufWriter::new(file), central_len: 0, open: None })
     }
 
     /// Starts an entry: its local header, to write before its bytes.

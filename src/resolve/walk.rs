@@ -32,11 +32,10 @@ pub trait KeyBatches: Send {
     async fn keys(&mut self, keys: Vec<String>) -> StoreResult<()>;
 }
 
-/// What a walk found: the person's records it handed on, and records that name the person but
-/// not only them (nobody's in particular).
+/// What a walk found besides the keys it handed on: records that name the person but not only
+/// them (nobody's in particular).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Walked {
-    pub mine: u64,
     pub unattributed: u64,
 }
 
@@ -111,15 +110,13 @@ pub fn mine_in_batches<'a>(
                     Attribution::Foreign => {}
                 }
             }
-            walked.mine += mine.len() as u64;
             if !mine.is_empty() {
                 out.keys(mine).await?;
             }
         }
         if let Some(t) = target {
-            let mut linked = Linked { adapter, tenant: &person.tenant, out, found: 0 };
+            let mut linked = Linked { adapter, tenant: &person.tenant, out };
             mine_in_batches(stores, t, person, &mut linked).await?;
-            walked.mine += linked.found;
         }
         Ok(walked)
     }
@@ -153,7 +150,6 @@ struct Linked<'a> {
     adapter: &'a dyn StoreAdapter,
     tenant: &'a str,
     out: &'a mut dyn KeyBatches,
-    found: u64,
 }
 
 #[async_trait]
@@ -161,7 +157,6 @@ impl KeyBatches for Linked<'_> {
     async fn keys(&mut self, targets: Vec<String>) -> StoreResult<()> {
         let probe = Probe { tenant: self.tenant, links: targets, ..Default::default() };
         let keys: Vec<String> = self.adapter.candidates(&probe).await?.into_iter().map(|r| r.key).collect();
-        self.found += keys.len() as u64;
         if keys.is_empty() {
             return Ok(());
         }
@@ -188,11 +183,8 @@ fn spool_error(e: impl std::fmt::Display) -> StoreError {
 
 impl<'a> Spool<'a> {
     async fn create(person: &'a Person) -> StoreResult<Self> {
-        let file = tokio::task::spawn_blocking(tempfile::tempfile)
-            .await
-            .map_err(spool_error)?
-            .map_err(spool_error)?;
-        Ok(Self { person, file: BufWriter::new(tokio::fs::File::from_std(file)) })
+        let file = crate::files::spool_file().await.map_err(spool_error)?;
+        Ok(Self { person, file: BufWriter::new(file) })
     }
 
     async fn read(mut self) -> StoreResult<SpoolReader> {

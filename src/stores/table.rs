@@ -302,9 +302,7 @@ impl SubjectTable {
         }
         let mut union: Option<SelectStatement> = None;
         for (i, c) in chunks.iter().enumerate() {
-            let mut q = self.select();
-            self.candidate_columns(&mut q);
-            q.and_where(c.tenant.clone()).and_where(c.found_by.clone());
+            let mut q = self.arm(c);
             for earlier in &chunks[..i] {
                 // `IS NOT NULL` first: `NOT (NULL IN …)` is NULL, which would leave the row out.
                 q.and_where(earlier.expr.clone().is_not_null().and(earlier.found_by.clone()).not());
@@ -328,15 +326,15 @@ impl SubjectTable {
     /// One `SELECT` of candidate columns per chunk of each lookup of the probe, with the number
     /// of values it binds.
     fn arms(&self, probe: &Probe<'_>) -> Vec<(SelectStatement, usize)> {
-        self.lookup_chunks(probe)
-            .into_iter()
-            .map(|c| {
-                let mut q = self.select();
-                self.candidate_columns(&mut q);
-                q.and_where(c.tenant).and_where(c.found_by);
-                (q, c.values)
-            })
-            .collect()
+        self.lookup_chunks(probe).iter().map(|c| (self.arm(c), c.values)).collect()
+    }
+
+    /// The candidate columns of the tenant's rows one chunk of a lookup finds.
+    fn arm(&self, c: &LookupChunk) -> SelectStatement {
+        let mut q = self.select();
+        self.candidate_columns(&mut q);
+        q.and_where(c.tenant.clone()).and_where(c.found_by.clone());
+        q
     }
 
     /// Each chunk of each lookup of the probe.

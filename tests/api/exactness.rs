@@ -203,6 +203,19 @@ async fn calls_before_signup_by_account_only_and_anonymous_callers_are_found(bac
 }
 both!(calls_before_signup_by_account_only_and_anonymous_callers_are_found);
 
+/// The stores whose records an archive holds as a JSON file, and that file.
+const RECORD_FILES: [(&str, &str); 4] = [
+    ("accounts", "accounts.json"),
+    ("call_logs", "call_logs.json"),
+    ("transcripts", "transcripts.json"),
+    ("billing", "billing.json"),
+];
+
+/// The ids of the records in one of an archive's JSON files.
+fn exported_ids(files: &BTreeMap<String, Vec<u8>>, file: &str) -> BTreeSet<String> {
+    records(files, file).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+}
+
 /// An export of a person whose data is messy holds all of their records and only theirs.
 async fn an_export_of_messy_data_holds_every_record_of_the_person_and_no_one_elses(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -212,15 +225,8 @@ async fn an_export_of_messy_data_holds_every_record_of_the_person_and_no_one_els
     let done = app.wait_terminal(&r.id).await;
     assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
     let files = unzip(&app.download(&r.id, 0).await.unwrap());
-    for (store, file) in [
-        ("accounts", "accounts.json"),
-        ("call_logs", "call_logs.json"),
-        ("transcripts", "transcripts.json"),
-        ("billing", "billing.json"),
-    ] {
-        let ids: BTreeSet<String> =
-            records(&files, file).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
-        assert_eq!(&ids, &person.records[store], "{file}");
+    for (store, file) in RECORD_FILES {
+        assert_eq!(&exported_ids(&files, file), &person.records[store], "{file}");
     }
     let audio: Vec<&String> = files.keys().filter(|k| k.starts_with("recordings/")).collect();
     assert_eq!(audio.len(), person.objects.len(), "{audio:?}");
@@ -256,16 +262,9 @@ async fn every_messy_person_exports_exactly_their_records(backend: Backend) {
         let done = app.wait_terminal(&r.id).await;
         assert_eq!(done.status, RequestStatus::Completed as i32, "{}: {done:#?}", person.label);
         let files = unzip(&app.download(&r.id, 0).await.unwrap());
-        for (store, file) in [
-            ("accounts", "accounts.json"),
-            ("call_logs", "call_logs.json"),
-            ("transcripts", "transcripts.json"),
-            ("billing", "billing.json"),
-        ] {
-            let ids: BTreeSet<String> =
-                records(&files, file).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+        for (store, file) in RECORD_FILES {
             let theirs = person.records.get(store).cloned().unwrap_or_default();
-            assert_eq!(ids, theirs, "{} {file}", person.label);
+            assert_eq!(exported_ids(&files, file), theirs, "{} {file}", person.label);
             assert_eq!(outcome(&done, store).records_found, theirs.len() as u64, "{} {store}", person.label);
         }
         let audio = files.keys().filter(|k| k.starts_with("recordings/")).count();

@@ -2,6 +2,7 @@
 //! written once in the subset both dialects share (`$n` parameters, BIGINT epoch-millisecond
 //! times, TEXT ids); the few that differ ask `backend()`.
 pub mod liveness;
+pub mod rows;
 
 use std::{str::FromStr, time::Duration};
 

@@ -14,7 +14,10 @@ use sqlx::Row;
 use super::{decode_enum, events::NewEvent, opt_time, requests::refresh_status, Ledger, Result};
 use crate::{
     clock::{from_millis, to_millis},
-    db::{Backend, Tx},
+    db::{
+        rows::{Rows, Value},
+        Backend, Tx,
+    },
     domain::{OutcomeState, RequestKind, RequestStatus},
     recipients::NewDelivery,
 };
@@ -76,31 +79,39 @@ pub enum DeliveryFenced {
     Stale,
 }
 
-/// Writes a new request's deliveries (inside its submit transaction).
-pub(super) async fn insert(
-    tx: &mut Tx,
-    request_id: &str,
-    tenant: &str,
-    new: &[NewDelivery],
-) -> sqlx::Result<()> {
-    for (position, d) in new.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO dsr_deliveries (id, request_id, tenant_id, recipient, position, state, restriction_only, \
-             data_json, give_up_secs, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'waiting', $6, $7, $8, $9)",
-        )
-        .bind(&d.id)
-        .bind(request_id)
-        .bind(tenant)
-        .bind(&d.recipient)
-        .bind(position as i64)
-        .bind(d.restriction_only as i64)
-        .bind(&d.data_json)
-        .bind(d.give_up_secs as i64)
-        .bind(i64::MAX)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+/// A new request's deliveries, among the rows its submit writes.
+pub(super) fn add_rows(rows: &mut Rows, request_id: &str, tenant: &str, new: &[NewDelivery]) {
+    const COLUMNS: &[&str] = &[
+        "id",
+        "request_id",
+        "tenant_id",
+        "recipient",
+        "position",
+        "state",
+        "restriction_only",
+        "data_json",
+        "give_up_secs",
+        "next_attempt_at",
+    ];
+    let values = new
+        .iter()
+        .enumerate()
+        .map(|(position, d)| {
+            vec![
+                Value::from(&d.id),
+                request_id.into(),
+                tenant.into(),
+                Value::from(&d.recipient),
+                (position as i64).into(),
+                "waiting".into(),
+                (d.restriction_only as i64).into(),
+                Value::from(&d.data_json),
+                (d.give_up_secs as i64).into(),
+                i64::MAX.into(),
+            ]
+        })
+        .collect();
+    rows.add("dsr_deliveries", COLUMNS, values);
 }
 
 /// The request's status once its recipients count: the stores' `status`, except that a request

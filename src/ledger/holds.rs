@@ -143,19 +143,20 @@ async fn insert_tags(tx: &mut Tx, hold_id: &str, tags: &[String]) -> sqlx::Resul
     let mut tags = tags.to_vec();
     tags.sort_unstable();
     tags.dedup();
-    for tag in &tags {
-        sqlx::query("INSERT INTO dsr_hold_subjects (hold_id, tag) VALUES ($1, $2)")
-            .bind(hold_id)
-            .bind(tag)
-            .execute(&mut **tx)
-            .await?;
+    // One statement: a person has a handful of identifiers, a tag a row.
+    for chunk in tags.chunks(200) {
+        let values = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect::<Vec<_>>().join(", ");
+        let sql = format!("INSERT INTO dsr_hold_subjects (hold_id, tag) VALUES {values}");
+        let q = chunk.iter().fold(sqlx::query(&sql).bind(hold_id), |q, t| q.bind(t.as_str()));
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// Records a deletion's legal obligation inside the transaction that records the store's
 /// outcome (whose event says so). The hold's id is the task's: a second run of the task
-/// replaces it.
+/// replaces it (`replaces`; a first run has none to replace).
+#[allow(clippy::too_many_arguments)] // the hold's columns, named where the caller has them
 pub(super) async fn record_legal_hold(
     tx: &mut Tx,
     task_id: &str,
@@ -163,15 +164,18 @@ pub(super) async fn record_legal_hold(
     tenant_id: &str,
     store: &str,
     hold: &NewLegalHold,
+    replaces: bool,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    for table in ["dsr_hold_records", "dsr_hold_subjects"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE hold_id = $1"))
-            .bind(task_id)
-            .execute(&mut **tx)
-            .await?;
+    if replaces {
+        for table in ["dsr_hold_records", "dsr_hold_subjects"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE hold_id = $1"))
+                .bind(task_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM dsr_holds WHERE id = $1").bind(task_id).execute(&mut **tx).await?;
     }
-    sqlx::query("DELETE FROM dsr_holds WHERE id = $1").bind(task_id).execute(&mut **tx).await?;
     let mut records = hold.records.clone();
     records.sort_unstable();
     records.dedup();

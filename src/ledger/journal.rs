@@ -33,7 +33,10 @@ use super::{
 };
 use crate::{
     clock::to_millis,
-    db::{Backend, Tx},
+    db::{
+        rows::{Rows, Value},
+        Backend, Tx,
+    },
 };
 
 /// Journal rows linked per seal: one statement's worth.
@@ -50,47 +53,57 @@ pub(super) async fn append(tx: &mut Tx, ev: &NewEvent<'_>, at: DateTime<Utc>) ->
     append_all(tx, std::slice::from_ref(ev), at).await
 }
 
-/// Journal columns an event binds.
-const JOURNAL_COLUMNS: usize = 12;
+/// The journal's columns an event fills.
+const JOURNAL_COLUMNS: &[&str] = &[
+    "at",
+    "request_id",
+    "tenant_id",
+    "store",
+    "action",
+    "attempt",
+    "records_found",
+    "records_affected",
+    "actor",
+    "subject_tag",
+    "detail",
+    "subject_tags",
+];
+
+/// Adds `events` to `rows`, as journal rows in this order (ids ascend within one statement).
+pub(super) fn add_rows(rows: &mut Rows, events: &[NewEvent<'_>], at: DateTime<Utc>) -> sqlx::Result<()> {
+    let mut values = Vec::with_capacity(events.len());
+    for ev in events {
+        let mut tags = ev.subject_tags.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        let tags = serde_json::to_string(&tags).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        values.push(vec![
+            to_millis(at).into(),
+            ev.request_id.into(),
+            ev.tenant_id.into(),
+            ev.store.into(),
+            ev.action.into(),
+            ev.attempt.into(),
+            ev.counts.map(|c| c.0 as i64).into(),
+            ev.counts.map(|c| c.1 as i64).into(),
+            ev.actor.into(),
+            ev.subject_tag.into(),
+            ev.detail.into(),
+            Value::from(&tags),
+        ]);
+    }
+    rows.add("dsr_event_journal", JOURNAL_COLUMNS, values);
+    Ok(())
+}
 
 /// Records `events` in the journal, in `tx`, in this order (ids ascend within one statement),
 /// in one `INSERT` per `MAX_ROWS`.
 pub(super) async fn append_all(tx: &mut Tx, events: &[NewEvent<'_>], at: DateTime<Utc>) -> sqlx::Result<()> {
     const MAX_ROWS: usize = 500;
     for chunk in events.chunks(MAX_ROWS) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                let cols: Vec<String> =
-                    (1..=JOURNAL_COLUMNS).map(|c| format!("${}", r * JOURNAL_COLUMNS + c)).collect();
-                format!("({})", cols.join(", "))
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO dsr_event_journal (at, request_id, tenant_id, store, action, attempt, records_found, \
-             records_affected, actor, subject_tag, detail, subject_tags) VALUES {}",
-            rows.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for ev in chunk {
-            let mut tags = ev.subject_tags.to_vec();
-            tags.sort_unstable();
-            tags.dedup();
-            let tags = serde_json::to_string(&tags).map_err(|e| sqlx::Error::Encode(e.into()))?;
-            q = q
-                .bind(to_millis(at))
-                .bind(ev.request_id)
-                .bind(ev.tenant_id)
-                .bind(ev.store)
-                .bind(ev.action)
-                .bind(ev.attempt)
-                .bind(ev.counts.map(|c| c.0 as i64))
-                .bind(ev.counts.map(|c| c.1 as i64))
-                .bind(ev.actor)
-                .bind(ev.subject_tag)
-                .bind(ev.detail)
-                .bind(tags);
-        }
-        q.execute(&mut **tx).await?;
+        let mut rows = Rows::default();
+        add_rows(&mut rows, chunk, at)?;
+        rows.insert_each(tx).await?;
     }
     Ok(())
 }

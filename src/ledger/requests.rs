@@ -9,7 +9,10 @@ use super::{
 };
 use crate::{
     clock::{from_millis, to_millis},
-    db::Tx,
+    db::{
+        rows::{Rows, Value},
+        Backend, Tx,
+    },
     domain::{derive_status_under_holds, OutcomeState, Regime, RequestKind, RequestStatus},
 };
 
@@ -136,12 +139,33 @@ impl Ledger {
     /// idempotency key already used: the same payload returns that request, another payload is a
     /// conflict.
     pub async fn submit(&self, new: &NewDsrRequest) -> Result<Submitted> {
+        let rows = request_rows(new)?;
+        if self.db.backend() == Backend::Postgres {
+            // Every row in one statement: one round trip, atomic by itself. A used idempotency
+            // key fails it on the key's unique index (after the other writer committed, if it
+            // was still writing); then the row holding the key answers.
+            return match rows.insert_at_once(self.db.pool()).await {
+                Ok(()) => Ok(Submitted::Created(new.id.clone())),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    match &new.idempotency_hash {
+                        Some(key) => match self.find_idempotent(key, &new.payload_hash).await? {
+                            Some(id) => Ok(Submitted::Existing(id)),
+                            // Its holder is gone (pruned) since: a conflict, as two racing
+                            // submits with one key and different payloads are.
+                            None => Err(LedgerError::IdempotencyConflict),
+                        },
+                        None => Err(sqlx::Error::Database(e).into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         for attempt in 0..2 {
             let mut tx = self.begin_chained().await?;
             if let Some(found) = find_by_idempotency(&mut tx, new).await? {
                 return found;
             }
-            match insert_request(&mut tx, new).await {
+            match rows.insert_each(&mut tx).await {
                 Ok(()) => {
                     tx.commit().await?;
                     return Ok(Submitted::Created(new.id.clone()));
@@ -413,54 +437,71 @@ async fn find_by_idempotency(tx: &mut Tx, new: &NewDsrRequest) -> Result<Option<
     }))
 }
 
-async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
+/// What a submit writes: the request, its tasks, its recipients' deliveries, its `submitted`
+/// event.
+fn request_rows(new: &NewDsrRequest) -> sqlx::Result<Rows> {
     let now = to_millis(new.created_at);
-    sqlx::query(
-        "INSERT INTO dsr_requests (id, tenant_id, kind, status, regime, requested_by, actor, idempotency_hash, \
-         payload_hash, subject_tag, subject_json, created_at, due_at, trace_context) \
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(&new.id)
-    .bind(&new.tenant_id)
-    .bind(new.kind.as_str())
-    .bind(new.regime.as_str())
-    .bind(&new.requested_by)
-    .bind(&new.actor)
-    .bind(&new.idempotency_hash)
-    .bind(&new.payload_hash)
-    .bind(&new.subject_tag)
-    .bind(&new.subject_json)
-    .bind(now)
-    .bind(to_millis(new.due_at))
-    .bind(&new.trace_context)
-    .execute(&mut **tx)
-    .await?;
-    // Every task in one statement (a request has a handful: one per store, and an archive).
+    let mut rows = Rows::default();
+    rows.add(
+        "dsr_requests",
+        &[
+            "id",
+            "tenant_id",
+            "kind",
+            "status",
+            "regime",
+            "requested_by",
+            "actor",
+            "idempotency_hash",
+            "payload_hash",
+            "subject_tag",
+            "subject_json",
+            "created_at",
+            "due_at",
+            "trace_context",
+        ],
+        vec![vec![
+            Value::from(&new.id),
+            Value::from(&new.tenant_id),
+            new.kind.as_str().into(),
+            "pending".into(),
+            new.regime.as_str().into(),
+            Value::from(&new.requested_by),
+            Value::from(&new.actor),
+            Value::from(&new.idempotency_hash),
+            Value::from(&new.payload_hash),
+            Value::from(&new.subject_tag),
+            Value::from(&new.subject_json),
+            now.into(),
+            to_millis(new.due_at).into(),
+            Value::from(&new.trace_context),
+        ]],
+    );
+    // A request has a handful of tasks: one per store, and an archive.
     let first_stage = new.stores.iter().map(|(_, stage)| *stage).min().unwrap_or(0);
-    if !new.stores.is_empty() {
-        let rows: Vec<String> = (0..new.stores.len())
-            .map(|i| {
-                let p = i * 5;
-                format!("(${}, $1, ${}, ${}, ${}, 'pending', $2, ${})", p + 3, p + 4, p + 5, p + 6, p + 7)
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO dsr_tasks (id, request_id, store, position, stage, state, attempt_limit, next_run_at) \
-             VALUES {}",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query(&sql).bind(&new.id).bind(new.attempt_limit as i64);
-        for (position, (store, stage)) in new.stores.iter().enumerate() {
-            insert = insert
-                .bind(format!("{}:{store}", new.id))
-                .bind(store)
-                .bind(position as i64)
-                .bind(*stage as i64)
-                .bind(if *stage == first_stage { now } else { BLOCKED });
-        }
-        insert.execute(&mut **tx).await?;
-    }
-    super::deliveries::insert(tx, &new.id, &new.tenant_id, &new.deliveries).await?;
+    let tasks = new
+        .stores
+        .iter()
+        .enumerate()
+        .map(|(position, (store, stage))| {
+            vec![
+                format!("{}:{store}", new.id).as_str().into(),
+                Value::from(&new.id),
+                Value::from(store),
+                (position as i64).into(),
+                (*stage as i64).into(),
+                "pending".into(),
+                (new.attempt_limit as i64).into(),
+                (if *stage == first_stage { now } else { BLOCKED }).into(),
+            ]
+        })
+        .collect();
+    rows.add(
+        "dsr_tasks",
+        &["id", "request_id", "store", "position", "stage", "state", "attempt_limit", "next_run_at"],
+        tasks,
+    );
+    super::deliveries::add_rows(&mut rows, &new.id, &new.tenant_id, &new.deliveries);
     let mut event = NewEvent::request(&new.id, &new.tenant_id, "submitted")
         .actor(&new.actor)
         .subject_tag(&new.subject_tag)
@@ -468,8 +509,8 @@ async fn insert_request(tx: &mut Tx, new: &NewDsrRequest) -> sqlx::Result<()> {
     if let Some(d) = &new.detail {
         event = event.detail(d);
     }
-    event.append(tx, new.created_at).await?;
-    Ok(())
+    super::journal::add_rows(&mut rows, &[event], new.created_at)?;
+    Ok(rows)
 }
 
 async fn status_for_update(tx: &mut Tx, id: &str) -> Result<(String, RequestStatus)> {

@@ -152,7 +152,7 @@ impl Ledger {
                 )
             })
             .collect();
-        let sql = format!(
+        let update = format!(
             "UPDATE dsr_tasks SET state = 'running', attempt = attempt + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
              WHERE id IN (SELECT id FROM ({}) due LIMIT $4) \
@@ -160,14 +160,20 @@ impl Ledger {
             parts.join(" UNION ALL ")
         );
         let now_ms = to_millis(now);
-        let mut q = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now_ms + lease.as_millis() as i64)
-            .bind(now_ms)
-            .bind(room as i64);
-        for (store, limit) in &queues {
-            q = q.bind(*store).bind((*limit).min(room) as i64);
+        let binds = ClaimBinds {
+            owner,
+            lease_until: now_ms + lease.as_millis() as i64,
+            now: now_ms,
+            room,
+            queues: &queues,
+        };
+        if self.db.backend() == Backend::Postgres {
+            // One statement, one round trip (three when nothing is due: begin, claim, commit).
+            let sql = claim_statement(&update);
+            let rows = binds.bind(sqlx::query(&sql)).fetch_all(self.db.pool()).await?;
+            return rows.iter().map(|r| claimed_task(r, r)).collect::<sqlx::Result<_>>().map_err(Into::into);
         }
+        let q = binds.bind(sqlx::query(&update));
         let mut tx = self.begin_chained().await?;
         let rows = q.fetch_all(&mut *tx).await?;
         if rows.is_empty() {
@@ -196,18 +202,7 @@ impl Ledger {
         for row in rows {
             let request_id: String = row.try_get("request_id")?;
             let req = requests.get(&request_id).ok_or(sqlx::Error::RowNotFound)?;
-            claimed.push(ClaimedTask {
-                task_id: row.try_get("id")?,
-                tenant_id: req.try_get("tenant_id")?,
-                store: row.try_get("store")?,
-                kind: decode_enum(req.try_get("kind")?, RequestKind::from_db)?,
-                attempt: row.try_get::<i64, _>("attempt")? as u32,
-                attempt_limit: row.try_get::<i64, _>("attempt_limit")? as u32,
-                subject_json: req.try_get("subject_json")?,
-                found_checkpoint: row.try_get::<Option<i64>, _>("found_checkpoint")?.map(|n| n as u64),
-                trace_context: req.try_get("trace_context")?,
-                request_id,
-            });
+            claimed.push(claimed_task(&row, req)?);
         }
         let events: Vec<NewEvent> = claimed
             .iter()
@@ -363,9 +358,17 @@ impl Ledger {
         }
         let mut tx = self.begin_chained().await?;
         let mut applied = Vec::with_capacity(tasks.len());
+        let mut events = Vec::with_capacity(tasks.len());
         for (task, result) in tasks {
-            applied.push(end_task_in(&mut tx, task, result, now).await?);
+            let ended = end_task_in(&mut tx, task, result, now).await?;
+            applied.push(!matches!(ended, TaskEnded::NotOurs));
+            events.extend(match ended {
+                TaskEnded::Ended(event) => Some(event),
+                TaskEnded::NotOurs | TaskEnded::Requeued => None,
+            });
         }
+        // The batch's `outcome` events in one statement, in task order.
+        NewEvent::append_all(&events, &mut tx, now).await?;
         if !applied.contains(&true) {
             return Ok(FinishedTogether { applied, status: None });
         }
@@ -432,15 +435,83 @@ impl Ledger {
     }
 }
 
-/// One task's part of `Ledger::finish_all`, inside its transaction (which holds the chain
-/// lock): the task's row, its `outcome` event, its legal hold — not the request's status.
-/// `false`, and nothing written, when the task is no longer ours.
-async fn end_task_in(
+/// What `claim_due`'s statement binds: $1 owner, $2 lease end, $3 now, $4 room; then each
+/// queue's store and limit.
+struct ClaimBinds<'a> {
+    owner: &'a str,
+    lease_until: i64,
+    now: i64,
+    room: usize,
+    queues: &'a [(&'a str, usize)],
+}
+
+impl<'a> ClaimBinds<'a> {
+    fn bind(
+        &self,
+        q: sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments<'a>>,
+    ) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments<'a>> {
+        let mut q = q.bind(self.owner).bind(self.lease_until).bind(self.now).bind(self.room as i64);
+        for (store, limit) in self.queues {
+            q = q.bind(*store).bind((*limit).min(self.room) as i64);
+        }
+        q
+    }
+}
+
+/// Postgres: `claim_due` in one statement. The claiming `UPDATE` (`update`, binds as
+/// `claim_due`'s) is a data-modifying `WITH`; beside it the requests move to IN_PROGRESS and the
+/// `task_started` events go to the journal, and the claimed rows come back joined to their
+/// requests. All parts see one snapshot: the requests' columns read here are ones the claim
+/// does not change. As one statement it is one transaction, as the three-statement version on
+/// SQLite is.
+fn claim_statement(update: &str) -> String {
+    format!(
+        "WITH claimed AS ({update}), \
+         started AS (UPDATE dsr_requests SET status = 'in_progress', version = version + 1 \
+           WHERE id IN (SELECT request_id FROM claimed) AND status IN ('pending', 'in_progress')), \
+         logged AS (INSERT INTO dsr_event_journal (at, request_id, tenant_id, store, action, attempt) \
+           SELECT $3, c.request_id, r.tenant_id, c.store, 'task_started', c.attempt \
+           FROM claimed c JOIN dsr_requests r ON r.id = c.request_id ORDER BY c.request_id, c.store) \
+         SELECT c.id, c.request_id, c.store, c.attempt, c.attempt_limit, c.found_checkpoint, \
+           r.tenant_id, r.kind, r.subject_json, r.trace_context \
+         FROM claimed c JOIN dsr_requests r ON r.id = c.request_id"
+    )
+}
+
+/// A claimed task from its row and its request's (on Postgres one row holds both).
+fn claimed_task(task: &sqlx::any::AnyRow, request: &sqlx::any::AnyRow) -> sqlx::Result<ClaimedTask> {
+    Ok(ClaimedTask {
+        task_id: task.try_get("id")?,
+        request_id: task.try_get("request_id")?,
+        tenant_id: request.try_get("tenant_id")?,
+        store: task.try_get("store")?,
+        kind: decode_enum(request.try_get("kind")?, RequestKind::from_db)?,
+        attempt: task.try_get::<i64, _>("attempt")? as u32,
+        attempt_limit: task.try_get::<i64, _>("attempt_limit")? as u32,
+        subject_json: request.try_get("subject_json")?,
+        found_checkpoint: task.try_get::<Option<i64>, _>("found_checkpoint")?.map(|n| n as u64),
+        trace_context: request.try_get("trace_context")?,
+    })
+}
+
+/// How `end_task_in` left a task.
+enum TaskEnded<'a> {
+    /// A newer attempt owns it: nothing written.
+    NotOurs,
+    /// Its litigation hold was released meanwhile: due again, no event.
+    Requeued,
+    /// Ended with the store's result; its `outcome` event is for the caller to append.
+    Ended(NewEvent<'a>),
+}
+
+/// One task's part of `Ledger::finish_all`, inside its transaction: the task's row and its
+/// legal hold, and the `outcome` event to append — not the request's status.
+async fn end_task_in<'a>(
     tx: &mut Tx,
-    task: &ClaimedTask,
-    result: &TaskResult,
+    task: &'a ClaimedTask,
+    result: &'a TaskResult,
     now: DateTime<Utc>,
-) -> Result<bool> {
+) -> Result<TaskEnded<'a>> {
     let litigation = match &result.hold {
         Some(TaskHold::Litigation(id)) => Some(id.as_str()),
         _ => None,
@@ -464,7 +535,7 @@ async fn end_task_in(
             .execute(&mut **tx)
             .await?
             .rows_affected();
-            return Ok(n == 1);
+            return Ok(if n == 1 { TaskEnded::Requeued } else { TaskEnded::NotOurs });
         }
     }
     let n = sqlx::query(
@@ -487,7 +558,7 @@ async fn end_task_in(
     .await?
     .rows_affected();
     if n == 0 {
-        return Ok(false);
+        return Ok(TaskEnded::NotOurs);
     }
     if let Some(archive) = &result.export {
         super::exports::upsert_export(tx, archive).await?;
@@ -499,10 +570,20 @@ async fn end_task_in(
     if let Some(d) = &result.detail {
         event = event.detail(d);
     }
-    event.append(tx, now).await?;
     if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
-        record_legal_hold(tx, &task.task_id, &task.request_id, &task.tenant_id, &task.store, hold, now)
-            .await?;
+        // A first attempt has no earlier hold of its own to replace (attempt numbers only grow).
+        let replaces = task.attempt > 1;
+        record_legal_hold(
+            tx,
+            &task.task_id,
+            &task.request_id,
+            &task.tenant_id,
+            &task.store,
+            hold,
+            replaces,
+            now,
+        )
+        .await?;
     }
-    Ok(true)
+    Ok(TaskEnded::Ended(event))
 }

@@ -168,7 +168,8 @@ impl Ledger {
             queues: &queues,
         };
         if self.db.backend() == Backend::Postgres {
-            // One statement, one round trip (three when nothing is due: begin, claim, commit).
+            // One statement, one round trip, claimed or not (a transaction is begin, claim, commit
+            // and more).
             let sql = claim_statement(&update);
             let rows = binds.bind(sqlx::query(&sql)).fetch_all(self.db.pool()).await?;
             return rows.iter().map(|r| claimed_task(r, r)).collect::<sqlx::Result<_>>().map_err(Into::into);

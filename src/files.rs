@@ -56,6 +56,45 @@ pub fn make_private(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making {} private (0600)", file.display()))
 }
 
+/// Bytes written to a file between two requests to start writing them to disk (`Writeback`).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts the disk writes of a large file while it is being written, a few MiB at a time,
+/// instead of leaving every byte to the `fsync` at its end: the writes then overlap the rest of
+/// the work (receiving, hashing), and the final `fsync` waits only for the last few MiB.
+/// Measured on a 1 GiB archive, that wait was most of the gap to `cat` + `fsync`, because the
+/// kernel starts writing dirty pages on its own only past `dirty_background_ratio` (10% of the
+/// machine's memory). Only a hint: errors surface at the `fsync`, which still decides.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    unsent: u64,
+}
+
+impl Writeback {
+    /// Counts `bytes` just written to `file`; every `WRITEBACK_EVERY` bytes, starts writing
+    /// what is dirty back to disk, without waiting for it.
+    pub fn wrote(&mut self, file: &std::fs::File, bytes: u64) {
+        self.unsent += bytes;
+        if self.unsent >= WRITEBACK_EVERY {
+            self.unsent = 0;
+            start_writeback(file);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range(2) touches no memory of ours; on a bad descriptor it returns an
+    // error, which is ignored: this is a hint, and the fsync that follows reports failures.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File) {}
+
 // dsr runs on Linux; elsewhere these keep it building, with the platform's own defaults.
 #[cfg(not(unix))]
 pub fn restrict_umask() {}

@@ -111,6 +111,30 @@ impl Rows {
         (sql, self.values().collect())
     }
 
+    /// The rows as the `WITH` clause (`WITH w0 AS (INSERT …), … `) of a Postgres statement of
+    /// the caller's, which binds its own parameters first: the rows' are numbered from `first`.
+    /// Empty when there are no rows.
+    pub fn with_clause(&self, first: usize) -> (String, Vec<&Value>) {
+        if self.inserts.is_empty() {
+            return (String::new(), Vec::new());
+        }
+        let mut next = first;
+        let mut parts = Vec::with_capacity(self.inserts.len());
+        for (i, insert) in self.inserts.iter().enumerate() {
+            parts.push(format!("w{i} AS ({})", insert.sql(next)));
+            next += insert.params();
+        }
+        (format!("WITH {} ", parts.join(", ")), self.values().collect())
+    }
+
+    /// Binds `values` (from `with_clause`) after the caller's own parameters.
+    pub fn bind_values<'q>(
+        q: Query<'q, Any, AnyArguments<'q>>,
+        values: Vec<&'q Value>,
+    ) -> Query<'q, Any, AnyArguments<'q>> {
+        bind_all(q, values)
+    }
+
     fn values(&self) -> impl Iterator<Item = &Value> {
         self.inserts.iter().flat_map(|i| i.rows.iter().flatten())
     }
@@ -172,5 +196,15 @@ mod tests {
         );
         assert_eq!(values.len(), 6);
         assert_eq!(values[4], &Value::from("c2"));
+    }
+
+    #[test]
+    fn a_with_clause_numbers_its_parameters_after_the_callers() {
+        let mut rows = Rows::default();
+        rows.add("journal", &["a", "b"], vec![vec!["x".into(), 1.into()], vec!["y".into(), 2.into()]]);
+        let (with, values) = rows.with_clause(3);
+        assert_eq!(with, "WITH w0 AS (INSERT INTO journal (a, b) VALUES ($3, $4), ($5, $6)) ");
+        assert_eq!(values.len(), 4);
+        assert!(Rows::default().with_clause(1).0.is_empty());
     }
 }

@@ -604,15 +604,32 @@ pub(super) async fn refresh_status(
     tenant: &str,
     now: DateTime<Utc>,
 ) -> Result<RequestStatus> {
+    refresh_status_after(tx, id, tenant, &[], now).await
+}
+
+/// `refresh_status`, after appending `events` (the tasks' own, which come before the request's
+/// closing event). On Postgres they go in the statement that locks the request's row: one round
+/// trip for both.
+pub(super) async fn refresh_status_after(
+    tx: &mut Tx,
+    id: &str,
+    tenant: &str,
+    events: &[NewEvent<'_>],
+    now: DateTime<Utc>,
+) -> Result<RequestStatus> {
     // Two tasks of one request ending at once must not both miss the other's end (READ COMMITTED
     // write skew: neither would unblock the next stage or complete the request; the deletion
-    // benchmark caught one such request in a thousand). Lock the request row first; SQLite's
-    // single writer already serialises these transactions.
+    // benchmark caught one such request in a thousand). Lock the request row first, in a
+    // statement of its own: the tasks are read by the next one, whose snapshot is taken once
+    // the lock is held. SQLite's single writer already serialises these transactions.
     if tx.backend_name() == "PostgreSQL" {
-        sqlx::query("SELECT id FROM dsr_requests WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        let mut rows = Rows::default();
+        super::journal::add_rows(&mut rows, events, now)?;
+        let (with, values) = rows.with_clause(2);
+        let lock = format!("{with}SELECT id FROM dsr_requests WHERE id = $1 FOR UPDATE");
+        Rows::bind_values(sqlx::query(&lock).bind(id), values).execute(&mut **tx).await?;
+    } else {
+        NewEvent::append_all(events, tx, now).await?;
     }
     let rows = sqlx::query(
         "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
@@ -680,23 +697,32 @@ pub(super) async fn refresh_status(
     // the request completes only once every recipient has acknowledged.
     let status = super::deliveries::settle(tx, id, derive_status_under_holds(outcomes, held), now).await?;
     let terminal = status.is_terminal();
-    sqlx::query(
-        "UPDATE dsr_requests SET status = $1, version = version + 1, \
+    // Every caller changed a task of a request that was still open (finish, fail, cancel) or
+    // reopened a failed one (retry), so a terminal status here is always a new one, and gets its
+    // event: on Postgres in the same statement as the status (a `WITH` of the `UPDATE`).
+    let closing = [NewEvent::request(id, tenant, status.as_str())];
+    let closing: &[NewEvent] = if terminal { &closing } else { &[] };
+    let mut rows = Rows::default();
+    let postgres = tx.backend_name() == "PostgreSQL";
+    if postgres {
+        super::journal::add_rows(&mut rows, closing, now)?;
+    }
+    let (with, values) = rows.with_clause(6);
+    let update = format!(
+        "{with}UPDATE dsr_requests SET status = $1, version = version + 1, \
          completed_at = CASE WHEN $2 = 1 THEN $3 ELSE NULL END, \
          subject_json = CASE WHEN $4 = 1 THEN NULL ELSE subject_json END \
-         WHERE id = $5",
-    )
-    .bind(status.as_str())
-    .bind(terminal as i64)
-    .bind(to_millis(now))
-    .bind((matches!(status, RequestStatus::Completed | RequestStatus::Cancelled) && !held) as i64)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    // Every caller changed a task of a request that was still open (finish, fail, cancel) or
-    // reopened a failed one (retry), so a terminal status here is always a new one.
-    if terminal {
-        NewEvent::request(id, tenant, status.as_str()).append(tx, now).await?;
+         WHERE id = $5"
+    );
+    let q = sqlx::query(&update)
+        .bind(status.as_str())
+        .bind(terminal as i64)
+        .bind(to_millis(now))
+        .bind((matches!(status, RequestStatus::Completed | RequestStatus::Cancelled) && !held) as i64)
+        .bind(id);
+    Rows::bind_values(q, values).execute(&mut **tx).await?;
+    if !postgres {
+        NewEvent::append_all(closing, tx, now).await?;
     }
     Ok(status)
 }

@@ -9,7 +9,7 @@ use super::{
     decode_enum,
     events::NewEvent,
     holds::{record_legal_hold, NewLegalHold},
-    requests::refresh_status,
+    requests::{refresh_status, refresh_status_after},
     Ledger, Result,
 };
 use crate::{
@@ -368,12 +368,12 @@ impl Ledger {
                 TaskEnded::NotOurs | TaskEnded::Requeued => None,
             });
         }
-        // The batch's `outcome` events in one statement, in task order.
-        NewEvent::append_all(&events, &mut tx, now).await?;
         if !applied.contains(&true) {
+            // Nothing written (no task was ours, so no event either).
             return Ok(FinishedTogether { applied, status: None });
         }
-        let status = refresh_status(&mut tx, &first.request_id, &first.tenant_id, now).await?;
+        // The batch's `outcome` events in one statement, in task order, before the status.
+        let status = refresh_status_after(&mut tx, &first.request_id, &first.tenant_id, &events, now).await?;
         tx.commit().await?;
         Ok(FinishedTogether { applied, status: Some(status) })
     }
@@ -408,12 +408,10 @@ impl Ledger {
         if n == 0 {
             return Ok(Fenced::Stale);
         }
-        NewEvent::request(&task.request_id, &task.tenant_id, action)
+        let event = NewEvent::request(&task.request_id, &task.tenant_id, action)
             .store(&task.store, task.attempt)
-            .detail(if next_run_at.is_some() { "transient" } else { "failed" })
-            .append(&mut tx, now)
-            .await?;
-        let status = refresh_status(&mut tx, &task.request_id, &task.tenant_id, now).await?;
+            .detail(if next_run_at.is_some() { "transient" } else { "failed" });
+        let status = refresh_status_after(&mut tx, &task.request_id, &task.tenant_id, &[event], now).await?;
         tx.commit().await?;
         Ok(Fenced::Applied(status))
     }

@@ -21,6 +21,7 @@ mod call;
 mod catalog;
 mod concerns;
 mod export;
+mod local_upload;
 mod objects;
 mod query;
 pub mod reference;

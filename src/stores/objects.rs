@@ -38,11 +38,15 @@ fn open(url: &str, fsync: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
                 .to_file_path()
                 .map_err(|_| anyhow::anyhow!("an object store URL must be file:///absolute/dir"))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let local = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(fsync);
+            // What must be durable is written back to disk as it is written (`local_upload`).
+            let local: Arc<dyn ObjectStore> = if fsync {
+                Arc::new(super::local_upload::WritebackLocal::new(local))
+            } else {
+                Arc::new(local)
+            };
             // Reads stream in large chunks (the default is 8 KiB): fewer, bigger copies.
-            Ok(Arc::new(ChunkedStore::new(
-                Arc::new(LocalFileSystem::new_with_prefix(&dir)?.with_fsync(fsync)),
-                LOCAL_READ_CHUNK,
-            )))
+            Ok(Arc::new(ChunkedStore::new(local, LOCAL_READ_CHUNK)))
         }
         "s3" => {
             // The S3 client's TLS uses the process-wide rustls provider (ring).

@@ -140,15 +140,24 @@ impl Ledger {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        // $1 owner, $2 lease end, $3 now, $4 room; then each queue's store and limit.
+        // $1 owner, $2 lease end, $3 now, $4 room; then each queue's store and limit. A queue's
+        // tasks whose worker died (lease expired) come first, then its due ones in due order:
+        // two scans, each stopping at the limit, so that the due ones are read in index order
+        // (`dsr_tasks_due`). One scan of both with an `OR` read every due task of the store
+        // and sorted them at each claim: with a backlog of a thousand requests, 1.4–2.5 ms a
+        // claim, the largest database cost of `dsr bench deletions`.
         let parts: Vec<String> = (0..queues.len())
             .map(|i| {
                 let (store, limit) = (5 + 2 * i, 6 + 2 * i);
                 format!(
-                    "SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE \
-                     ((t.store = ${store} AND t.state = 'pending' AND t.next_run_at <= $3) \
-                      OR (t.store = ${store} AND t.state = 'running' AND t.lease_until < $3 AND t.attempt < t.attempt_limit)) \
-                     ORDER BY t.next_run_at LIMIT ${limit} {lock}) q{i}"
+                    "SELECT id FROM (SELECT id FROM (\
+                       SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE t.store = ${store} AND t.state = 'running' \
+                         AND t.lease_until < $3 AND t.attempt < t.attempt_limit \
+                         ORDER BY t.lease_until LIMIT ${limit} {lock}) expired{i} \
+                       UNION ALL \
+                       SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE t.store = ${store} AND t.state = 'pending' \
+                         AND t.next_run_at <= $3 ORDER BY t.next_run_at LIMIT ${limit} {lock}) due{i}\
+                     ) both{i} LIMIT ${limit}) q{i}"
                 )
             })
             .collect();

@@ -84,7 +84,7 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
         let mut watch =
             client.clone().watch_request(pb::WatchRequestRequest { id: id.clone() }).await?.into_inner();
         let mut last = None;
-        while let Some(r) = watch.message().await? {
+        while let Some(r) = super::next_change(&mut watch).await? {
             last = Some(r.status);
         }
         failed += usize::from(last != Some(pb::RequestStatus::Completed as i32));

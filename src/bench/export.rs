@@ -222,7 +222,7 @@ async fn export_once(client: &mut Client, subject: &pb::Subject) -> anyhow::Resu
     let mut watch =
         client.watch_request(pb::WatchRequestRequest { id: submitted.id.clone() }).await?.into_inner();
     let mut last = None;
-    while let Some(r) = watch.message().await? {
+    while let Some(r) = super::next_change(&mut watch).await? {
         last = Some(r);
     }
     let secs = started.elapsed().as_secs_f64();

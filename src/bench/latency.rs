@@ -64,7 +64,7 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
         let mut watch =
             client.watch_request(pb::WatchRequestRequest { id: r.id.clone() }).await?.into_inner();
         let mut status = r.status;
-        while let Some(m) = watch.message().await? {
+        while let Some(m) = super::next_change(&mut watch).await? {
             status = m.status;
         }
         deletion.push(started.elapsed());

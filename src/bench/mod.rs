@@ -22,6 +22,24 @@ use std::path::PathBuf;
 
 use crate::config::{Locations, MetricsListen, Settings};
 
+/// The longest a benchmark waits for the request it watches to change. Longer means the
+/// engine is stuck (a store or the ledger failing every attempt: its warnings are on stderr),
+/// and the benchmark says so instead of waiting for ever.
+const STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The next message of a `WatchRequest` stream, or an error once none came for `STALL`.
+async fn next_change(
+    watch: &mut tonic::Streaming<crate::api::pb::DsrRequest>,
+) -> anyhow::Result<Option<crate::api::pb::DsrRequest>> {
+    match tokio::time::timeout(STALL, watch.message()).await {
+        Ok(next) => Ok(next?),
+        Err(_) => anyhow::bail!(
+            "a watched request did not change for {} s: the engine is stuck (the warnings above say why)",
+            STALL.as_secs()
+        ),
+    }
+}
+
 /// Where a benchmark runs. Flags only, no `DSR_*`/`DATABASE_URL` environment: a shell set up for
 /// `dsr serve` must not point a benchmark at the server's data.
 #[derive(Debug, Clone, clap::Args)]

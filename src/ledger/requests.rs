@@ -622,7 +622,8 @@ pub(super) async fn refresh_status_after(
     // benchmark caught one such request in a thousand). Lock the request row first, in a
     // statement of its own: the tasks are read by the next one, whose snapshot is taken once
     // the lock is held. SQLite's single writer already serialises these transactions.
-    if tx.backend_name() == "PostgreSQL" {
+    let postgres = tx.backend_name() == "PostgreSQL";
+    if postgres {
         let mut rows = Rows::default();
         super::journal::add_rows(&mut rows, events, now)?;
         let (with, values) = rows.with_clause(2);
@@ -703,7 +704,6 @@ pub(super) async fn refresh_status_after(
     let closing = [NewEvent::request(id, tenant, status.as_str())];
     let closing: &[NewEvent] = if terminal { &closing } else { &[] };
     let mut rows = Rows::default();
-    let postgres = tx.backend_name() == "PostgreSQL";
     if postgres {
         super::journal::add_rows(&mut rows, closing, now)?;
     }

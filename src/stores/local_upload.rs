@@ -64,16 +64,12 @@ impl ObjectStore for WritebackLocal {
             return self.inner.put_multipart_opts(location, opts).await;
         }
         let dest = self.inner.path_to_filesystem(location)?;
-        let (file, staging, dest) = blocking(move || {
+        let staged = blocking(move || {
             let (file, staging) = staged(&dest)?;
-            Ok((file, staging, dest))
+            Ok(Staged { file, writeback: Writeback::default(), staging, dest })
         })
         .await?;
-        Ok(Box::new(Upload {
-            state: Arc::new(Mutex::new(Some(Staged { file, writeback: Writeback::default() }))),
-            paths: Some((staging, dest)),
-            offset: 0,
-        }))
+        Ok(Box::new(Upload { state: Arc::new(Mutex::new(Some(staged))), offset: 0 }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -133,19 +129,12 @@ fn staged(dest: &std::path::Path) -> std::io::Result<(File, PathBuf)> {
     }
 }
 
-/// The staging file while parts arrive (`None` once completed or aborted).
+/// An upload's staging file while parts arrive, and where it goes when complete.
 struct Staged {
     file: File,
     writeback: Writeback,
-}
-
-#[derive(Debug)]
-struct Upload {
-    state: Arc<Mutex<Option<Staged>>>,
-    /// The staging file and the destination (`None` once completed or aborted).
-    paths: Option<(PathBuf, PathBuf)>,
-    /// Where the next part goes.
-    offset: u64,
+    staging: PathBuf,
+    dest: PathBuf,
 }
 
 impl fmt::Debug for Staged {
@@ -154,8 +143,23 @@ impl fmt::Debug for Staged {
     }
 }
 
-fn aborted() -> object_store::Error {
-    io_error(std::io::Error::other("the upload was completed or aborted"))
+#[derive(Debug)]
+struct Upload {
+    /// `None` once completed or aborted.
+    state: Arc<Mutex<Option<Staged>>>,
+    /// Where the next part goes.
+    offset: u64,
+}
+
+impl Upload {
+    /// The staging file, taken out: the upload has ended, whatever comes next.
+    fn take(state: &Mutex<Option<Staged>>) -> Option<Staged> {
+        state.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+fn ended() -> std::io::Error {
+    std::io::Error::other("the upload was completed or aborted")
 }
 
 /// Runs blocking file work off the async threads.
@@ -174,7 +178,7 @@ impl MultipartUpload for Upload {
         Box::pin(async move {
             blocking(move || {
                 let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-                let staged = guard.as_mut().ok_or_else(|| std::io::Error::other("upload ended"))?;
+                let staged = guard.as_mut().ok_or_else(ended)?;
                 let mut at = offset;
                 for piece in data.iter() {
                     staged.file.write_all_at(piece, at)?;
@@ -188,19 +192,13 @@ impl MultipartUpload for Upload {
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        let (staging, dest) = self.paths.take().ok_or_else(aborted)?;
         let state = self.state.clone();
-        let inner_dest = dest.clone();
         blocking(move || {
-            let staged = state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .ok_or_else(|| std::io::Error::other("upload ended"))?;
-            staged.file.sync_all()?;
-            drop(staged);
-            std::fs::rename(&staging, &inner_dest)?;
-            if let Some(dir) = inner_dest.parent() {
+            let Staged { file, staging, dest, .. } = Upload::take(&state).ok_or_else(ended)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&staging, &dest)?;
+            if let Some(dir) = dest.parent() {
                 File::open(dir)?.sync_all()?;
             }
             Ok(())
@@ -210,12 +208,11 @@ impl MultipartUpload for Upload {
     }
 
     async fn abort(&mut self) -> Result<()> {
-        let Some((staging, _)) = self.paths.take() else {
-            return Ok(());
-        };
         let state = self.state.clone();
         blocking(move || {
-            state.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(Staged { staging, .. }) = Upload::take(&state) else {
+                return Ok(());
+            };
             match std::fs::remove_file(&staging) {
                 Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
                 _ => Ok(()),

@@ -125,20 +125,30 @@ pub async fn assemble(
             let exporter = adapter.as_export();
             let mut taken = NameSet::default();
             let mut erased = 0;
-            let mut listed = part_files(storage, job.request_id, part).await?;
-            while let Some(file) = listed.try_next().await? {
-                let exporter = exporter.ok_or_else(|| {
-                    StoreError::Fatal(format!("the {} store lists no files to read", part.store))
-                })?;
-                let src = match exporter.read_file(&file.key).await {
-                    Ok(src) => src,
-                    // Erased since it was listed: a deletion of the subject ran meanwhile. The
-                    // archive cannot hold it, and the platform no longer does; the manifest says so.
-                    Err(StoreError::Gone(_)) => {
-                        erased += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+            // Files are opened a few ahead of the one being written, in order: a small file's
+            // open and reads are each a hop to a blocking thread, which one after the other
+            // left the archive waiting most of the time (100,000 files of 1 KiB: 16.8 s).
+            let mut listed = part_files(storage, job.request_id, part)
+                .await?
+                .map_ok(|file| async move {
+                    let exporter = exporter.ok_or_else(|| {
+                        StoreError::Fatal(format!("the {} store lists no files to read", part.store))
+                    })?;
+                    let src = match exporter.read_file(&file.key).await {
+                        Ok(src) => Some(read_ahead(src).await?),
+                        // Erased since it was listed: a deletion of the subject ran meanwhile.
+                        // The archive cannot hold it, and the platform no longer does; the
+                        // manifest says so.
+                        Err(StoreError::Gone(_)) => None,
+                        Err(e) => return Err(e),
+                    };
+                    Ok((file, src))
+                })
+                .try_buffered(READ_AHEAD_FILES);
+            while let Some((file, src)) = listed.try_next().await? {
+                let Some(src) = src else {
+                    erased += 1;
+                    continue;
                 };
                 let file_name = format!("{}/{}", part.store, taken.unique(&file.name));
                 let (bytes, sha256) = zip.add(&file_name, modified, src).await?;
@@ -210,6 +220,29 @@ async fn part_files<'a>(
         },
     );
     Ok(lines.boxed())
+}
+
+/// Files opened ahead of the one going into the archive.
+const READ_AHEAD_FILES: usize = 8;
+
+/// Bytes of a file read ahead: all of a small one. Each file read ahead holds at most this
+/// plus one read (`stores::objects`: 512 KiB on a local disk), so a few MiB in all.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// Reads the first `READ_AHEAD_BYTES` of `src` (or all of it) now; returns a stream of the same
+/// bytes, the rest read when asked for.
+async fn read_ahead(mut src: ByteStream) -> StoreResult<ByteStream> {
+    let (mut head, mut len) = (Vec::new(), 0);
+    while len < READ_AHEAD_BYTES {
+        match src.try_next().await? {
+            Some(chunk) => {
+                len += chunk.len();
+                head.push(Ok(chunk));
+            }
+            None => return Ok(futures::stream::iter(head).boxed()),
+        }
+    }
+    Ok(futures::stream::iter(head).chain(src).boxed())
 }
 
 async fn read_summary(storage: &ExportStorage, request_id: &str, store: &str) -> StoreResult<PartSummary> {

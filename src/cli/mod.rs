@@ -382,8 +382,8 @@ pub enum AuditCommand {
 ///   (`stores::objects`); by default glibc maps each one from the kernel and unmaps it when
 ///   freed (or trims the heap it came from), so every buffer was faulted in and zeroed again.
 ///   Buffers below 4 MiB now come from the heap, which keeps up to 128 MiB free before it is
-///   trimmed. Over `dsr bench export` (1 GiB, 3 runs; `perf stat`): 757,000 page faults ->
-///   273,000, the export's median 1.7 -> 1.3 s, peak memory 39 -> 41 MiB.
+///   trimmed. Over `dsr bench export` (1 GiB, 3 runs; `perf stat`): 757,000–889,000 page faults ->
+///   274,000, the export's median 1.7 -> 1.3 s, peak memory 39 -> 41 MiB.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (env, param, value) in [

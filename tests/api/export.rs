@@ -193,6 +193,59 @@ async fn an_export_archive_holds_exactly_the_subjects_data(backend: Backend) {
 }
 both!(an_export_archive_holds_exactly_the_subjects_data);
 
+/// The archive reads files a few ahead of the one it writes: a recording gone from the object
+/// store before it is read is left out and counted, and every other one — one larger than what
+/// is read ahead — is in the archive byte for byte as the object store holds it (read here
+/// from disk, not through the service).
+async fn a_recording_gone_before_the_archive_reads_it_is_counted_and_the_rest_copied_whole(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.seed("acme", 3, 6).await;
+    let target = &acme[1];
+    let recordings_dir = app.dir.path().join("recordings/acme");
+    let mut mine: Vec<std::path::PathBuf> = std::fs::read_dir(&recordings_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("-000001-"))
+        .collect();
+    mine.sort();
+    assert!(mine.len() >= 3, "the subject has recordings to spare: {mine:?}");
+    let gone = mine.remove(1);
+    std::fs::remove_file(&gone).unwrap();
+    // 1.5 MiB: several reads of a local object (512 KiB each), more than a file's read-ahead
+    // (64 KiB), so its rest is read as it is written.
+    let large: Vec<u8> = (0..1536 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&mine[0], &large).unwrap();
+
+    let submitted = app.export(by_email("acme", &target.email), pb::Regime::Gdpr).await;
+    let done = app.wait_terminal(&submitted.id).await;
+    assert_eq!(done.status, RequestStatus::Completed as i32, "{done:#?}");
+    let files = unzip(&app.download(&done.id, 0).await.expect("download"));
+
+    let audio: BTreeMap<String, Vec<u8>> = files
+        .iter()
+        .filter(|(path, _)| path.starts_with("recordings/"))
+        .map(|(path, bytes)| (path.clone(), bytes.clone()))
+        .collect();
+    let expected: BTreeMap<String, Vec<u8>> = mine
+        .iter()
+        .map(|p| {
+            (format!("recordings/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(p).unwrap())
+        })
+        .collect();
+    assert_eq!(audio.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (path, bytes) in &expected {
+        assert!(audio[path] == *bytes, "{path} differs from the stored recording");
+    }
+    assert!(expected.values().any(|b| *b == large), "the large recording is among them");
+
+    let manifest: Manifest = serde_json::from_slice(&files["manifest.json"]).expect("manifest.json parses");
+    let recordings = manifest.stores.iter().find(|s| s.store == "recordings").unwrap();
+    assert_eq!(recordings.files_erased_meanwhile, 1);
+    assert_eq!(recordings.records, target.counts["recordings"] - 1);
+    assert_eq!(recordings.files.len(), mine.len());
+}
+both!(a_recording_gone_before_the_archive_reads_it_is_counted_and_the_rest_copied_whole);
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

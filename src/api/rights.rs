@@ -101,25 +101,31 @@ impl RightsService {
         let region = ctx.config.subjects.region_for(s.subject.tenant.as_str());
         // An export records the person only: its stores find their records as they write their
         // parts, a batch at a time (`resolve::walk`).
-        let resolution = match s.kind {
-            RequestKind::Export => resolve::Resolution {
-                person: resolve::resolve_person(&ctx.stores, &s.subject, region).await?,
-                stores: Default::default(),
-            },
-            _ => resolve::resolve(&ctx.stores, &s.subject, region).await?,
-        };
-        if let (Some(c), Some(identity)) = (&s.corrections, ctx.stores.identity()) {
-            let taken = resolve::taken(identity.as_ref(), &resolution.person, c).await.map_err(|e| {
-                ApiError::Unavailable(format!(
-                    "could not check the corrections against the accounts store: {e}"
-                ))
-            })?;
-            if let Some(field) = taken {
-                return Err(ApiError::AlreadyExists(format!(
-                    "{field}: another subject of this tenant already has this value; nothing was changed"
-                )));
+        // The look-ups share one connection per store database (`db::held`): no other
+        // connection is taken meanwhile, and the ledger is written after.
+        let resolution = crate::db::held::holding(async {
+            let resolution = match s.kind {
+                RequestKind::Export => resolve::Resolution {
+                    person: resolve::resolve_person(&ctx.stores, &s.subject, region).await?,
+                    stores: Default::default(),
+                },
+                _ => resolve::resolve(&ctx.stores, &s.subject, region).await?,
+            };
+            if let (Some(c), Some(identity)) = (&s.corrections, ctx.stores.identity()) {
+                let taken = resolve::taken(identity.as_ref(), &resolution.person, c).await.map_err(|e| {
+                    ApiError::Unavailable(format!(
+                        "could not check the corrections against the accounts store: {e}"
+                    ))
+                })?;
+                if let Some(field) = taken {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "{field}: another subject of this tenant already has this value; nothing was changed"
+                    )));
+                }
             }
-        }
+            Ok::<_, ApiError>(resolution)
+        })
+        .await?;
         let detail = s.corrections.as_ref().map(|c| format!("fields={}", c.field_names().join(",")));
         let subject_tags = ctx.hasher.person_tags(&resolution.person);
         let record = SubjectRecord {

@@ -1,6 +1,7 @@
 //! One handle over either SQL backend (SQLite or Postgres), chosen from the URL. Queries are
 //! written once in the subset both dialects share (`$n` parameters, BIGINT epoch-millisecond
 //! times, TEXT ids); the few that differ ask `backend()`.
+pub mod held;
 pub mod liveness;
 pub mod rows;
 
@@ -21,6 +22,8 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    /// Tells this database's pool from others' (clones share it): `held` keys connections by it.
+    id: u64,
     backend: Backend,
     /// Postgres, the ledger's pool: the schema that holds dsr's own tables, first on every
     /// connection's search path.
@@ -155,12 +158,20 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the database ({}): {e}", backend.name()))?;
-        Ok(Self { pool, backend, schema })
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Self { pool, id, backend, schema })
     }
 
     /// The schema of dsr's own tables (the ledger's pool on Postgres).
     pub fn schema(&self) -> Option<&str> {
         self.schema.as_deref()
+    }
+
+    /// A connection for one statement: the one the current `held::holding` stretch holds for
+    /// this database, or one from the pool.
+    pub async fn conn(&self) -> sqlx::Result<held::Conn> {
+        held::conn(self.id, &self.pool).await
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -9,7 +9,7 @@ use phonenumber::{country, Mode};
 use crate::db::Backend;
 
 /// A region for national phone formats (ISO 3166 alpha-2, `US`, `GB`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Region(country::Id);
 
 impl Region {
@@ -31,28 +31,37 @@ impl Default for Region {
 /// The last phones read on this thread, and their digit forms. One request reads the same few
 /// numbers again and again (once per store probed, once per row found), and a libphonenumber
 /// parse costs about 12 µs, its regular expressions behind one process-wide lock: parsing was 9%
-/// of the submit path's CPU in a profile of `dsr bench submit`. Per thread and a few entries
-/// long, so it holds a handful of numbers for moments, not a directory of them.
+/// of the submit path's CPU in a profile of `dsr bench submit`. Per thread, and a few hundred
+/// entries long: sixteen submits at once, each moving between worker threads, missed a cache of
+/// 32 (still 8% of the path's CPU in parsing); at the rates `bench submit` reaches that is under
+/// a second of requests — a handful of numbers for moments, not a directory of them.
 struct Recent<V> {
-    entries: std::collections::VecDeque<((Region, String), V)>,
+    entries: Option<std::collections::HashMap<(Region, String), V>>,
+    order: std::collections::VecDeque<(Region, String)>,
 }
 
-const RECENT: usize = 32;
+const RECENT: usize = 256;
 
 impl<V: Clone> Recent<V> {
     const fn new() -> Self {
-        Self { entries: std::collections::VecDeque::new() }
+        Self { entries: None, order: std::collections::VecDeque::new() }
     }
 
     fn get_or_insert_with(&mut self, (region, text): (Region, &str), make: impl FnOnce() -> V) -> V {
-        if let Some((_, v)) = self.entries.iter().find(|((r, t), _)| *r == region && t == text) {
+        let entries = self.entries.get_or_insert_with(Default::default);
+        // The key is built for the look-up too: the map's keys are owned `(Region, String)`.
+        let key = (region, text.to_owned());
+        if let Some(v) = entries.get(&key) {
             return v.clone();
         }
         let v = make();
-        if self.entries.len() == RECENT {
-            self.entries.pop_front();
+        if self.order.len() == RECENT {
+            if let Some(oldest) = self.order.pop_front() {
+                entries.remove(&oldest);
+            }
         }
-        self.entries.push_back(((region, text.to_owned()), v.clone()));
+        entries.insert(key.clone(), v.clone());
+        self.order.push_back(key);
         v
     }
 }

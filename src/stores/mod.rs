@@ -28,6 +28,7 @@ pub mod reference;
 pub mod remote;
 mod table;
 pub mod watch;
+mod written;
 
 use std::{collections::HashMap, sync::Arc};
 

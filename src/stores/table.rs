@@ -44,6 +44,16 @@ struct LookupChunk {
     values: usize,
 }
 
+/// One part of a probe: the expression compared (an identifier column, or the compared form of
+/// an email or phone column), the column whose type its values take (`None`: text), and the
+/// values (those that cannot be of that type left out). `part` tells the parts apart in a shape.
+struct Lookup {
+    part: u16,
+    expr: SimpleExpr,
+    typed_as: Option<String>,
+    values: Vec<String>,
+}
+
 /// What one exported row becomes.
 pub enum Exported {
     Record(super::Record),
@@ -72,6 +82,8 @@ pub struct SubjectTable {
     /// The live table's columns and their types (Postgres type names), in table order, once
     /// `check` has read them.
     pub columns: Arc<OnceLock<Vec<(String, String)>>>,
+    /// `candidates`' statements, written once per probe shape (`written`).
+    pub written: Arc<super::written::Written>,
 }
 
 impl SubjectTable {
@@ -142,7 +154,9 @@ impl SubjectTable {
     /// Runs a statement; returns the rows it changed.
     pub async fn execute(&self, stmt: &impl Statement) -> sqlx::Result<u64> {
         let (sql, values) = stmt.build_for(self.backend());
-        Ok(query::bind(&sql, &values).execute(self.db.pool()).await?.rows_affected())
+        let mut conn = self.db.conn().await?;
+        let done = query::bind(&sql, &values).execute(&mut *conn).await;
+        Ok(settled(conn, done)?.rows_affected())
     }
 
     /// Runs a statement in a transaction; returns the rows it changed.
@@ -157,12 +171,20 @@ impl SubjectTable {
 
     pub async fn fetch_all(&self, stmt: &impl Statement) -> sqlx::Result<Vec<AnyRow>> {
         let (sql, values) = stmt.build_for(self.backend());
-        query::bind(&sql, &values).fetch_all(self.db.pool()).await
+        self.fetch_sql(&sql, &values).await
+    }
+
+    async fn fetch_sql(&self, sql: &str, values: &sea_query::Values) -> sqlx::Result<Vec<AnyRow>> {
+        let mut conn = self.db.conn().await?;
+        let rows = query::bind(sql, values).fetch_all(&mut *conn).await;
+        settled(conn, rows)
     }
 
     pub async fn fetch_one(&self, stmt: &impl Statement) -> sqlx::Result<AnyRow> {
         let (sql, values) = stmt.build_for(self.backend());
-        query::bind(&sql, &values).fetch_one(self.db.pool()).await
+        let mut conn = self.db.conn().await?;
+        let row = query::bind(&sql, &values).fetch_one(&mut *conn).await;
+        settled(conn, row)
     }
 
     /// Every column of the table for an export, those of types the driver does not read as text
@@ -235,56 +257,124 @@ impl SubjectTable {
         })
     }
 
-    /// Each lookup a probe asks for: the expression compared (an identifier column, or the
-    /// compared form of an email or phone column), the column whose type its values take
-    /// (`None`: text), and the values.
-    fn lookups(&self, probe: &Probe<'_>) -> Vec<(SimpleExpr, Option<String>, Vec<String>)> {
+    /// Each part a probe asks for, in a fixed order: identifier columns in catalog order, then
+    /// the link, then keys.
+    fn lookups(&self, probe: &Probe<'_>) -> Vec<Lookup> {
         let mut out = Vec::new();
-        for (col, kind) in &self.identifiers {
-            match kind {
+        for (i, (col, kind)) in self.identifiers.iter().enumerate() {
+            let (expr, typed_as, values) = match kind {
                 IdentKind::AccountId if !probe.account_ids.is_empty() => {
-                    out.push((query::col(col).into(), Some(col.clone()), probe.account_ids.clone()))
+                    (query::col(col).into(), Some(col.clone()), probe.account_ids.clone())
                 }
                 // The same expression as the store's expression index (`reference`).
-                IdentKind::Email if !probe.emails.is_empty() => out.push((
-                    Expr::cust(normalize::email_key(self.backend(), col)),
-                    None,
-                    probe.emails.clone(),
-                )),
+                IdentKind::Email if !probe.emails.is_empty() => {
+                    (Expr::cust(normalize::email_key(self.backend(), col)), None, probe.emails.clone())
+                }
                 IdentKind::Phone if !probe.phones.is_empty() => {
                     let forms = probe.phones.iter().flat_map(|p| normalize::phone_digit_forms(p)).collect();
-                    out.push((Expr::cust(normalize::phone_digits(col)), None, forms))
+                    (Expr::cust(normalize::phone_digits(col)), None, forms)
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            out.push(self.lookup(i as u16, expr, typed_as, values));
         }
         if let (Some(link), false) = (&self.link, probe.links.is_empty()) {
-            out.push((query::col(link).into(), Some(link.clone()), probe.links.clone()));
+            out.push(self.lookup(
+                u16::MAX - 1,
+                query::col(link).into(),
+                Some(link.clone()),
+                probe.links.clone(),
+            ));
         }
         if !probe.keys.is_empty() {
-            out.push((query::col(&self.key).into(), Some(self.key.clone()), probe.keys.clone()));
+            out.push(self.lookup(
+                u16::MAX,
+                query::col(&self.key).into(),
+                Some(self.key.clone()),
+                probe.keys.clone(),
+            ));
         }
         out
+    }
+
+    fn lookup(&self, part: u16, expr: SimpleExpr, typed_as: Option<String>, values: Vec<String>) -> Lookup {
+        // A value that cannot be of the column's type (text for a uuid key) names no row.
+        let values = match typed_as.as_deref().and_then(|c| self.non_text_type(c)) {
+            Some(ty) => values.into_iter().filter(|v| fits(ty, v)).collect(),
+            None => values,
+        };
+        Lookup { part, expr, typed_as, values }
     }
 
     /// Rows of the tenant found by any part of the probe, once each, in key order. Each part is
     /// its own `SELECT` (an index lookup on `(tenant_id, <expression>)`: SQLite does not use an
     /// index for `tenant AND (a OR b)`), and the parts go to the database together, joined by
-    /// `UNION ALL`: one round trip for a whole probe, unless its values exceed `CHUNK`.
+    /// `UNION ALL`: one round trip for a whole probe, unless its values exceed `CHUNK`. The
+    /// statements are written once per shape of probe (`written`).
     pub async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
         let mut found: BTreeMap<String, CandidateRow> = BTreeMap::new();
-        let mut arms = self.arms(probe).into_iter().peekable();
-        while let Some((mut q, mut bound)) = arms.next() {
-            while let Some((next, n)) = arms.next_if(|(_, n)| bound + n <= CHUNK) {
-                q.union(sea_query::UnionType::All, next);
-                bound += n;
-            }
-            for row in &self.fetch_all(&q).await? {
+        for (sql, values) in &self.candidate_statements(probe) {
+            for row in &self.fetch_sql(sql, values).await? {
                 let r = self.row(row)?;
                 found.entry(r.key.clone()).or_insert(r);
             }
         }
         Ok(found.into_values().collect())
+    }
+
+    /// `candidates`' statements for this probe: those written for its shape before, filled with
+    /// its values, or (the first time) written now.
+    fn candidate_statements(&self, probe: &Probe<'_>) -> Vec<(String, sea_query::Values)> {
+        let lookups = self.lookups(probe);
+        // Written SQL depends on the column types `check` reads (casts): kept only once known.
+        if self.backend() == Backend::Postgres && self.columns.get().is_none() {
+            return self.union_statements(probe.tenant, &lookups);
+        }
+        let shape = lookups.iter().map(|l| (l.part, l.values.len())).collect();
+        let written = self.written.get_or_write(shape, || {
+            // The same parts, with stand-ins for the tenant and every value.
+            let mut n = 0;
+            let stand_ins: Vec<Lookup> = lookups
+                .iter()
+                .map(|l| Lookup {
+                    part: l.part,
+                    expr: l.expr.clone(),
+                    typed_as: l.typed_as.clone(),
+                    values: l
+                        .values
+                        .iter()
+                        .map(|_| {
+                            n += 1;
+                            super::written::value_stand_in(n - 1)
+                        })
+                        .collect(),
+                })
+                .collect();
+            self.union_statements(&super::written::tenant_stand_in(), &stand_ins)
+        });
+        match written {
+            Some(templates) => {
+                let values: Vec<&str> =
+                    lookups.iter().flat_map(|l| l.values.iter().map(String::as_str)).collect();
+                templates.iter().map(|t| (t.sql().to_owned(), t.values(probe.tenant, &values))).collect()
+            }
+            None => self.union_statements(probe.tenant, &lookups),
+        }
+    }
+
+    /// `candidates`' statements, written: one `SELECT` per chunk of each part, joined by
+    /// `UNION ALL` up to `CHUNK` bound values a statement.
+    fn union_statements(&self, tenant: &str, lookups: &[Lookup]) -> Vec<(String, sea_query::Values)> {
+        let mut out = Vec::new();
+        let mut arms = self.chunks(tenant, lookups).into_iter().map(|c| (self.arm(&c), c.values)).peekable();
+        while let Some((mut q, mut bound)) = arms.next() {
+            while let Some((next, n)) = arms.next_if(|(_, n)| bound + n <= CHUNK) {
+                q.union(sea_query::UnionType::All, next);
+                bound += n;
+            }
+            out.push(q.build_for(self.backend()));
+        }
+        out
     }
 
     /// The rows `candidates` finds, handed to `sink` as they are read. A probe whose values fit
@@ -293,7 +383,7 @@ impl SubjectTable {
     /// part leaves out the rows an earlier part finds, where `UNION` would sort them all to drop
     /// the doubles. A larger probe is answered by `candidates`.
     pub async fn candidates_into(&self, probe: &Probe<'_>, sink: &mut dyn CandidateSink) -> StoreResult<()> {
-        let chunks = self.lookup_chunks(probe);
+        let chunks = self.chunks(probe.tenant, &self.lookups(probe));
         if chunks.iter().map(|c| c.values).sum::<usize>() > CHUNK {
             for row in self.candidates(probe).await? {
                 sink.row(row).await?;
@@ -323,12 +413,6 @@ impl SubjectTable {
         Ok(())
     }
 
-    /// One `SELECT` of candidate columns per chunk of each lookup of the probe, with the number
-    /// of values it binds.
-    fn arms(&self, probe: &Probe<'_>) -> Vec<(SelectStatement, usize)> {
-        self.lookup_chunks(probe).iter().map(|c| (self.arm(c), c.values)).collect()
-    }
-
     /// The candidate columns of the tenant's rows one chunk of a lookup finds.
     fn arm(&self, c: &LookupChunk) -> SelectStatement {
         let mut q = self.select();
@@ -337,27 +421,22 @@ impl SubjectTable {
         q
     }
 
-    /// Each chunk of each lookup of the probe.
-    fn lookup_chunks(&self, probe: &Probe<'_>) -> Vec<LookupChunk> {
+    /// Each chunk of each part of a probe of `tenant`.
+    fn chunks(&self, tenant: &str, lookups: &[Lookup]) -> Vec<LookupChunk> {
         let mut chunks = Vec::new();
-        for (expr, typed_as, values) in self.lookups(probe) {
-            // A value that cannot be of the column's type (text for a uuid key) names no row.
-            let values: Vec<String> = match typed_as.as_deref().and_then(|c| self.non_text_type(c)) {
-                Some(ty) => values.into_iter().filter(|v| fits(ty, v)).collect(),
-                None => values,
-            };
-            for chunk in values.chunks(CHUNK) {
-                let list = chunk.iter().map(|v| match &typed_as {
+        for l in lookups {
+            for chunk in l.values.chunks(CHUNK) {
+                let list = chunk.iter().map(|v| match &l.typed_as {
                     Some(col) => self.value(col, v),
                     None => Expr::val(v.as_str()).into(),
                 });
-                let tenant = match typed_as.as_deref() == Some(self.key.as_str()) {
-                    true => self.in_tenant_by_key(probe.tenant),
-                    false => self.in_tenant(probe.tenant),
+                let tenant = match l.typed_as.as_deref() == Some(self.key.as_str()) {
+                    true => self.in_tenant_by_key(tenant),
+                    false => self.in_tenant(tenant),
                 };
                 chunks.push(LookupChunk {
-                    expr: expr.clone(),
-                    found_by: expr.clone().is_in(list),
+                    expr: l.expr.clone(),
+                    found_by: l.expr.clone().is_in(list),
                     tenant,
                     values: chunk.len(),
                 });
@@ -641,6 +720,15 @@ impl SubjectTable {
     }
 }
 
+/// A statement's result, its connection let go: a held one (`db::held`) is given back to its
+/// pool after a failure, so the next statement does not meet a broken connection.
+fn settled<T>(conn: crate::db::held::Conn, result: sqlx::Result<T>) -> sqlx::Result<T> {
+    if result.is_err() {
+        conn.failed();
+    }
+    result
+}
+
 /// A table's columns and their types, in table order (Postgres type names; SQLite's declared
 /// types, lower case). Empty for a table that does not exist.
 pub async fn columns_of(db: &Db, table: &str) -> sqlx::Result<Vec<(String, String)>> {
@@ -702,6 +790,7 @@ mod tests {
             object: None,
             cleared: None,
             columns: Default::default(),
+            written: Default::default(),
         };
         let keys: Vec<String> = (0..5).map(|i| format!("call-{i}")).collect();
         let mut select = t.select();
@@ -722,5 +811,61 @@ mod tests {
         let found = t.fetch_all(&select).await.unwrap();
         assert_eq!(found.iter().map(|r| r.try_get::<String, _>(0).unwrap()).collect::<Vec<_>>(), ["call-1"]);
         db.close().await;
+    }
+
+    /// A look-up written once for its shape, then filled with another call's values, is the
+    /// statement that call would have written itself — also when its values span statements.
+    #[tokio::test]
+    async fn a_look_up_filled_in_is_the_one_the_call_would_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()), 1)
+            .await
+            .unwrap();
+        let t = SubjectTable {
+            db,
+            table: "calls".into(),
+            key: "id".into(),
+            tenant: "org_id".into(),
+            identifiers: vec![("phone".into(), IdentKind::Phone), ("email".into(), IdentKind::Email)],
+            link: Some("account_id".into()),
+            bytes: None,
+            object: None,
+            cleared: None,
+            columns: Default::default(),
+            written: Default::default(),
+        };
+        let many: Vec<String> = (0..CHUNK + 3).map(|i| format!("call-{i}")).collect();
+        let probes = |n: usize| {
+            vec![
+                Probe { tenant: "42", phones: vec![format!("+1555000{n:04}")], ..Default::default() },
+                Probe {
+                    tenant: "43",
+                    emails: vec![format!("a{n}@example.com"), format!("b{n}@example.com")],
+                    links: vec![format!("acct-{n}")],
+                    keys: vec![format!("call-{n}")],
+                    ..Default::default()
+                },
+                Probe {
+                    tenant: "44",
+                    keys: many.iter().map(|k| format!("{k}-{n}")).collect(),
+                    ..Default::default()
+                },
+            ]
+        };
+        for (first, second) in probes(1).iter().zip(&probes(2)) {
+            let written = t.candidate_statements(first);
+            let filled = t.candidate_statements(second);
+            let own = t.union_statements(second.tenant, &t.lookups(second));
+            assert_eq!(filled.len(), own.len());
+            for ((sql, values), (own_sql, own_values)) in filled.iter().zip(&own) {
+                assert_eq!(sql, own_sql);
+                assert_eq!(values.0, own_values.0);
+            }
+            assert_ne!(
+                written.iter().map(|(_, v)| v.0.clone()).collect::<Vec<_>>(),
+                filled.iter().map(|(_, v)| v.0.clone()).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(t.written.len(), 3, "one shape each");
     }
 }

@@ -117,6 +117,7 @@ impl CatalogStore {
             object: entry.objects.as_ref().map(|o| o.column.clone()),
             cleared,
             columns: Default::default(),
+            written: Default::default(),
         };
         let name: &'static str = Box::leak(entry.name.clone().into_boxed_str());
         let links_to: Option<&'static str> =

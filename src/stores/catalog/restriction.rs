@@ -41,7 +41,14 @@ impl CatalogStore {
     async fn on_ledger(&self, stmt: &impl Statement) -> StoreResult<Vec<sqlx::any::AnyRow>> {
         let ledger = self.ledger()?;
         let (sql, values) = stmt.build_for(ledger.backend());
-        Ok(query::bind(&sql, &values).fetch_all(ledger.pool()).await?)
+        // Through `conn`: inside a resolution (`db::held`) the ledger may be the very database
+        // whose connection the resolution holds.
+        let mut conn = ledger.conn().await?;
+        let rows = query::bind(&sql, &values).fetch_all(&mut *conn).await;
+        if rows.is_err() {
+            conn.failed();
+        }
+        Ok(rows?)
     }
 
     /// The ledger rows of this store and tenant.

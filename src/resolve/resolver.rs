@@ -43,8 +43,8 @@ pub async fn resolve(
     subject: &Subject,
     region: Region,
 ) -> Result<Resolution, ResolveError> {
-    let person = resolve_person(stores, subject, region).await?;
-    scan_stores(stores, person).await
+    let (person, identity_rows) = person_and_accounts(stores, subject, region).await?;
+    scan_stores_knowing(stores, person, Some(identity_rows)).await
 }
 
 /// The first half of `resolve`: the one person `subject` names (or the refusal), without
@@ -54,6 +54,17 @@ pub async fn resolve_person(
     subject: &Subject,
     region: Region,
 ) -> Result<Person, ResolveError> {
+    Ok(person_and_accounts(stores, subject, region).await?.0)
+}
+
+/// `resolve_person`, and the identity store's rows it read: those found by every identifier of
+/// the person (the given ones, then the account's others) — exactly what the scan of the
+/// identity store would find again (the account's key is among them: the account row itself).
+async fn person_and_accounts(
+    stores: &StoreRegistry,
+    subject: &Subject,
+    region: Region,
+) -> Result<(Person, Vec<CandidateRow>), ResolveError> {
     let tenant = subject.tenant.as_str();
     let mut person = Person::new(tenant, &region.code());
     let given: Vec<(&'static str, IdentKind, String)> = [
@@ -142,14 +153,15 @@ pub async fn resolve_person(
     }
 
     // Which of their identifiers another account also holds: those not asked above in one
-    // more look-up, then each judged alone.
+    // more look-up, then each judged alone. The account's id goes in the same look-up (when
+    // not given), so the rows read here are all the identity store's scan would find
+    // (`scan_stores_knowing`); a row found by it alone holds none of the emails or phones
+    // judged below.
     if let Some(identity) = stores.identity() {
         let more: Vec<(IdentKind, String)> = person
             .identifiers()
             .into_iter()
-            .filter(|(k, v)| {
-                *k != IdentKind::AccountId && !given_idents.iter().any(|(gk, gv)| gk == k && gv == v)
-            })
+            .filter(|(k, v)| !given_idents.iter().any(|(gk, gv)| gk == k && gv == v))
             .collect();
         if !more.is_empty() {
             let rows =
@@ -170,11 +182,33 @@ pub async fn resolve_person(
         }
     }
 
-    Ok(person)
+    Ok((person, identity_rows))
 }
 
 /// The second half of `resolve`: what every store holds of `person`.
 pub async fn scan_stores(stores: &StoreRegistry, person: Person) -> Result<Resolution, ResolveError> {
+    scan_stores_knowing(stores, person, None).await
+}
+
+/// `scan_stores`, given the identity store's rows `resolve_person` already read for this person
+/// (`identity_rows`): that store is not asked again. Its scan probe is the person's identifiers
+/// (account id, emails, phones) and nothing else — it links to no store, and nothing is
+/// recorded of it yet — which is what those rows were found by.
+async fn scan_stores_knowing(
+    stores: &StoreRegistry,
+    person: Person,
+    identity_rows: Option<Vec<CandidateRow>>,
+) -> Result<Resolution, ResolveError> {
+    // Once each, in key order, as `candidates` answers (the two look-ups may share rows).
+    let identity_rows = identity_rows.map(|rows| {
+        let mut by_key = std::collections::BTreeMap::new();
+        for r in rows {
+            by_key.entry(r.key.clone()).or_insert(r);
+        }
+        by_key.into_values().collect::<Vec<_>>()
+    });
+    let known =
+        stores.identity().filter(|i| i.links_to().is_none()).map(|i| i.name().to_owned()).zip(identity_rows);
     let tenant = person.tenant.clone();
     let tenant = tenant.as_str();
     // Every store, link targets first; a linked record whose target the identifiers did not
@@ -194,7 +228,13 @@ pub async fn scan_stores(stores: &StoreRegistry, person: Person) -> Result<Resol
             ordered.iter().copied().filter(|a| depth[a.name()] == level).collect();
         let found = futures::future::join_all(at_level.iter().map(|a| {
             let resolution = &resolution;
-            async move { candidates(a.as_ref(), resolution, &[]).await.map_err(store_err(a.as_ref())) }
+            let known = known.as_ref().filter(|(name, _)| name == a.name()).map(|(_, rows)| rows.clone());
+            async move {
+                match known {
+                    Some(rows) => Ok(rows),
+                    None => candidates(a.as_ref(), resolution, &[]).await.map_err(store_err(a.as_ref())),
+                }
+            }
         }))
         .await;
         for (adapter, rows) in at_level.into_iter().zip(found) {

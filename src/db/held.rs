@@ -1,7 +1,7 @@
 //! One pooled connection per database for a stretch of work (`holding`), instead of one taken
 //! from the pool for each statement. sqlx pings every connection it takes back (a round trip,
-//! and a wake-up on both sides of it), so a submit's resolution — about eight look-ups of the
-//! stores, one after another or a few at once — paid eight pings; holding, it pays one.
+//! and a wake-up on both sides of it), so a submit's resolution — six or seven look-ups of the
+//! stores, one after another or a few at once — paid a ping each; holding, it pays one.
 //!
 //! Statements take their connection with `Db::conn`: inside `holding`, the stretch's connection
 //! for that database (taken on first use, one statement at a time: look-ups that run at once

@@ -13,7 +13,8 @@
 //! | `recordings`  | audio objects deleted and checked gone, then their index rows         |
 //! | `billing`     | retained under a 7-year legal obligation; rows restricted             |
 //!
-//! `table` builds every subject-facing query from a store's columns (with sea-query, `query`); `objects` opens object
+//! `table` builds every subject-facing query from a store's columns (with sea-query, `query`;
+//! candidate look-ups written once per probe shape, `written`); `objects` opens object
 //! stores and deletes, counts and reads objects; `reference` creates the reference schema (for
 //! `dsr seed` and the embedded default only); `watch` re-checks the stores while serving.
 

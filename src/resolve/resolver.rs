@@ -422,3 +422,111 @@ pub async fn taken(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+    use crate::{
+        clock::{Clock, SystemClock},
+        config::{Locations, Settings},
+        db::Db,
+        domain::{RequestKind, TenantId},
+        seed::{seed, SeedSpec},
+        stores::{open_object_store, reference},
+    };
+
+    /// A store that counts the look-ups asked of it, and answers as the store it wraps.
+    struct Counted {
+        inner: Arc<dyn StoreAdapter>,
+        asked: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StoreAdapter for Counted {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+        fn stage(&self) -> u8 {
+            self.inner.stage()
+        }
+        fn is_identity(&self) -> bool {
+            self.inner.is_identity()
+        }
+        fn links_to(&self) -> Option<&'static str> {
+            self.inner.links_to()
+        }
+        fn takes_part_in(&self, kind: RequestKind) -> bool {
+            self.inner.takes_part_in(kind)
+        }
+        async fn check_schema(&self) -> Vec<String> {
+            self.inner.check_schema().await
+        }
+        async fn candidates(&self, probe: &Probe<'_>) -> StoreResult<Vec<CandidateRow>> {
+            *self.asked.lock().unwrap().entry(self.name()).or_default() += 1;
+            self.inner.candidates(probe).await
+        }
+    }
+
+    /// The identity store's rows read to find the person stand for its scan: the resolution is
+    /// the one the two halves give apart, and each store is asked once (the identity store
+    /// twice: the given identifiers, then the account's others with its id).
+    #[tokio::test]
+    async fn a_resolution_reads_the_identity_store_for_the_person_and_its_scan_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Locations {
+            data_dir: dir.path().to_owned(),
+            database_url: None,
+            recordings_url: None,
+            config_file: None,
+            exports_url: None,
+        };
+        let settings = Settings::load(&loc).unwrap();
+        let db = Db::connect(&settings.database_url, 2).await.unwrap();
+        let tables = reference::Tables::default();
+        reference::ensure_schema(&db, &tables).await.unwrap();
+        let objects = open_object_store(&settings.recordings_url).unwrap();
+        let spec = SeedSpec {
+            tenant: TenantId::parse("tenant", "acme").unwrap(),
+            subjects: 3,
+            calls: 2,
+            recording_bytes: 8,
+            first: 0,
+        };
+        let mut people = Vec::new();
+        seed(&db, &tables, objects, &spec, SystemClock.now(), |s| people.push(s)).await.unwrap();
+        let stores = StoreRegistry::from_settings(&settings, &db).await.unwrap();
+        let asked = Arc::new(Mutex::new(BTreeMap::new()));
+        let counted = StoreRegistry::from_settings(&settings, &db)
+            .await
+            .unwrap()
+            .map(|inner| Arc::new(Counted { inner, asked: asked.clone() }) as Arc<dyn StoreAdapter>);
+        let identity = stores.identity().unwrap().name();
+        let region = Region::default();
+        for p in &people {
+            // By phone, by email, by both: the account's other identifiers are looked up after.
+            for (email, phone) in
+                [("", p.phone.as_str()), (p.email.as_str(), ""), (p.email.as_str(), p.phone.as_str())]
+            {
+                let subject = Subject::parse(&p.tenant_id, "", email, phone).unwrap();
+                asked.lock().unwrap().clear();
+                let at_once = resolve(&counted, &subject, region).await.unwrap();
+                let apart = scan_stores(&stores, resolve_person(&stores, &subject, region).await.unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(at_once, apart);
+                assert_eq!(at_once.store(identity).unwrap().mine.len(), 1);
+                let asked = asked.lock().unwrap().clone();
+                for store in stores.all() {
+                    let want = if store.name() == identity { 2 } else { 1 };
+                    assert_eq!(asked.get(store.name()), Some(&want), "{}: {asked:?}", store.name());
+                }
+            }
+        }
+        db.close().await;
+    }
+}

@@ -59,6 +59,7 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+    let cpu = super::cpu::MachineCpu::now();
     let started = Instant::now();
     let ids: Vec<String> = stream::iter(grpc_subjects.iter())
         .map(|s| {
@@ -90,11 +91,13 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
         failed += usize::from(last != Some(pb::RequestStatus::Completed as i32));
     }
     let grpc_secs = started.elapsed().as_secs_f64();
+    let grpc_cpu = cpu.and_then(|c| c.spent());
     stop.cancel();
     server.await??;
     anyhow::ensure!(failed == 0, "{failed} deletions did not complete");
 
     // The floor: the same erasure, hand-written.
+    let cpu = super::cpu::MachineCpu::now();
     let started = Instant::now();
     stream::iter(sql_subjects.iter())
         .map(|s| erase_by_hand(&db, &objects, s))
@@ -102,6 +105,7 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
         .try_collect::<()>()
         .await?;
     let sql_secs = started.elapsed().as_secs_f64();
+    let sql_cpu = cpu.and_then(|c| c.spent());
 
     println!(
         "gRPC deletions {grpc_secs:>8.2} s   ({:.0} subjects/s, {:.0} store tasks/s; all submits acknowledged after {submitted:.2} s)",
@@ -110,6 +114,14 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
     );
     println!("hand-written   {sql_secs:>8.2} s   ({:.0} subjects/s)  <- floor", subjects as f64 / sql_secs);
     println!("ratio          {:>8.2} x the floor", grpc_secs / sql_secs);
+    if let (Some(grpc), Some(sql)) = (grpc_cpu, sql_cpu) {
+        println!("machine CPU    {}", grpc.per(subjects, "subject through gRPC"));
+        println!("               {}", sql.per(subjects, "subject by hand"));
+        println!(
+            "CPU ratio      {:>8.2} x the floor's CPU",
+            grpc.busy.as_secs_f64() / sql.busy.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+    }
     Ok(())
 }
 

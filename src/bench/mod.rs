@@ -12,6 +12,7 @@
 //! ledger unless told otherwise, and on a Postgres `--database-url` a ledger schema of its own,
 //! so a benchmark never writes into the tour's `./dsr-data` nor shares a ledger (and so its
 //! tasks) with a running server.
+mod cpu;
 mod deletions;
 mod export;
 mod latency;

@@ -55,6 +55,7 @@ pub async fn submit(mut settings: Settings, requests: usize, clients: usize) -> 
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let cpu = super::cpu::MachineCpu::now();
     let started = Instant::now();
     stream::iter(subjects.iter())
         .map(|s| {
@@ -74,10 +75,14 @@ pub async fn submit(mut settings: Settings, requests: usize, clients: usize) -> 
         .try_collect::<Vec<_>>()
         .await?;
     let secs = started.elapsed().as_secs_f64();
+    let spent = cpu.and_then(|c| c.spent());
     stop.cancel();
     server.await??;
     let rate = requests as f64 / secs;
     println!("SubmitDeletion      {rate:>9.0} /s   ({requests} in {secs:.2} s)");
+    if let Some(spent) = spent {
+        println!("machine CPU         {}", spent.per(requests, "submit"));
+    }
 
     // The floor: pgbench, one-row INSERT transactions, same clients, same server. The table is
     // in the run's own schema, named in full: pgbench's sessions do not have the pool's

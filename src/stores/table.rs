@@ -352,14 +352,15 @@ impl SubjectTable {
                 .collect();
             self.union_statements(&super::written::tenant_stand_in(), &stand_ins)
         });
-        match written {
-            Some(templates) => {
-                let values: Vec<&str> =
-                    lookups.iter().flat_map(|l| l.values.iter().map(String::as_str)).collect();
-                templates.iter().map(|t| (t.sql().to_owned(), t.values(probe.tenant, &values))).collect()
-            }
-            None => self.union_statements(probe.tenant, &lookups),
-        }
+        let values: Vec<&str> = lookups.iter().flat_map(|l| l.values.iter().map(String::as_str)).collect();
+        written
+            .and_then(|templates| {
+                templates
+                    .iter()
+                    .map(|t| Some((t.sql().to_owned(), t.values(probe.tenant, &values)?)))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or_else(|| self.union_statements(probe.tenant, &lookups))
     }
 
     /// `candidates`' statements, written: one `SELECT` per chunk of each part, joined by

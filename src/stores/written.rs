@@ -74,18 +74,18 @@ impl Template {
         &self.sql
     }
 
-    /// The values to bind for this tenant and these probe values.
-    pub fn values(&self, tenant: &str, probe: &[&str]) -> Values {
-        Values(
-            self.slots
-                .iter()
-                .map(|s| match s {
-                    Slot::Fixed(v) => v.clone(),
-                    Slot::Tenant => Value::from(tenant.to_owned()),
-                    Slot::Probe(i) => Value::from(probe[*i].to_owned()),
-                })
-                .collect(),
-        )
+    /// The values to bind for this tenant and these probe values; `None` when the probe has
+    /// fewer values than the statement's shape (not the shape it was written for).
+    pub fn values(&self, tenant: &str, probe: &[&str]) -> Option<Values> {
+        self.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Fixed(v) => Some(v.clone()),
+                Slot::Tenant => Some(Value::from(tenant.to_owned())),
+                Slot::Probe(i) => probe.get(*i).map(|p| Value::from((*p).to_owned())),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Values)
     }
 }
 
@@ -144,7 +144,8 @@ mod tests {
             )]
         };
         let t = w.get_or_write(vec![(0, 2)], write).unwrap();
-        let values = t[0].values("acme", &["a", "b"]);
+        let values = t[0].values("acme", &["a", "b"]).unwrap();
+        assert!(t[0].values("acme", &["a"]).is_none(), "a probe of another shape");
         assert_eq!(
             values.0,
             vec![

@@ -22,7 +22,9 @@ use crate::{
     },
     engine::Signals,
     export::ExportStorage,
-    ledger::{Ledger, ListFilter, NewDsrRequest, Page, SubjectRecord, Submitted, ARCHIVE_TASK},
+    ledger::{
+        Ledger, ListFilter, NewDsrRequest, Page, RequestRecord, SubjectRecord, Submitted, ARCHIVE_TASK,
+    },
     metrics::Metrics,
     privacy::KeyedHasher,
     resolve,
@@ -192,6 +194,19 @@ impl RightsService {
         Ok((&self.ctx.ledger.get(id).await?).into())
     }
 
+    /// `authorize_id` for a read, with the read itself: the request is read whole first (one
+    /// connection, where authorising first took a look-up of its own), then the caller is
+    /// checked — the same answers in the same order (NOT_FOUND, then the scope, then the
+    /// tenant), and nothing of the request leaves before both checks pass.
+    async fn read_authorized(&self, caller: &Caller, id: &str) -> Result<RequestRecord, ApiError> {
+        let id = request_id(id)?;
+        let rec = self.ctx.ledger.get(&id).await?;
+        caller.require(Scope::Read)?;
+        caller.require_tenant(&rec.tenant_id)?;
+        record_request(&id, &rec.tenant_id);
+        Ok(rec)
+    }
+
     /// Parses a request id and checks the caller may touch that request: `scope` (or, with
     /// `None`, the scope that acts on the request's kind) and its tenant.
     async fn authorize_id(
@@ -276,8 +291,7 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> ApiResult<pb::DsrRequest> {
         let caller = Caller::of(&req)?;
         let pb::GetRequestRequest { id } = req.into_inner();
-        let id = self.authorize_id(&caller, &id, Some(Scope::Read)).await?;
-        Ok(Response::new(self.get(&id).await?))
+        Ok(Response::new((&self.read_authorized(&caller, &id).await?).into()))
     }
 
     async fn list_requests(
@@ -341,14 +355,14 @@ impl pb::data_subject_rights_server::DataSubjectRights for RightsService {
     ) -> ApiResult<Self::WatchRequestStream> {
         let caller = Caller::of(&req)?;
         let pb::WatchRequestRequest { id } = req.into_inner();
-        let id = self.authorize_id(&caller, &id, Some(Scope::Read)).await?;
+        // Subscribed before the first read, so no change after it is missed (`watch::stream`).
+        let changes = self.ctx.signals.subscribe();
+        let first = self.read_authorized(&caller, &id).await?;
         let permit = self
             .ctx
             .watchers
             .acquire(&caller.name)
             .map_err(|e| ApiError::ResourceExhausted(format!("{e}, or poll GetRequest")))?;
-        let changes = self.ctx.signals.subscribe();
-        let first = self.ctx.ledger.get(&id).await.map_err(ApiError::from)?;
         Ok(Response::new(Box::pin(watch::stream(self.ctx.clone(), changes, first, permit))))
     }
 

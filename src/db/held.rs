@@ -51,12 +51,14 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// After a failed statement: a held connection is given back to its pool (where sqlx's
-    /// ping decides whether it is kept), so the next statement takes a fresh one.
-    pub fn failed(self) {
-        if let Conn::Held(mut guard) = self {
+    /// Lets go of the connection after a statement, passing its result on: after a failure a
+    /// held connection is given back to its pool (where sqlx's ping decides whether it is
+    /// kept), so the next statement takes a fresh one.
+    pub fn settle<T>(self, result: sqlx::Result<T>) -> sqlx::Result<T> {
+        if let (Err(_), Conn::Held(mut guard)) = (&result, self) {
             guard.take();
         }
+        result
     }
 }
 
@@ -161,8 +163,7 @@ mod tests {
         holding(async {
             let mut c = db.conn().await.unwrap();
             let err = sqlx::query("SELECT * FROM no_such_table").execute(&mut *c).await;
-            assert!(err.is_err());
-            c.failed();
+            assert!(c.settle(err).is_err());
             let mut c = db.conn().await.unwrap();
             let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *c).await.unwrap();
             assert_eq!(one, 1);

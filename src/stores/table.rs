@@ -156,7 +156,7 @@ impl SubjectTable {
         let (sql, values) = stmt.build_for(self.backend());
         let mut conn = self.db.conn().await?;
         let done = query::bind(&sql, &values).execute(&mut *conn).await;
-        Ok(settled(conn, done)?.rows_affected())
+        Ok(conn.settle(done)?.rows_affected())
     }
 
     /// Runs a statement in a transaction; returns the rows it changed.
@@ -177,14 +177,14 @@ impl SubjectTable {
     async fn fetch_sql(&self, sql: &str, values: &sea_query::Values) -> sqlx::Result<Vec<AnyRow>> {
         let mut conn = self.db.conn().await?;
         let rows = query::bind(sql, values).fetch_all(&mut *conn).await;
-        settled(conn, rows)
+        conn.settle(rows)
     }
 
     pub async fn fetch_one(&self, stmt: &impl Statement) -> sqlx::Result<AnyRow> {
         let (sql, values) = stmt.build_for(self.backend());
         let mut conn = self.db.conn().await?;
         let row = query::bind(&sql, &values).fetch_one(&mut *conn).await;
-        settled(conn, row)
+        conn.settle(row)
     }
 
     /// Every column of the table for an export, those of types the driver does not read as text
@@ -332,22 +332,15 @@ impl SubjectTable {
         }
         let shape = lookups.iter().map(|l| (l.part, l.values.len())).collect();
         let written = self.written.get_or_write(shape, || {
-            // The same parts, with stand-ins for the tenant and every value.
-            let mut n = 0;
+            // The same parts, with stand-ins for the tenant and every value, numbered in order.
+            let mut stand_in = (0..).map(super::written::value_stand_in);
             let stand_ins: Vec<Lookup> = lookups
                 .iter()
                 .map(|l| Lookup {
                     part: l.part,
                     expr: l.expr.clone(),
                     typed_as: l.typed_as.clone(),
-                    values: l
-                        .values
-                        .iter()
-                        .map(|_| {
-                            n += 1;
-                            super::written::value_stand_in(n - 1)
-                        })
-                        .collect(),
+                    values: stand_in.by_ref().take(l.values.len()).collect(),
                 })
                 .collect();
             self.union_statements(&super::written::tenant_stand_in(), &stand_ins)
@@ -719,15 +712,6 @@ impl SubjectTable {
             }
         }
     }
-}
-
-/// A statement's result, its connection let go: a held one (`db::held`) is given back to its
-/// pool after a failure, so the next statement does not meet a broken connection.
-fn settled<T>(conn: crate::db::held::Conn, result: sqlx::Result<T>) -> sqlx::Result<T> {
-    if result.is_err() {
-        conn.failed();
-    }
-    result
 }
 
 /// A table's columns and their types, in table order (Postgres type names; SQLite's declared

@@ -45,10 +45,7 @@ impl CatalogStore {
         // whose connection the resolution holds.
         let mut conn = ledger.conn().await?;
         let rows = query::bind(&sql, &values).fetch_all(&mut *conn).await;
-        if rows.is_err() {
-            conn.failed();
-        }
-        Ok(rows?)
+        Ok(conn.settle(rows)?)
     }
 
     /// The ledger rows of this store and tenant.

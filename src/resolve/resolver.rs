@@ -436,7 +436,7 @@ mod tests {
         config::{Locations, Settings},
         db::Db,
         domain::{RequestKind, TenantId},
-        seed::{seed, SeedSpec},
+        seed::{seed, seed_messy, SeedSpec},
         stores::{open_object_store, reference},
     };
 
@@ -498,7 +498,8 @@ mod tests {
             first: 0,
         };
         let mut people = Vec::new();
-        seed(&db, &tables, objects, &spec, SystemClock.now(), |s| people.push(s)).await.unwrap();
+        seed(&db, &tables, objects.clone(), &spec, SystemClock.now(), |s| people.push(s)).await.unwrap();
+        let messy = seed_messy(&db, &tables, objects, "messy", SystemClock.now()).await.unwrap();
         let stores = StoreRegistry::from_settings(&settings, &db).await.unwrap();
         let asked = Arc::new(Mutex::new(BTreeMap::new()));
         let counted = StoreRegistry::from_settings(&settings, &db)
@@ -527,6 +528,55 @@ mod tests {
                 }
             }
         }
+        // The messy data (mixed-case and padded emails, local phone formats, shared lines,
+        // calls before signup, duplicate emails): every way of naming each person resolves to
+        // the same (or is refused the same) both ways; the identity store is asked at most twice
+        // (once when the person's identifiers were all given), every other store once.
+        let mut subjects = Vec::new();
+        for p in &messy.people {
+            let given = [p.account_id.as_deref(), p.email.as_deref(), p.phone.as_deref()];
+            for mask in 1..8u8 {
+                let pick = |i: usize| if mask & (1 << i) != 0 { given[i].unwrap_or("") } else { "" };
+                if (0..3).any(|i| !pick(i).is_empty()) {
+                    subjects.push((format!("{} ({mask:03b})", p.label), pick(0), pick(1), pick(2)));
+                }
+            }
+        }
+        // And two people named at once (one's email, the next one's phone): a refusal, mostly.
+        for (a, b) in messy.people.iter().zip(messy.people.iter().skip(1)) {
+            if let (Some(email), Some(phone)) = (a.email.as_deref(), b.phone.as_deref()) {
+                subjects.push((format!("{} + {}", a.label, b.label), "", email, phone));
+            }
+        }
+        let (mut resolved, mut refused) = (0, 0);
+        for (label, account_id, email, phone) in subjects {
+            let subject = Subject::parse(&messy.tenant_id, account_id, email, phone).unwrap();
+            asked.lock().unwrap().clear();
+            let at_once = resolve(&counted, &subject, region).await;
+            let apart = match resolve_person(&stores, &subject, region).await {
+                Ok(person) => scan_stores(&stores, person).await,
+                Err(e) => Err(e),
+            };
+            match (at_once, apart) {
+                (Ok(a), Ok(b)) => {
+                    resolved += 1;
+                    assert_eq!(a, b, "{label}");
+                    let asked = asked.lock().unwrap().clone();
+                    for store in stores.all() {
+                        let n = asked.get(store.name()).copied().unwrap_or(0);
+                        let most = if store.name() == identity { 2 } else { 1 };
+                        assert!((1..=most).contains(&n), "{label} {}: {asked:?}", store.name());
+                    }
+                }
+                (Err(a), Err(b)) => {
+                    refused += 1;
+                    assert_eq!(a.to_string(), b.to_string(), "{label}");
+                }
+                (a, b) => panic!("{label}: resolved {} against {}", a.is_ok(), b.is_ok()),
+            }
+        }
+        // Both kinds of answer were compared.
+        assert!(resolved > 10 && refused > 0, "{resolved} resolved, {refused} refused");
         db.close().await;
     }
 }

@@ -53,6 +53,7 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
     // One deletion at a time, submit to COMPLETED (followed by WatchRequest, as a caller would).
     let mut deletion = Vec::with_capacity(deletions);
     let mut last_id = String::new();
+    let cpu = super::cpu::MachineCpu::now();
     for s in &subjects {
         let subject =
             pb::Subject { tenant_id: s.tenant_id.clone(), phone: s.phone.clone(), ..Default::default() };
@@ -71,6 +72,7 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
         anyhow::ensure!(status == pb::RequestStatus::Completed as i32, "a deletion ended {status}");
         last_id = r.id;
     }
+    let deletion_cpu = cpu.and_then(|c| c.spent());
 
     let mut get = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -99,5 +101,8 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
     line("GetRequest over gRPC", &mut get);
     line("the request row, one SELECT  <- floor", &mut floor);
     line("deletion, submit -> COMPLETED", &mut deletion);
+    if let Some(spent) = deletion_cpu {
+        println!("  {}", spent.per(deletions, "deletion"));
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! times, TEXT ids); the few that differ ask `backend()`.
 pub mod held;
 pub mod liveness;
+mod lock_wait;
 pub mod rows;
 
 use std::{str::FromStr, time::Duration};
@@ -31,6 +32,9 @@ pub struct Db {
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// How long a SQLite writer waits for the write lock before its statement fails (`lock_wait`).
+const SQLITE_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How SQLite makes a commit durable (`PRAGMA synchronous`). In WAL mode, `Full` syncs the log
 /// at every commit: an acknowledged request survives power loss. `Normal` syncs at checkpoints
@@ -94,6 +98,9 @@ impl Db {
             anyhow::bail!("unsupported database URL scheme: expected postgres:// or sqlite://");
         };
         let options = AnyConnectOptions::from_str(url).context("parsing the database URL")?;
+        if backend == Backend::Sqlite {
+            lock_wait::register()?;
+        }
         // SQLite has one writer at a time; a few connections let reads (previews, watchers)
         // proceed beside it in WAL mode. Measured with `dsr bench deletions`: 1 connection was
         // 25% slower than 4, more did not help.
@@ -138,19 +145,17 @@ impl Db {
                         .await?;
                     }
                     if backend == Backend::Sqlite {
-                        // busy_timeout: writers queue instead of failing.
                         let sync = match sync {
                             SqliteSync::Full => "FULL",
                             SqliteSync::Normal => "NORMAL",
                         };
                         conn.execute(
-                            format!(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; \
-                                 PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;"
-                            )
-                            .as_str(),
+                            format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;")
+                                .as_str(),
                         )
                         .await?;
+                        // Writers queue for the lock instead of failing, in short naps.
+                        conn.execute(lock_wait::install_statement(SQLITE_LOCK_TIMEOUT).as_str()).await?;
                     }
                     Ok(())
                 })

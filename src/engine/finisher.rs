@@ -26,6 +26,8 @@ pub struct Ended {
     /// This task is the one that reports the request's new status (each status is reported
     /// by one task, however many ended with it).
     pub reports_status: bool,
+    /// Its end made tasks due now (the one that reports the status says so for its batch).
+    pub made_due: bool,
 }
 
 pub type Recorded = Result<Ended, Arc<LedgerError>>;
@@ -106,10 +108,12 @@ impl Finisher {
                     .enumerate()
                     .map(|(i, applied)| {
                         Ok(match (applied, ended.status) {
-                            (true, Some(status)) => {
-                                Ended { fenced: Fenced::Applied(status), reports_status: Some(i) == reporter }
-                            }
-                            _ => Ended { fenced: Fenced::Stale, reports_status: false },
+                            (true, Some(status)) => Ended {
+                                fenced: Fenced::Applied(status),
+                                reports_status: Some(i) == reporter,
+                                made_due: ended.made_due && Some(i) == reporter,
+                            },
+                            _ => Ended { fenced: Fenced::Stale, reports_status: false, made_due: false },
                         })
                     })
                     .collect()

@@ -144,7 +144,7 @@ impl Engine {
                 .collect();
             let room = self.workers.available_permits();
             // Signals from before this claim are answered by it (see the wait below).
-            let mark = self.signals.work_mark();
+            let (mark, room_mark) = (self.signals.work_mark(), self.signals.room_mark());
             let claim =
                 self.ledger.claim_due(&queues, room, &self.owner, self.config.lease(), self.clock.now());
             let tasks = match claim.await {
@@ -158,6 +158,10 @@ impl Engine {
                     Vec::new()
                 }
             };
+            // Due tasks may have been left behind for want of room: in all, or in a store's
+            // queue (one with none free was not even asked).
+            let limited = tasks.len() >= room
+                || queues.iter().any(|(q, free)| tasks.iter().filter(|t| t.store == *q).count() >= *free);
             for task in tasks {
                 let store_sem = &self.per_store[task.store.as_str()];
                 // Only this loop takes permits, and it counted them above: these succeed.
@@ -169,27 +173,32 @@ impl Engine {
                 self.running.lock().expect("running lock").insert(task.task_id.clone(), task.clone());
                 let engine = self.clone();
                 inflight.spawn(async move {
-                    engine.clone().run_task(task).await;
-                    // Room first, then the wake-up: woken before the permits were back, the
+                    let made_due = engine.clone().run_task(task).await;
+                    // Room first, then the wake-ups: woken before the permits were back, the
                     // loop found no room, claimed nothing and slept until the next task ended
                     // or the poll interval passed, while due tasks waited (`dsr bench deletions`
                     // ran with workers idle).
                     drop(permits);
-                    engine.signals.work_available();
+                    engine.signals.room_freed();
+                    if made_due {
+                        engine.signals.work_available();
+                    }
                 });
             }
             while inflight.try_join_next().is_some() {}
             // A claim that filled the room claims again at once (no statement when there is no
             // room left). One that found fewer due tasks than it had room for took all there
-            // were: claiming again before new work is signalled (a submit, a task's end, a
+            // were: claiming again before new work is signalled (a submit, a stage's end, a
             // released hold) would find nothing — that empty claim after every claim, and
             // another for signals the claim had already seen, cost about a millisecond of a
-            // two-core machine each on the path of one deletion (`dsr bench latency`).
+            // two-core machine each on the path of one deletion (`dsr bench latency`). A task's
+            // end frees room, which matters only when the claim was short of it (`limited`).
             if claimed == 0 || claimed < room {
                 let idle = Duration::from_millis(self.config.poll_interval_ms) * (1 + db_trouble.min(10));
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = self.signals.wait_for_work_since(mark) => {}
+                    _ = self.signals.wait_for_room_since(room_mark), if limited => {}
                     _ = tokio::time::sleep(idle) => {}
                 }
             }
@@ -228,12 +237,14 @@ impl Engine {
         }
     }
 
-    /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile.
+    /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile;
+    /// `true` when its end made tasks due (see `Ended::made_due`; a failure says so too, rarely
+    /// true but cheap to check).
     ///
     /// Its span is a child of the server span of the call that submitted the request (stored
     /// with it as a `traceparent`), so every store task, every attempt and every replica that
     /// runs one joins that call's trace — hours later for a retry.
-    async fn run_task(self: Arc<Self>, task: ClaimedTask) {
+    async fn run_task(self: Arc<Self>, task: ClaimedTask) -> bool {
         let span = tracing::info_span!(
             "store_task",
             dsr.request_id = %task.request_id,
@@ -263,7 +274,7 @@ impl Engine {
             let (end, recorded) = match outcome {
                 None => {
                     warn!("lease lost to another worker; result dropped");
-                    (TaskEnd::Abandoned, Ok(Ended { fenced: Fenced::Stale, reports_status: false }))
+                    (TaskEnd::Abandoned, Ok(Ended { fenced: Fenced::Stale, reports_status: false, made_due: false }))
                 }
                 Some(Ok(result)) => {
                     info!(outcome = %result.state, found = result.found, affected = result.affected, verified = result.verified, "store task done");
@@ -290,8 +301,9 @@ impl Engine {
                 span.record("otel.status_code", "ERROR");
             }
             self.metrics.task_attempt(&task.store, end, started.elapsed());
+            let made_due = matches!(recorded, Ok(Ended { made_due: true, .. }));
             match recorded {
-                Ok(Ended { fenced: Fenced::Applied(status), reports_status }) => {
+                Ok(Ended { fenced: Fenced::Applied(status), reports_status, .. }) => {
                     span.record("dsr.request_status", status.as_str());
                     // The ledger reports a terminal status once: on the transition, to one
                     // of the tasks that ended together.
@@ -307,6 +319,7 @@ impl Engine {
             }
             self.running.lock().expect("running lock").remove(&task.task_id);
             self.signals.request_changed(&task.request_id);
+            made_due
         }
         .instrument(span)
         .await
@@ -337,7 +350,7 @@ impl Engine {
             }
         };
         let recorded = self.ledger.fail_attempt(task, &message, retry_at, now).await;
-        (end, recorded.map(|fenced| Ended { fenced, reports_status: true }).map_err(Arc::new))
+        (end, recorded.map(|fenced| Ended { fenced, reports_status: true, made_due: true }).map_err(Arc::new))
     }
 
     /// Renews the lease every third of its length; cancels `lost` if the task stops being ours.

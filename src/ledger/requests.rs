@@ -604,7 +604,15 @@ pub(super) async fn refresh_status(
     tenant: &str,
     now: DateTime<Utc>,
 ) -> Result<RequestStatus> {
-    refresh_status_after(tx, id, tenant, &[], now).await
+    Ok(refresh_status_after(tx, id, tenant, &[], now).await?.status)
+}
+
+/// A request's status as `refresh_status_after` re-derived it, and whether that made tasks due
+/// (a stage ended, so the next one may run now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refreshed {
+    pub status: RequestStatus,
+    pub unblocked: bool,
 }
 
 /// `refresh_status`, after appending `events` (the tasks' own, which come before the request's
@@ -616,7 +624,7 @@ pub(super) async fn refresh_status_after(
     tenant: &str,
     events: &[NewEvent<'_>],
     now: DateTime<Utc>,
-) -> Result<RequestStatus> {
+) -> Result<Refreshed> {
     // Two tasks of one request ending at once must not both miss the other's end (READ COMMITTED
     // write skew: neither would unblock the next stage or complete the request; the deletion
     // benchmark caught one such request in a thousand). Lock the request row first, in a
@@ -665,7 +673,8 @@ pub(super) async fn refresh_status_after(
             state == OutcomeState::Pending && blocked && tasks.iter().all(|e| e.0 >= stage || succeeded(e.1))
         })
         .collect();
-    if !unblocked.is_empty() {
+    let made_due = !unblocked.is_empty();
+    if made_due {
         sqlx::query(
             "UPDATE dsr_tasks SET next_run_at = $1 WHERE request_id = $2 AND state = 'pending' AND next_run_at = $3 \
              AND NOT EXISTS (SELECT 1 FROM dsr_tasks e WHERE e.request_id = $2 AND e.stage < dsr_tasks.stage \
@@ -724,5 +733,5 @@ pub(super) async fn refresh_status_after(
     if !postgres {
         NewEvent::append_all(closing, tx, now).await?;
     }
-    Ok(status)
+    Ok(Refreshed { status, unblocked: made_due })
 }

@@ -38,11 +38,14 @@ pub struct ClaimedTask {
 }
 
 /// What `Ledger::finish_all` did: which of the tasks it ended (the others are no longer ours),
-/// and the request's status after them (`None` when it ended none).
+/// the request's status after them (`None` when it ended none), and whether their ends made
+/// tasks due now (the next stage, or a task whose hold was released meanwhile): only then is
+/// there new work to claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedTogether {
     pub applied: Vec<bool>,
     pub status: Option<RequestStatus>,
+    pub made_due: bool,
 }
 
 /// What the ledger says right before an erase (`Ledger::ready_to_erase`).
@@ -357,7 +360,7 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<FinishedTogether> {
         let Some((first, _)) = tasks.first() else {
-            return Ok(FinishedTogether { applied: Vec::new(), status: None });
+            return Ok(FinishedTogether { applied: Vec::new(), status: None, made_due: false });
         };
         // One request per transaction: its row is the only request row locked, so two of these
         // never wait for each other (several, locked in different orders, could).
@@ -369,9 +372,11 @@ impl Ledger {
         let mut tx = self.begin_chained().await?;
         let mut applied = Vec::with_capacity(tasks.len());
         let mut events = Vec::with_capacity(tasks.len());
+        let mut requeued = false;
         for (task, result) in tasks {
             let ended = end_task_in(&mut tx, task, result, now).await?;
             applied.push(!matches!(ended, TaskEnded::NotOurs));
+            requeued |= matches!(ended, TaskEnded::Requeued);
             events.extend(match ended {
                 TaskEnded::Ended(event) => Some(event),
                 TaskEnded::NotOurs | TaskEnded::Requeued => None,
@@ -379,12 +384,17 @@ impl Ledger {
         }
         if !applied.contains(&true) {
             // Nothing written (no task was ours, so no event either).
-            return Ok(FinishedTogether { applied, status: None });
+            return Ok(FinishedTogether { applied, status: None, made_due: false });
         }
         // The batch's `outcome` events in one statement, in task order, before the status.
-        let status = refresh_status_after(&mut tx, &first.request_id, &first.tenant_id, &events, now).await?;
+        let refreshed =
+            refresh_status_after(&mut tx, &first.request_id, &first.tenant_id, &events, now).await?;
         tx.commit().await?;
-        Ok(FinishedTogether { applied, status: Some(status) })
+        Ok(FinishedTogether {
+            applied,
+            status: Some(refreshed.status),
+            made_due: refreshed.unblocked || requeued,
+        })
     }
 
     /// A failed attempt: back to the queue at `next_run_at`, or FAILED when `give_up`.
@@ -420,7 +430,9 @@ impl Ledger {
         let event = NewEvent::request(&task.request_id, &task.tenant_id, action)
             .store(&task.store, task.attempt)
             .detail(if next_run_at.is_some() { "transient" } else { "failed" });
-        let status = refresh_status_after(&mut tx, &task.request_id, &task.tenant_id, &[event], now).await?;
+        // A failed attempt makes nothing due now (a retry is due later; later stages wait).
+        let status =
+            refresh_status_after(&mut tx, &task.request_id, &task.tenant_id, &[event], now).await?.status;
         tx.commit().await?;
         Ok(Fenced::Applied(status))
     }

@@ -179,7 +179,7 @@ async fn tasks_of_one_request_ending_at_once_report_its_end_once(backend: Backen
                 assert_eq!(end.fenced, Fenced::Stale, "{}", task.store);
                 continue;
             }
-            let Ended { fenced: Fenced::Applied(status), reports_status } = end else {
+            let Ended { fenced: Fenced::Applied(status), reports_status, .. } = end else {
                 panic!("{} not recorded: {end:?}", task.store)
             };
             if status.is_terminal() && *reports_status {
@@ -209,3 +209,51 @@ async fn tasks_of_one_request_ending_at_once_report_its_end_once(backend: Backen
     app.shutdown().await;
 }
 both!(tasks_of_one_request_ending_at_once_report_its_end_once);
+
+/// A task's end says whether it made tasks due now, so that the engine claims again only then
+/// (a task's end alone frees room, and matters only to a claim that was short of it): of a
+/// deletion's first stage only the end that finishes the stage (call logs are due after it), and
+/// not the call logs' own, which completes the request.
+async fn only_the_end_that_finishes_a_stage_makes_tasks_due(backend: Backend) {
+    use dsr::{
+        clock::{Clock, SystemClock},
+        domain::OutcomeState as State,
+        engine::Finisher,
+        ledger::{Ledger, TaskResult},
+    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 1).await;
+    let ledger = Ledger::new(app.db.clone());
+    let finisher = Finisher::new(ledger.clone(), std::sync::Arc::new(SystemClock));
+    let stores = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
+    let queues: Vec<(&str, usize)> = stores.iter().map(|s| (*s, 10)).collect();
+    let done = TaskResult {
+        state: State::Done,
+        found: 1,
+        affected: 1,
+        retention_basis: None,
+        retained_until: None,
+        verified: true,
+        unattributed: 0,
+        detail: None,
+        export: None,
+        hold: None,
+    };
+    let r = app.delete(by_phone("acme", &s[0].phone)).await;
+    let lease = std::time::Duration::from_secs(30);
+    let first = ledger.claim_due(&queues, 10, "test-worker", lease, SystemClock.now()).await.unwrap();
+    assert_eq!(first.len(), 4, "call logs wait for the first stage");
+    let mut made_due = Vec::new();
+    for task in &first {
+        made_due.push(finisher.finish(task, &done).await.unwrap().made_due);
+    }
+    assert_eq!(made_due, [false, false, false, true]);
+    let last = ledger.claim_due(&queues, 10, "test-worker", lease, SystemClock.now()).await.unwrap();
+    assert_eq!(last.iter().map(|t| t.store.as_str()).collect::<Vec<_>>(), ["call_logs"]);
+    let end = finisher.finish(&last[0], &done).await.unwrap();
+    assert!(!end.made_due, "the request is complete: {end:?}");
+    assert_eq!(app.get(&r.id).await.status, RequestStatus::Completed as i32);
+    app.shutdown().await;
+}
+both!(only_the_end_that_finishes_a_stage_makes_tasks_due);

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use futures::Stream;
 use tokio::sync::{
-    broadcast::{self, error::RecvError},
+    broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
     mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,6 +47,10 @@ pub fn stream(
                 },
                 _ = tokio::time::sleep(POLL) => {}
             }
+            // Changes signalled together (the tasks of a stage end in one transaction, each
+            // signals) are read once: every signal already queued was sent after its change
+            // was committed, so the read below sees them all.
+            while !matches!(changes.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
             let current = match ctx.ledger.get_if_changed(&id, version).await {
                 Ok(None) => continue,
                 Ok(Some(rec)) => Ok(rec),

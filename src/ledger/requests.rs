@@ -630,16 +630,24 @@ pub(super) async fn refresh_status_after(
     // benchmark caught one such request in a thousand). Lock the request row first, in a
     // statement of its own: the tasks are read by the next one, whose snapshot is taken once
     // the lock is held. SQLite's single writer already serialises these transactions.
+    //
+    // On Postgres the lock is an `UPDATE` of the request's version (watchers re-read on a new
+    // version; every caller changed something they show), which returns the status the request
+    // had: a task's end that leaves it unchanged (most ends mid-stage) then needs no status
+    // `UPDATE` below, a round trip less.
     let postgres = tx.backend_name() == "PostgreSQL";
-    if postgres {
+    let before: Option<String> = if postgres {
         let mut rows = Rows::default();
         super::journal::add_rows(&mut rows, events, now)?;
         let (with, values) = rows.with_clause(2);
-        let lock = format!("{with}SELECT id FROM dsr_requests WHERE id = $1 FOR UPDATE");
-        Rows::bind_values(sqlx::query(&lock).bind(id), values).execute(&mut **tx).await?;
+        let lock =
+            format!("{with}UPDATE dsr_requests SET version = version + 1 WHERE id = $1 RETURNING status");
+        let row = Rows::bind_values(sqlx::query(&lock).bind(id), values).fetch_optional(&mut **tx).await?;
+        row.map(|r| r.try_get("status")).transpose()?
     } else {
         NewEvent::append_all(events, tx, now).await?;
-    }
+        None
+    };
     let rows = sqlx::query(
         "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
     )
@@ -710,6 +718,10 @@ pub(super) async fn refresh_status_after(
     // Every caller changed a task of a request that was still open (finish, fail, cancel) or
     // reopened a failed one (retry), so a terminal status here is always a new one, and gets its
     // event: on Postgres in the same statement as the status (a `WITH` of the `UPDATE`).
+    if !terminal && before.as_deref() == Some(status.as_str()) {
+        // Unchanged and open: `completed_at` is already empty and the subject kept.
+        return Ok(Refreshed { status, unblocked: made_due });
+    }
     let closing = [NewEvent::request(id, tenant, status.as_str())];
     let closing: &[NewEvent] = if terminal { &closing } else { &[] };
     let mut rows = Rows::default();

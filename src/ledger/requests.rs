@@ -204,13 +204,8 @@ impl Ledger {
     /// would each take a pooled connection, which sqlx pings before and after use).
     pub async fn get(&self, id: &str) -> Result<RequestRecord> {
         let mut conn = self.db.pool().acquire().await?;
-        let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(LedgerError::NotFound)?;
-        let mut rec = request_from_row(&row)?;
-        fill(&mut conn, &mut rec).await?;
+        let (mut rec, tasks) = read_with_tasks(&mut conn, id).await?;
+        fill_with(&mut conn, &mut rec, tasks).await?;
         Ok(rec)
     }
 
@@ -218,16 +213,11 @@ impl Ledger {
     /// (a watcher's re-read: one connection either way).
     pub async fn get_if_changed(&self, id: &str, version: i64) -> Result<Option<RequestRecord>> {
         let mut conn = self.db.pool().acquire().await?;
-        let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(LedgerError::NotFound)?;
-        let mut rec = request_from_row(&row)?;
+        let (mut rec, tasks) = read_with_tasks(&mut conn, id).await?;
         if rec.version == version {
             return Ok(None);
         }
-        fill(&mut conn, &mut rec).await?;
+        fill_with(&mut conn, &mut rec, tasks).await?;
         Ok(Some(rec))
     }
 
@@ -586,7 +576,48 @@ async fn fill(conn: &mut sqlx::AnyConnection, rec: &mut RequestRecord) -> Result
             .bind(&rec.id)
             .fetch_all(&mut *conn)
             .await?;
-    rec.outcomes = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+    let tasks = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+    fill_with(conn, rec, tasks).await
+}
+
+/// A request's row and its tasks' in one statement (a `GetRequest`, a watcher's re-read): the
+/// request's columns and the tasks' share no name, so each joined row holds one task beside the
+/// request's columns.
+async fn read_with_tasks(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<(RequestRecord, Vec<TaskRecord>)> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let columns = |prefix: &str, list: &str| {
+            list.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "SELECT {}, {} FROM dsr_requests r LEFT JOIN dsr_tasks t ON t.request_id = r.id \
+             WHERE r.id = $1 ORDER BY t.position",
+            columns("r", REQUEST_COLUMNS),
+            columns("t", TASK_COLUMNS)
+        )
+    });
+    let rows = sqlx::query(sql).bind(id).fetch_all(&mut *conn).await?;
+    let first = rows.first().ok_or(LedgerError::NotFound)?;
+    let rec = request_from_row(first)?;
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<String>, _>("store")?.is_some() {
+            tasks.push(TaskRecord::from_row(row)?);
+        }
+    }
+    Ok((rec, tasks))
+}
+
+/// Adds `tasks` (the request's, read already) as its outcomes, and the rest `fill` adds.
+async fn fill_with(
+    conn: &mut sqlx::AnyConnection,
+    rec: &mut RequestRecord,
+    tasks: Vec<TaskRecord>,
+) -> Result<()> {
+    rec.outcomes = tasks;
     rec.outcomes.retain(|t| t.store != ARCHIVE_TASK || t.state == OutcomeState::Failed);
     if rec.kind == RequestKind::Export {
         rec.export = super::exports::export_on(&mut *conn, &rec.id).await?;

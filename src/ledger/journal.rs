@@ -54,7 +54,7 @@ pub(super) async fn append(tx: &mut Tx, ev: &NewEvent<'_>, at: DateTime<Utc>) ->
 }
 
 /// The journal's columns an event fills.
-const JOURNAL_COLUMNS: &[&str] = &[
+pub(super) const JOURNAL_COLUMNS: &[&str] = &[
     "at",
     "request_id",
     "tenant_id",
@@ -71,6 +71,12 @@ const JOURNAL_COLUMNS: &[&str] = &[
 
 /// Adds `events` to `rows`, as journal rows in this order (ids ascend within one statement).
 pub(super) fn add_rows(rows: &mut Rows, events: &[NewEvent<'_>], at: DateTime<Utc>) -> sqlx::Result<()> {
+    rows.add("dsr_event_journal", JOURNAL_COLUMNS, event_values(events, at)?);
+    Ok(())
+}
+
+/// Each event's journal row, one value per `JOURNAL_COLUMNS`.
+pub(super) fn event_values(events: &[NewEvent<'_>], at: DateTime<Utc>) -> sqlx::Result<Vec<Vec<Value>>> {
     let mut values = Vec::with_capacity(events.len());
     for ev in events {
         let mut tags = ev.subject_tags.to_vec();
@@ -92,8 +98,7 @@ pub(super) fn add_rows(rows: &mut Rows, events: &[NewEvent<'_>], at: DateTime<Ut
             Value::from(&tags),
         ]);
     }
-    rows.add("dsr_event_journal", JOURNAL_COLUMNS, values);
-    Ok(())
+    Ok(values)
 }
 
 /// Records `events` in the journal, in `tx`, in this order (ids ascend within one statement),

@@ -679,6 +679,19 @@ pub(super) async fn refresh_status_after(
         NewEvent::append_all(events, tx, now).await?;
         None
     };
+    refresh_status_locked(tx, id, tenant, before.as_deref(), now).await
+}
+
+/// The rest of `refresh_status_after`, once the request's row is locked (on Postgres) and the
+/// events appended: `before` is the status the lock read (`None`: not read, so written anyway).
+pub(super) async fn refresh_status_locked(
+    tx: &mut Tx,
+    id: &str,
+    tenant: &str,
+    before: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Refreshed> {
+    let postgres = tx.backend_name() == "PostgreSQL";
     let rows = sqlx::query(
         "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
     )
@@ -749,7 +762,7 @@ pub(super) async fn refresh_status_after(
     // Every caller changed a task of a request that was still open (finish, fail, cancel) or
     // reopened a failed one (retry), so a terminal status here is always a new one, and gets its
     // event: on Postgres in the same statement as the status (a `WITH` of the `UPDATE`).
-    if !terminal && before.as_deref() == Some(status.as_str()) {
+    if !terminal && before == Some(status.as_str()) {
         // Unchanged and open: `completed_at` is already empty and the subject kept.
         return Ok(Refreshed { status, unblocked: made_due });
     }

@@ -9,12 +9,16 @@ use super::{
     decode_enum,
     events::NewEvent,
     holds::{record_legal_hold, NewLegalHold},
-    requests::{refresh_status, refresh_status_after},
+    journal::{event_values, JOURNAL_COLUMNS},
+    requests::{refresh_status, refresh_status_after, refresh_status_locked},
     Ledger, Result,
 };
 use crate::{
     clock::to_millis,
-    db::{Backend, Tx},
+    db::{
+        rows::{Rows, Value},
+        Backend, Tx,
+    },
     domain::{OutcomeState, RequestKind, RequestStatus},
 };
 
@@ -370,6 +374,26 @@ impl Ledger {
             ));
         }
         let mut tx = self.begin_chained().await?;
+        // On Postgres, ends with nothing to record beside the task's row (no hold, no archive):
+        // the tasks' rows, their events and the request's lock in one statement.
+        if self.db.backend() == Backend::Postgres
+            && tasks.iter().all(|(_, r)| r.hold.is_none() && r.export.is_none())
+        {
+            let (applied, before) = end_and_lock(&mut tx, tasks, now).await?;
+            if !applied.contains(&true) {
+                // Nothing written (rolled back with the transaction).
+                return Ok(FinishedTogether { applied, status: None, made_due: false });
+            }
+            let refreshed =
+                refresh_status_locked(&mut tx, &first.request_id, &first.tenant_id, before.as_deref(), now)
+                    .await?;
+            tx.commit().await?;
+            return Ok(FinishedTogether {
+                applied,
+                status: Some(refreshed.status),
+                made_due: refreshed.unblocked,
+            });
+        }
         let mut applied = Vec::with_capacity(tasks.len());
         let mut events = Vec::with_capacity(tasks.len());
         let mut requeued = false;
@@ -583,13 +607,7 @@ async fn end_task_in<'a>(
     if let Some(archive) = &result.export {
         super::exports::upsert_export(tx, archive).await?;
     }
-    let mut event = NewEvent::request(&task.request_id, &task.tenant_id, "outcome")
-        .store(&task.store, task.attempt)
-        .counts(result.found, result.affected)
-        .detail(result.state.as_str());
-    if let Some(d) = &result.detail {
-        event = event.detail(d);
-    }
+    let event = outcome_event(task, result);
     if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
         // A first attempt has no earlier hold of its own to replace (attempt numbers only grow).
         let replaces = task.attempt > 1;
@@ -606,4 +624,97 @@ async fn end_task_in<'a>(
         .await?;
     }
     Ok(TaskEnded::Ended(event))
+}
+
+/// The `outcome` event of a task's end.
+fn outcome_event<'a>(task: &'a ClaimedTask, result: &'a TaskResult) -> NewEvent<'a> {
+    let event = NewEvent::request(&task.request_id, &task.tenant_id, "outcome")
+        .store(&task.store, task.attempt)
+        .counts(result.found, result.affected)
+        .detail(result.state.as_str());
+    match &result.detail {
+        Some(d) => event.detail(d),
+        None => event,
+    }
+}
+
+/// Postgres: ends `tasks` (all of one request, none with a hold or an archive to record), writes
+/// the `outcome` events of those still ours (in task order), and locks the request's row by
+/// bumping its version — one statement, where it was a statement per task and one more for the
+/// lock. Each task's `UPDATE` is a `WITH` fenced on its attempt, returning its index when it
+/// applied; the events' `INSERT` keeps the rows of those indexes. The request is updated only if
+/// one applied (`EXISTS`, an init plan: the tasks' rows are written, and locked, before the
+/// request's, as when they were statements of their own). Returns which tasks applied and the
+/// status the request had (`None`: none applied, and nothing is to be committed).
+async fn end_and_lock(
+    tx: &mut Tx,
+    tasks: &[(&ClaimedTask, &TaskResult)],
+    now: DateTime<Utc>,
+) -> Result<(Vec<bool>, Option<String>)> {
+    let now_ms = to_millis(now);
+    let mut binds: Vec<Value> = vec![tasks[0].0.request_id.as_str().into()];
+    let param = |binds: &mut Vec<Value>, v: Value| {
+        binds.push(v);
+        format!("${}", binds.len())
+    };
+    let mut parts = Vec::with_capacity(tasks.len() + 2);
+    for (i, (task, result)) in tasks.iter().enumerate() {
+        let p: Vec<String> = [
+            result.state.as_str().into(),
+            (result.found as i64).into(),
+            (result.affected as i64).into(),
+            Value::from(&result.retention_basis),
+            Value::from(result.retained_until.map(to_millis)),
+            (result.verified as i64).into(),
+            now_ms.into(),
+            (result.unattributed as i64).into(),
+            task.task_id.as_str().into(),
+            (task.attempt as i64).into(),
+        ]
+        .into_iter()
+        .map(|v| param(&mut binds, v))
+        .collect();
+        parts.push(format!(
+            "t{i} AS (UPDATE dsr_tasks SET state = {}, records_found = {}, records_affected = {}, \
+             retention_basis = {}, retained_until = {}, verified = {}, finished_at = {}, lease_owner = NULL, \
+             lease_until = NULL, hold_id = NULL, records_unattributed = {} \
+             WHERE id = {} AND attempt = {} AND state = 'running' RETURNING {i} AS i)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+        ));
+    }
+    let applied: Vec<String> = (0..tasks.len()).map(|i| format!("SELECT i FROM t{i}")).collect();
+    parts.push(format!("applied AS ({})", applied.join(" UNION ALL ")));
+    let events: Vec<NewEvent> = tasks.iter().map(|(t, r)| outcome_event(t, r)).collect();
+    let rows: Vec<String> = event_values(&events, now)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let row: Vec<String> = row.into_iter().map(|v| param(&mut binds, v)).collect();
+            format!("({}, {i})", row.join(", "))
+        })
+        .collect();
+    let names: Vec<String> = (0..JOURNAL_COLUMNS.len()).map(|c| format!("c{c}")).collect();
+    parts.push(format!(
+        "ev AS (INSERT INTO dsr_event_journal ({}) SELECT {} FROM (VALUES {}) AS v({}, i) \
+         WHERE v.i IN (SELECT i FROM applied) ORDER BY v.i)",
+        JOURNAL_COLUMNS.join(", "),
+        names.join(", "),
+        rows.join(", "),
+        names.join(", ")
+    ));
+    let sql = format!(
+        "WITH {} UPDATE dsr_requests SET version = version + 1 WHERE id = $1 AND EXISTS (SELECT 1 FROM applied) \
+         RETURNING status, (SELECT string_agg(CAST(i AS TEXT), ',') FROM applied) AS applied",
+        parts.join(", ")
+    );
+    let row = Rows::bind_values(sqlx::query(&sql), binds.iter().collect()).fetch_optional(&mut **tx).await?;
+    let Some(row) = row else { return Ok((vec![false; tasks.len()], None)) };
+    let list: String = row.try_get("applied")?;
+    let mut applied = vec![false; tasks.len()];
+    for i in list.split(',').filter_map(|i| i.parse::<usize>().ok()) {
+        if let Some(a) = applied.get_mut(i) {
+            *a = true;
+        }
+    }
+    Ok((applied, Some(row.try_get("status")?)))
 }

@@ -204,8 +204,8 @@ impl Ledger {
     /// would each take a pooled connection, which sqlx pings before and after use).
     pub async fn get(&self, id: &str) -> Result<RequestRecord> {
         let mut conn = self.db.pool().acquire().await?;
-        let (mut rec, tasks) = read_with_tasks(&mut conn, id).await?;
-        fill_with(&mut conn, &mut rec, tasks).await?;
+        let (mut rec, read) = read_with_tasks(&mut conn, id).await?;
+        fill_with(&mut conn, &mut rec, read).await?;
         Ok(rec)
     }
 
@@ -213,11 +213,11 @@ impl Ledger {
     /// (a watcher's re-read: one connection either way).
     pub async fn get_if_changed(&self, id: &str, version: i64) -> Result<Option<RequestRecord>> {
         let mut conn = self.db.pool().acquire().await?;
-        let (mut rec, tasks) = read_with_tasks(&mut conn, id).await?;
+        let (mut rec, read) = read_with_tasks(&mut conn, id).await?;
         if rec.version == version {
             return Ok(None);
         }
-        fill_with(&mut conn, &mut rec, tasks).await?;
+        fill_with(&mut conn, &mut rec, read).await?;
         Ok(Some(rec))
     }
 
@@ -577,23 +577,22 @@ async fn fill(conn: &mut sqlx::AnyConnection, rec: &mut RequestRecord) -> Result
             .fetch_all(&mut *conn)
             .await?;
     let tasks = rows.iter().map(TaskRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-    fill_with(conn, rec, tasks).await
+    fill_with(conn, rec, WithTasks { tasks, has_recipients: true }).await
 }
 
 /// A request's row and its tasks' in one statement (a `GetRequest`, a watcher's re-read): the
 /// request's columns and the tasks' share no name, so each joined row holds one task beside the
 /// request's columns.
-async fn read_with_tasks(
-    conn: &mut sqlx::AnyConnection,
-    id: &str,
-) -> Result<(RequestRecord, Vec<TaskRecord>)> {
+async fn read_with_tasks(conn: &mut sqlx::AnyConnection, id: &str) -> Result<(RequestRecord, WithTasks)> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
         let columns = |prefix: &str, list: &str| {
             list.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ")
         };
         format!(
-            "SELECT {}, {} FROM dsr_requests r LEFT JOIN dsr_tasks t ON t.request_id = r.id \
+            "SELECT {}, {}, CAST(CASE WHEN EXISTS (SELECT 1 FROM dsr_deliveries d WHERE d.request_id = r.id) \
+               THEN 1 ELSE 0 END AS BIGINT) AS has_recipients \
+             FROM dsr_requests r LEFT JOIN dsr_tasks t ON t.request_id = r.id \
              WHERE r.id = $1 ORDER BY t.position",
             columns("r", REQUEST_COLUMNS),
             columns("t", TASK_COLUMNS)
@@ -608,21 +607,26 @@ async fn read_with_tasks(
             tasks.push(TaskRecord::from_row(row)?);
         }
     }
-    Ok((rec, tasks))
+    Ok((rec, WithTasks { tasks, has_recipients: first.try_get::<i64, _>("has_recipients")? == 1 }))
+}
+
+/// What `read_with_tasks` read beside the request: its tasks, and whether it has recipients
+/// (most requests of most deployments have none: their re-reads skip that statement).
+struct WithTasks {
+    tasks: Vec<TaskRecord>,
+    has_recipients: bool,
 }
 
 /// Adds `tasks` (the request's, read already) as its outcomes, and the rest `fill` adds.
-async fn fill_with(
-    conn: &mut sqlx::AnyConnection,
-    rec: &mut RequestRecord,
-    tasks: Vec<TaskRecord>,
-) -> Result<()> {
-    rec.outcomes = tasks;
+async fn fill_with(conn: &mut sqlx::AnyConnection, rec: &mut RequestRecord, read: WithTasks) -> Result<()> {
+    rec.outcomes = read.tasks;
     rec.outcomes.retain(|t| t.store != ARCHIVE_TASK || t.state == OutcomeState::Failed);
     if rec.kind == RequestKind::Export {
         rec.export = super::exports::export_on(&mut *conn, &rec.id).await?;
     }
-    rec.recipients = super::deliveries::deliveries_on(conn, &rec.id).await?;
+    if read.has_recipients {
+        rec.recipients = super::deliveries::deliveries_on(conn, &rec.id).await?;
+    }
     Ok(())
 }
 

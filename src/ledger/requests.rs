@@ -696,12 +696,21 @@ pub(super) async fn refresh_status_locked(
     now: DateTime<Utc>,
 ) -> Result<Refreshed> {
     let postgres = tx.backend_name() == "PostgreSQL";
+    // With them, whether the request has recipients at all (rows made at submit): a request
+    // without any needs no statement of `deliveries::settle`, which would change nothing.
     let rows = sqlx::query(
-        "SELECT stage, state, attempt, hold_id, next_run_at FROM dsr_tasks WHERE request_id = $1",
+        "SELECT stage, state, attempt, hold_id, next_run_at, \
+           CAST(CASE WHEN EXISTS (SELECT 1 FROM dsr_deliveries d WHERE d.request_id = $1) THEN 1 ELSE 0 END AS BIGINT) \
+             AS has_recipients \
+         FROM dsr_tasks WHERE request_id = $1",
     )
     .bind(id)
     .fetch_all(&mut **tx)
     .await?;
+    let has_recipients = match rows.first() {
+        Some(r) => r.try_get::<i64, _>("has_recipients")? == 1,
+        None => true,
+    };
     // A store kept by a litigation hold runs again when the hold is released, and needs the
     // subject's identifiers then: they stay until it has. Until then the request is not done
     // (`derive_status_under_holds`): it stays IN_PROGRESS, and the deadline gauges count it
@@ -761,7 +770,9 @@ pub(super) async fn refresh_status_locked(
         .collect();
     // Recipients (Art. 19): stores that succeeded arm the outbox here, in this transaction, and
     // the request completes only once every recipient has acknowledged.
-    let status = super::deliveries::settle(tx, id, derive_status_under_holds(outcomes, held), now).await?;
+    let derived = derive_status_under_holds(outcomes, held);
+    let status =
+        if has_recipients { super::deliveries::settle(tx, id, derived, now).await? } else { derived };
     let terminal = status.is_terminal();
     // Every caller changed a task of a request that was still open (finish, fail, cancel) or
     // reopened a failed one (retry), so a terminal status here is always a new one, and gets its

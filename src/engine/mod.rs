@@ -238,8 +238,8 @@ impl Engine {
     }
 
     /// Runs one claimed task to a recorded result (or to a retry), renewing its lease meanwhile;
-    /// `true` when its end made tasks due (see `Ended::made_due`; a failure says so too, rarely
-    /// true but cheap to check).
+    /// `true` when its end made tasks due (see `Ended::made_due`; a failure always says so:
+    /// failures are rare, and the claim it may cost for nothing is cheap).
     ///
     /// Its span is a child of the server span of the call that submitted the request (stored
     /// with it as a `traceparent`), so every store task, every attempt and every replica that

@@ -374,45 +374,43 @@ impl Ledger {
             ));
         }
         let mut tx = self.begin_chained().await?;
-        // On Postgres, ends with nothing to record beside the task's row (no hold, no archive):
-        // the tasks' rows, their events and the request's lock in one statement.
-        if self.db.backend() == Backend::Postgres
+        let nothing = |applied| Ok(FinishedTogether { applied, status: None, made_due: false });
+        let (applied, requeued, refreshed) = if self.db.backend() == Backend::Postgres
             && tasks.iter().all(|(_, r)| r.hold.is_none() && r.export.is_none())
         {
+            // Ends with nothing to record beside the tasks' rows (no hold, no archive): the
+            // rows, their events and the request's lock in one statement.
             let (applied, before) = end_and_lock(&mut tx, tasks, now).await?;
             if !applied.contains(&true) {
                 // Nothing written (rolled back with the transaction).
-                return Ok(FinishedTogether { applied, status: None, made_due: false });
+                return nothing(applied);
             }
             let refreshed =
                 refresh_status_locked(&mut tx, &first.request_id, &first.tenant_id, before.as_deref(), now)
                     .await?;
-            tx.commit().await?;
-            return Ok(FinishedTogether {
-                applied,
-                status: Some(refreshed.status),
-                made_due: refreshed.unblocked,
-            });
-        }
-        let mut applied = Vec::with_capacity(tasks.len());
-        let mut events = Vec::with_capacity(tasks.len());
-        let mut requeued = false;
-        for (task, result) in tasks {
-            let ended = end_task_in(&mut tx, task, result, now).await?;
-            applied.push(!matches!(ended, TaskEnded::NotOurs));
-            requeued |= matches!(ended, TaskEnded::Requeued);
-            events.extend(match ended {
-                TaskEnded::Ended(event) => Some(event),
-                TaskEnded::NotOurs | TaskEnded::Requeued => None,
-            });
-        }
-        if !applied.contains(&true) {
-            // Nothing written (no task was ours, so no event either).
-            return Ok(FinishedTogether { applied, status: None, made_due: false });
-        }
-        // The batch's `outcome` events in one statement, in task order, before the status.
-        let refreshed =
-            refresh_status_after(&mut tx, &first.request_id, &first.tenant_id, &events, now).await?;
+            (applied, false, refreshed)
+        } else {
+            let mut applied = Vec::with_capacity(tasks.len());
+            let mut events = Vec::with_capacity(tasks.len());
+            let mut requeued = false;
+            for (task, result) in tasks {
+                let ended = end_task_in(&mut tx, task, result, now).await?;
+                applied.push(!matches!(ended, TaskEnded::NotOurs));
+                requeued |= matches!(ended, TaskEnded::Requeued);
+                events.extend(match ended {
+                    TaskEnded::Ended(event) => Some(event),
+                    TaskEnded::NotOurs | TaskEnded::Requeued => None,
+                });
+            }
+            if !applied.contains(&true) {
+                // Nothing written (no task was ours, so no event either).
+                return nothing(applied);
+            }
+            // The batch's `outcome` events in one statement, in task order, before the status.
+            let refreshed =
+                refresh_status_after(&mut tx, &first.request_id, &first.tenant_id, &events, now).await?;
+            (applied, requeued, refreshed)
+        };
         tx.commit().await?;
         Ok(FinishedTogether {
             applied,
@@ -582,25 +580,12 @@ async fn end_task_in<'a>(
             return Ok(if n == 1 { TaskEnded::Requeued } else { TaskEnded::NotOurs });
         }
     }
-    let n = sqlx::query(
-        "UPDATE dsr_tasks SET state = $1, records_found = $2, records_affected = $3, retention_basis = $4, \
-         retained_until = $5, verified = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL, \
-         hold_id = $10, records_unattributed = $11 WHERE id = $8 AND attempt = $9 AND state = 'running'",
-    )
-    .bind(result.state.as_str())
-    .bind(result.found as i64)
-    .bind(result.affected as i64)
-    .bind(&result.retention_basis)
-    .bind(result.retained_until.map(to_millis))
-    .bind(result.verified as i64)
-    .bind(to_millis(now))
-    .bind(&task.task_id)
-    .bind(task.attempt as i64)
-    .bind(litigation)
-    .bind(result.unattributed as i64)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let values = end_values(task, result, litigation, now);
+    let sql = end_update(&(1..=values.len()).map(|i| format!("${i}")).collect::<Vec<_>>());
+    let n = Rows::bind_values(sqlx::query(&sql), values.iter().collect())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
     if n == 0 {
         return Ok(TaskEnded::NotOurs);
     }
@@ -624,6 +609,40 @@ async fn end_task_in<'a>(
         .await?;
     }
     Ok(TaskEnded::Ended(event))
+}
+
+/// The `UPDATE` that ends a task with its store's result, fenced on its attempt: `p` names its
+/// parameters, in the order of `end_values`.
+fn end_update(p: &[String]) -> String {
+    format!(
+        "UPDATE dsr_tasks SET state = {}, records_found = {}, records_affected = {}, retention_basis = {}, \
+         retained_until = {}, verified = {}, finished_at = {}, lease_owner = NULL, lease_until = NULL, \
+         hold_id = {}, records_unattributed = {} WHERE id = {} AND attempt = {} AND state = 'running'",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+    )
+}
+
+/// The values of `end_update`: the result, the litigation hold that keeps the store's records
+/// (if any), the time, then the task and its attempt.
+fn end_values(
+    task: &ClaimedTask,
+    result: &TaskResult,
+    litigation: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<Value> {
+    vec![
+        result.state.as_str().into(),
+        (result.found as i64).into(),
+        (result.affected as i64).into(),
+        Value::from(&result.retention_basis),
+        Value::from(result.retained_until.map(to_millis)),
+        (result.verified as i64).into(),
+        to_millis(now).into(),
+        litigation.into(),
+        (result.unattributed as i64).into(),
+        task.task_id.as_str().into(),
+        (task.attempt as i64).into(),
+    ]
 }
 
 /// The `outcome` event of a task's end.
@@ -651,7 +670,6 @@ async fn end_and_lock(
     tasks: &[(&ClaimedTask, &TaskResult)],
     now: DateTime<Utc>,
 ) -> Result<(Vec<bool>, Option<String>)> {
-    let now_ms = to_millis(now);
     let mut binds: Vec<Value> = vec![tasks[0].0.request_id.as_str().into()];
     let param = |binds: &mut Vec<Value>, v: Value| {
         binds.push(v);
@@ -659,28 +677,9 @@ async fn end_and_lock(
     };
     let mut parts = Vec::with_capacity(tasks.len() + 2);
     for (i, (task, result)) in tasks.iter().enumerate() {
-        let p: Vec<String> = [
-            result.state.as_str().into(),
-            (result.found as i64).into(),
-            (result.affected as i64).into(),
-            Value::from(&result.retention_basis),
-            Value::from(result.retained_until.map(to_millis)),
-            (result.verified as i64).into(),
-            now_ms.into(),
-            (result.unattributed as i64).into(),
-            task.task_id.as_str().into(),
-            (task.attempt as i64).into(),
-        ]
-        .into_iter()
-        .map(|v| param(&mut binds, v))
-        .collect();
-        parts.push(format!(
-            "t{i} AS (UPDATE dsr_tasks SET state = {}, records_found = {}, records_affected = {}, \
-             retention_basis = {}, retained_until = {}, verified = {}, finished_at = {}, lease_owner = NULL, \
-             lease_until = NULL, hold_id = NULL, records_unattributed = {} \
-             WHERE id = {} AND attempt = {} AND state = 'running' RETURNING {i} AS i)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
-        ));
+        let p: Vec<String> =
+            end_values(task, result, None, now).into_iter().map(|v| param(&mut binds, v)).collect();
+        parts.push(format!("t{i} AS ({} RETURNING {i} AS i)", end_update(&p)));
     }
     let applied: Vec<String> = (0..tasks.len()).map(|i| format!("SELECT i FROM t{i}")).collect();
     parts.push(format!("applied AS ({})", applied.join(" UNION ALL ")));

@@ -126,9 +126,8 @@ async fn the_sqlite_ledger_syncs_every_commit_unless_told_otherwise() {
 async fn tasks_of_one_request_ending_at_once_report_its_end_once(backend: Backend) {
     use dsr::{
         clock::{Clock, SystemClock},
-        domain::OutcomeState as State,
         engine::{Ended, Finisher},
-        ledger::{Fenced, Ledger, TaskResult},
+        ledger::{Fenced, Ledger},
     };
     let overrides = Overrides { paused_engine: true, ..Default::default() };
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
@@ -137,18 +136,7 @@ async fn tasks_of_one_request_ending_at_once_report_its_end_once(backend: Backen
     let finisher = Finisher::new(ledger.clone(), std::sync::Arc::new(SystemClock));
     let stores = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
     let queues: Vec<(&str, usize)> = stores.iter().map(|s| (*s, 10)).collect();
-    let done = TaskResult {
-        state: State::Done,
-        found: 1,
-        affected: 1,
-        retention_basis: None,
-        retained_until: None,
-        verified: true,
-        unattributed: 0,
-        detail: None,
-        export: None,
-        hold: None,
-    };
+    let done = done_with_one_record();
     for (i, subject) in s.iter().enumerate() {
         let r = app.delete(by_phone("acme", &subject.phone)).await;
         // Every store due at once (call_logs normally waits for the others), so the request's
@@ -217,9 +205,8 @@ both!(tasks_of_one_request_ending_at_once_report_its_end_once);
 async fn only_the_end_that_finishes_a_stage_makes_tasks_due(backend: Backend) {
     use dsr::{
         clock::{Clock, SystemClock},
-        domain::OutcomeState as State,
         engine::Finisher,
-        ledger::{Ledger, TaskResult},
+        ledger::Ledger,
     };
     let overrides = Overrides { paused_engine: true, ..Default::default() };
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
@@ -228,18 +215,7 @@ async fn only_the_end_that_finishes_a_stage_makes_tasks_due(backend: Backend) {
     let finisher = Finisher::new(ledger.clone(), std::sync::Arc::new(SystemClock));
     let stores = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
     let queues: Vec<(&str, usize)> = stores.iter().map(|s| (*s, 10)).collect();
-    let done = TaskResult {
-        state: State::Done,
-        found: 1,
-        affected: 1,
-        retention_basis: None,
-        retained_until: None,
-        verified: true,
-        unattributed: 0,
-        detail: None,
-        export: None,
-        hold: None,
-    };
+    let done = done_with_one_record();
     let r = app.delete(by_phone("acme", &s[0].phone)).await;
     let lease = std::time::Duration::from_secs(30);
     let first = ledger.claim_due(&queues, 10, "test-worker", lease, SystemClock.now()).await.unwrap();
@@ -257,3 +233,19 @@ async fn only_the_end_that_finishes_a_stage_makes_tasks_due(backend: Backend) {
     app.shutdown().await;
 }
 both!(only_the_end_that_finishes_a_stage_makes_tasks_due);
+
+/// A store's result as the finisher tests hand it over: DONE, one record found and erased.
+fn done_with_one_record() -> dsr::ledger::TaskResult {
+    dsr::ledger::TaskResult {
+        state: dsr::domain::OutcomeState::Done,
+        found: 1,
+        affected: 1,
+        retention_basis: None,
+        retained_until: None,
+        verified: true,
+        unattributed: 0,
+        detail: None,
+        export: None,
+        hold: None,
+    }
+}

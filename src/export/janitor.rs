@@ -119,17 +119,7 @@ pub async fn erase(
 /// One pass: deletes every archive past its expiry, and every archive of a subject who has
 /// asked for erasure since. Returns how many it deleted.
 pub async fn expire_due(storage: &ExportStorage, ledger: &Ledger, now: DateTime<Utc>) -> anyhow::Result<u64> {
-    let mut n = 0;
-    loop {
-        let superseded = ledger.superseded_exports(BATCH).await?;
-        for export in &superseded {
-            erase(storage, ledger, export, now).await?;
-            n += 1;
-        }
-        if superseded.len() < BATCH {
-            break;
-        }
-    }
+    let mut n = erase_superseded(storage, ledger, now).await?;
     loop {
         let due = ledger.expired_exports(now, BATCH).await?;
         for export in &due {
@@ -143,6 +133,25 @@ pub async fn expire_due(storage: &ExportStorage, ledger: &Ledger, now: DateTime<
     Ok(n)
 }
 
+/// Deletes every archive of a subject who has asked for erasure since. Returns how many.
+async fn erase_superseded(
+    storage: &ExportStorage,
+    ledger: &Ledger,
+    now: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let mut n = 0;
+    loop {
+        let superseded = ledger.superseded_exports(BATCH).await?;
+        for export in &superseded {
+            erase(storage, ledger, export, now).await?;
+            n += 1;
+        }
+        if superseded.len() < BATCH {
+            return Ok(n);
+        }
+    }
+}
+
 /// One pass of `run_janitor`: `expire_due`, then `delete_leftovers`.
 async fn janitor_pass(storage: &ExportStorage, ledger: &Ledger, now: DateTime<Utc>) -> anyhow::Result<()> {
     expire_due(storage, ledger, now).await?;
@@ -152,7 +161,10 @@ async fn janitor_pass(storage: &ExportStorage, ledger: &Ledger, now: DateTime<Ut
     Ok(())
 }
 
-/// Runs `janitor_pass` every `interval`, and when woken, until `shutdown`.
+/// Runs `janitor_pass` every `interval` until `shutdown`. Woken in between (a deletion
+/// completed), it deletes only the archives of subjects who asked for erasure since: expiry and
+/// leftovers wait for the interval, so a busy service does not list its export storage after
+/// every deletion.
 pub async fn run_janitor(
     storage: Arc<ExportStorage>,
     ledger: Ledger,
@@ -160,13 +172,20 @@ pub async fn run_janitor(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        if let Err(e) = janitor_pass(&storage, &ledger, clock.now()).await {
+        let passed = if tokio::time::Instant::now() >= next_full {
+            next_full = tokio::time::Instant::now() + interval;
+            janitor_pass(&storage, &ledger, clock.now()).await
+        } else {
+            erase_superseded(&storage, &ledger, clock.now()).await.map(|_| ())
+        };
+        if let Err(e) = passed {
             warn!(error = %e, "deleting expired export archives failed; will try again");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next_full) => {}
             _ = storage.janitor.notified() => {}
         }
     }

@@ -337,11 +337,17 @@ impl Ledger {
 
     /// Links every journal row committed before the call into the chain (racing sealers may
     /// link some of them instead). Returns how many this call linked.
+    ///
+    /// A batch short of `SEAL_BATCH` was every row its snapshot saw, a snapshot taken after the
+    /// call began: the call's work is done. Reading again until the journal is empty would
+    /// chase rows committed since, a few at a time: under load the server's sealer did that
+    /// without pause, 2.25 seals (four statements) per deletion in `dsr bench deletions`.
     pub async fn seal_journal(&self) -> Result<u64> {
         let (mut linked, mut races) = (0, 0);
         loop {
             match self.seal_batch().await? {
                 Seal::Empty => return Ok(linked),
+                Seal::Linked(n) if n < SEAL_BATCH as u64 => return Ok(linked + n),
                 Seal::Linked(n) => linked += n,
                 // Another sealer moved the head between our read and our move: it is linking
                 // the same rows; read again. Racing for ever means something else moves the

@@ -3,7 +3,7 @@
 //! validated (letters, digits, `_`), so a name can never be SQL.
 use sea_query::{
     Alias, ColumnRef, DeleteStatement, Expr, InsertStatement, IntoIden, PostgresQueryBuilder,
-    SelectStatement, SimpleExpr, SqliteQueryBuilder, TableRef, UpdateStatement, Value, Values,
+    SelectStatement, SimpleExpr, SqliteQueryBuilder, TableRef, UpdateStatement, Value, Values, WithQuery,
 };
 use sqlx::{any::AnyArguments, query::Query, Any};
 
@@ -59,7 +59,7 @@ macro_rules! statement {
         }
     )*};
 }
-statement!(SelectStatement, UpdateStatement, DeleteStatement, InsertStatement);
+statement!(SelectStatement, UpdateStatement, DeleteStatement, InsertStatement, WithQuery);
 
 /// A sqlx query of the built SQL with its values bound, in order.
 pub fn bind<'q>(sql: &'q str, values: &'q Values) -> Query<'q, Any, AnyArguments<'q>> {

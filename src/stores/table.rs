@@ -180,6 +180,12 @@ impl SubjectTable {
         conn.settle(rows)
     }
 
+    /// Runs a statement whose one row's column `n` is a count; returns it.
+    pub async fn fetch_count(&self, stmt: &impl Statement) -> sqlx::Result<u64> {
+        let n: i64 = self.fetch_one(stmt).await?.try_get("n")?;
+        Ok(n as u64)
+    }
+
     pub async fn fetch_one(&self, stmt: &impl Statement) -> sqlx::Result<AnyRow> {
         let (sql, values) = stmt.build_for(self.backend());
         let mut conn = self.db.conn().await?;

@@ -4,11 +4,12 @@
 //! another store is kept blanked, the others deleted); or keep them restricted under a legal
 //! obligation.
 use chrono::{DateTime, Utc};
-use sea_query::{Alias, Expr, Func, Query, SimpleExpr};
+use sea_query::{Alias, CommonTableExpression, Expr, Func, Query, SimpleExpr, WithClause, WithQuery};
 
 use super::{time, CatalogStore};
 use crate::{
     catalog::TimeFormat,
+    db::Backend,
     stores::{objects, query, table::CHUNK, Erasure, Probe, StoreResult},
 };
 
@@ -78,16 +79,29 @@ impl CatalogStore {
             if let Some(r) = &referenced {
                 kept.and_where(r.clone());
             }
-            let mut tx = self.rows.db.begin_write().await?;
-            n += self.rows.execute_in(&mut tx, &kept).await?;
-            if let Some(r) = &referenced {
-                let mut gone = Query::delete();
-                gone.from_table(query::table(&self.entry.table))
-                    .and_where(self.rows.by_keys(tenant, chunk))
-                    .and_where(r.clone().not());
-                n += self.rows.execute_in(&mut tx, &gone).await?;
-            }
-            tx.commit().await?;
+            let Some(r) = &referenced else {
+                n += self.rows.execute(&kept).await?;
+                continue;
+            };
+            let mut gone = Query::delete();
+            gone.from_table(query::table(&self.entry.table))
+                .and_where(self.rows.by_keys(tenant, chunk))
+                .and_where(r.clone().not());
+            n += match backend {
+                // One statement: the same atomicity as the transaction, without its BEGIN and
+                // COMMIT round trips. Both parts read one snapshot; their rows are disjoint
+                // (referenced or not).
+                Backend::Postgres => {
+                    self.rows.fetch_count(&blank_and_delete(&self.entry.key, kept, gone)).await?
+                }
+                Backend::Sqlite => {
+                    let mut tx = self.rows.db.begin_write().await?;
+                    let changed = self.rows.execute_in(&mut tx, &kept).await?
+                        + self.rows.execute_in(&mut tx, &gone).await?;
+                    tx.commit().await?;
+                    changed
+                }
+            };
         }
         Ok(n)
     }
@@ -157,4 +171,22 @@ impl CatalogStore {
         }
         problems
     }
+}
+
+/// Postgres: `kept` (the blanking `UPDATE`) and `gone` (the `DELETE` of rows nobody references)
+/// as data-modifying `WITH` parts of one statement that counts the rows both changed (`n`).
+fn blank_and_delete(
+    key: &str,
+    mut kept: sea_query::UpdateStatement,
+    mut gone: sea_query::DeleteStatement,
+) -> WithQuery {
+    kept.returning_col(Alias::new(key));
+    gone.returning_col(Alias::new(key));
+    let mut count = Query::select();
+    count.expr_as(Expr::cust("(SELECT COUNT(*) FROM kept) + (SELECT COUNT(*) FROM gone)"), Alias::new("n"));
+    WithClause::new()
+        .cte(CommonTableExpression::new().query(kept).table_name(Alias::new("kept")).to_owned())
+        .cte(CommonTableExpression::new().query(gone).table_name(Alias::new("gone")).to_owned())
+        .to_owned()
+        .query(count)
 }

@@ -412,6 +412,12 @@ impl Ledger {
         Ok((holds, next))
     }
 
+    /// The SQL of `litigation_hold_for` for `tags` identifier tags ($1 the tenant, then the
+    /// tags): for `EXPLAIN`, which must find it reading `dsr_holds_litigation`.
+    pub fn litigation_hold_question(tags: usize) -> String {
+        litigation_hold_select(1, 2, tags)
+    }
+
     /// The active litigation hold of the tenant, if any, that covers any of these identifier
     /// tags.
     pub async fn litigation_hold_for(&self, tenant: &str, tags: &[String]) -> Result<Option<String>> {

@@ -252,12 +252,6 @@ impl Engine {
         resolution: &Resolution,
     ) -> StoreResult<TaskResult> {
         let tags = self.hasher.person_tags(&resolution.person);
-        let hold_now = || async {
-            self.ledger
-                .litigation_hold_for(&task.tenant_id, &tags)
-                .await
-                .map_err(|e| StoreError::Transient(format!("ledger unavailable: {e}")))
-        };
         let scan = self.within(adapter, resolve::scan(adapter, resolution)).await?;
         let unattributed = scan.unattributed.len() as u64;
         let held = scan.held(adapter.keeps_under_legal_obligation());
@@ -287,23 +281,13 @@ impl Engine {
         let keys: Vec<String> = scan.mine.iter().cloned().collect();
         let erasure =
             self.within(adapter, eraser.erase(&resolution.person.tenant, &keys, self.clock.now())).await?;
-        // The check and the second hold question are independent reads: asked at once.
-        let (left, late_hold) =
-            tokio::join!(self.within(adapter, resolve::leftovers(adapter, resolution, &scan)), hold_now());
-        let left = left?;
+        let left = self.within(adapter, resolve::leftovers(adapter, resolution, &scan)).await?;
         if left > 0 {
             return Err(StoreError::Transient(format!(
                 "{left} record(s) of the subject are left after the erase"
             )));
         }
         let found = held.max(ready.first_count);
-        // A hold placed while the store erased came too late for what it erased: the outcome
-        // says so (and the hold keeps whatever the other stores still hold).
-        let too_late = late_hold?.map(|hold| {
-            format!(
-                "{LITIGATION_HOLD_BASIS}: hold {hold} was placed while this store erased; the {found} record(s) it held were already erased"
-            )
-        });
         Ok(match erasure {
             Erasure::Erased { affected } => TaskResult {
                 found,
@@ -311,14 +295,12 @@ impl Engine {
                 affected: affected.max(found),
                 unattributed,
                 verified: true,
-                detail: match (&too_late, unattributed) {
-                    (Some(_), _) => {
-                        Some("done: a litigation hold placed during the erase came too late".into())
-                    }
-                    (None, 0) => None,
-                    (None, n) => Some(format!("{n} record(s) name the subject but not them alone: left")),
-                },
-                retention_basis: too_late,
+                detail: (unattributed > 0)
+                    .then(|| format!("{unattributed} record(s) name the subject but not them alone: left")),
+                // A hold placed while the store erased came too late for what it erased: asked
+                // again as the end is recorded, and the outcome says so (the hold keeps whatever
+                // the other stores still hold).
+                late_hold_tags: Some(tags),
                 ..done()
             },
             Erasure::Retained { affected, basis, until } => {
@@ -368,6 +350,7 @@ fn done() -> TaskResult {
         detail: None,
         export: None,
         hold: None,
+        late_hold_tags: None,
     }
 }
 

@@ -28,7 +28,9 @@ pub use holds::{
 pub use leases::{LeaseClaim, SWEEP_LEASE};
 pub use requests::{ListFilter, NewDsrRequest, Page, Submitted};
 pub use stats::{DeadlineCounts, QueueCounts, OUTSTANDING};
-pub use tasks::{ClaimedTask, Fenced, FinishedTogether, ReadyToErase, TaskHold, TaskResult};
+pub use tasks::{
+    ClaimedTask, Fenced, FinishedTogether, ReadyToErase, TaskHold, TaskResult, LATE_HOLD_DETAIL,
+};
 
 use crate::{
     clock::from_millis,

@@ -8,7 +8,9 @@ use sqlx::Row;
 use super::{
     decode_enum,
     events::NewEvent,
-    holds::{record_legal_hold, NewLegalHold},
+    holds::{
+        litigation_hold_in, litigation_hold_select, record_legal_hold, NewLegalHold, LITIGATION_HOLD_BASIS,
+    },
     journal::{event_values, JOURNAL_COLUMNS},
     requests::{refresh_status, refresh_status_after, refresh_status_locked},
     Ledger, Result,
@@ -77,6 +79,33 @@ pub struct TaskResult {
     pub export: Option<super::ExportRecord>,
     /// Why the records stay, when a hold keeps them (issue 9).
     pub hold: Option<TaskHold>,
+    /// An erase's result: the person's identifier tags. When the end is recorded the ledger asks
+    /// whether a standing litigation hold covers them — one placed while the store erased came
+    /// too late for what it erased, and the outcome says so (`LATE_HOLD_DETAIL`). On Postgres
+    /// the question rides in the statement that ends the task.
+    pub late_hold_tags: Option<Vec<String>>,
+}
+
+/// The detail of an erase's outcome when a litigation hold was placed while the store erased.
+pub const LATE_HOLD_DETAIL: &str = "done: a litigation hold placed during the erase came too late";
+
+/// The retention basis of such an outcome, before and after the hold's id.
+fn late_hold_basis(found: u64) -> (String, String) {
+    (
+        format!("{LITIGATION_HOLD_BASIS}: hold "),
+        format!(" was placed while this store erased; the {found} record(s) it held were already erased"),
+    )
+}
+
+/// `result` as recorded when `hold` was placed while the store erased.
+fn too_late(result: &TaskResult, hold: &str) -> TaskResult {
+    let (before, after) = late_hold_basis(result.found);
+    TaskResult {
+        retention_basis: Some(format!("{before}{hold}{after}")),
+        detail: Some(LATE_HOLD_DETAIL.to_owned()),
+        late_hold_tags: None,
+        ..result.clone()
+    }
 }
 
 /// The hold behind a RETAINED outcome.
@@ -580,7 +609,14 @@ async fn end_task_in<'a>(
             return Ok(if n == 1 { TaskEnded::Requeued } else { TaskEnded::NotOurs });
         }
     }
-    let values = end_values(task, result, litigation, now);
+    let late = match &result.late_hold_tags {
+        Some(tags) => litigation_hold_in(&mut **tx, &task.tenant_id, tags).await?,
+        None => None,
+    };
+    let values = match &late {
+        Some(hold) => end_values(task, &too_late(result, hold), litigation, now),
+        None => end_values(task, result, litigation, now),
+    };
     let sql = end_update(&(1..=values.len()).map(|i| format!("${i}")).collect::<Vec<_>>());
     let n = Rows::bind_values(sqlx::query(&sql), values.iter().collect())
         .execute(&mut **tx)
@@ -592,7 +628,10 @@ async fn end_task_in<'a>(
     if let Some(archive) = &result.export {
         super::exports::upsert_export(tx, archive).await?;
     }
-    let event = outcome_event(task, result);
+    let event = match late {
+        Some(_) => outcome_event(task, result).detail(LATE_HOLD_DETAIL),
+        None => outcome_event(task, result),
+    };
     if let Some(TaskHold::LegalObligation(hold)) = &result.hold {
         // A first attempt has no earlier hold of its own to replace (attempt numbers only grow).
         let replaces = task.attempt > 1;
@@ -675,10 +714,27 @@ async fn end_and_lock(
         binds.push(v);
         format!("${}", binds.len())
     };
-    let mut parts = Vec::with_capacity(tasks.len() + 2);
+    let mut parts = Vec::with_capacity(2 * tasks.len() + 2);
+    // An erase's late-hold question (`TaskResult::late_hold_tags`) as a `WITH` of its own,
+    // read by the task's retention basis and its event's detail.
+    let mut late_detail = vec![None; tasks.len()];
     for (i, (task, result)) in tasks.iter().enumerate() {
-        let p: Vec<String> =
+        let mut p: Vec<String> =
             end_values(task, result, None, now).into_iter().map(|v| param(&mut binds, v)).collect();
+        if let Some(tags) = result.late_hold_tags.as_deref().filter(|t| !t.is_empty()) {
+            binds.push(task.tenant_id.as_str().into());
+            let tenant = binds.len();
+            binds.extend(tags.iter().map(|t| Value::from(t.as_str())));
+            let question = litigation_hold_select(tenant, tenant + 1, tags.len());
+            parts.push(format!("late{i} AS ({question})"));
+            let (before, after) = late_hold_basis(result.found);
+            let (before, after) = (param(&mut binds, (&before).into()), param(&mut binds, (&after).into()));
+            p[3] = format!(
+                "COALESCE((SELECT CAST({before} AS TEXT) || id || CAST({after} AS TEXT) FROM late{i}), {})",
+                p[3]
+            );
+            late_detail[i] = Some(param(&mut binds, LATE_HOLD_DETAIL.into()));
+        }
         parts.push(format!("t{i} AS ({} RETURNING {i} AS i)", end_update(&p)));
     }
     let applied: Vec<String> = (0..tasks.len()).map(|i| format!("SELECT i FROM t{i}")).collect();
@@ -688,7 +744,12 @@ async fn end_and_lock(
         .into_iter()
         .enumerate()
         .map(|(i, row)| {
-            let row: Vec<String> = row.into_iter().map(|v| param(&mut binds, v)).collect();
+            let mut row: Vec<String> = row.into_iter().map(|v| param(&mut binds, v)).collect();
+            if let Some(detail) = &late_detail[i] {
+                let d =
+                    JOURNAL_COLUMNS.iter().position(|c| *c == "detail").expect("the journal has a detail");
+                row[d] = format!("COALESCE((SELECT CAST({detail} AS TEXT) FROM late{i}), {})", row[d]);
+            }
             format!("({}, {i})", row.join(", "))
         })
         .collect();

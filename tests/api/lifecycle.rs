@@ -247,5 +247,110 @@ fn done_with_one_record() -> dsr::ledger::TaskResult {
         detail: None,
         export: None,
         hold: None,
+        late_hold_tags: None,
     }
 }
+
+/// A litigation hold placed while a store erased is asked about as the store's end is recorded
+/// (`TaskResult::late_hold_tags`): the outcome's retention basis names the hold and its event
+/// says the hold came too late; a person no hold covers is recorded as erased plainly. Both ways
+/// a task's end is written: alone (on Postgres, the question inside the ending statement) and
+/// with a task that records a legal obligation (each end a statement of its own).
+async fn a_hold_placed_before_the_end_is_recorded_is_reported_on_the_outcome(backend: Backend) {
+    use dsr::{
+        clock::{Clock, SystemClock},
+        ledger::{Ledger, NewLegalHold, TaskHold, LATE_HOLD_DETAIL},
+    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 2, 1).await;
+    let ledger = Ledger::new(app.db.clone());
+    let queues: Vec<(&str, usize)> =
+        ["accounts", "call_logs", "transcripts", "recordings", "billing"].iter().map(|s| (*s, 10)).collect();
+    let lease = std::time::Duration::from_secs(30);
+    let held = app.delete(by_phone("acme", &s[0].phone)).await;
+    let free = app.delete(by_phone("acme", &s[1].phone)).await;
+    let hold = crate::retention::holds(&app)
+        .await
+        .place_hold(pb::PlaceHoldRequest {
+            subject: Some(by_phone("acme", &s[0].phone)),
+            reason: "litigation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let tags: Vec<String> = sqlx::query_scalar("SELECT tag FROM dsr_hold_subjects WHERE hold_id = $1")
+        .bind(&hold.id)
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap();
+    assert!(!tags.is_empty());
+    let tasks = ledger.claim_due(&queues, 20, "test-worker", lease, SystemClock.now()).await.unwrap();
+    let task = |request: &str, store: &str| {
+        tasks.iter().find(|t| t.request_id == request && t.store == store).cloned().expect("claimed")
+    };
+    let erased = dsr::ledger::TaskResult {
+        found: 2,
+        affected: 2,
+        late_hold_tags: Some(tags.clone()),
+        ..done_with_one_record()
+    };
+    let obligation = dsr::ledger::TaskResult {
+        state: dsr::domain::OutcomeState::Retained,
+        retention_basis: Some("legal_obligation: kept".into()),
+        retained_until: Some(SystemClock.now() + chrono::Duration::days(1)),
+        hold: Some(TaskHold::LegalObligation(NewLegalHold {
+            basis: "legal_obligation: kept".into(),
+            until: SystemClock.now() + chrono::Duration::days(1),
+            records: vec!["b-1".into()],
+            subject_tags: tags.clone(),
+        })),
+        ..done_with_one_record()
+    };
+    let now = SystemClock.now();
+    // Alone.
+    ledger.finish_all(&[(&task(&held.id, "transcripts"), &erased)], now).await.unwrap();
+    // Beside a legal obligation.
+    let (recordings, billing) = (task(&held.id, "recordings"), task(&held.id, "billing"));
+    ledger.finish_all(&[(&recordings, &erased), (&billing, &obligation)], now).await.unwrap();
+    // No hold covers the other person.
+    let other =
+        dsr::ledger::TaskResult { late_hold_tags: Some(vec!["not-a-held-tag".into()]), ..erased.clone() };
+    ledger.finish_all(&[(&task(&free.id, "transcripts"), &other)], now).await.unwrap();
+
+    let got = app.get(&held.id).await;
+    for store in ["transcripts", "recordings"] {
+        let o = outcome(&got, store);
+        assert_eq!((o.state, o.records_found), (OutcomeState::Done as i32, 2), "{o:?}");
+        assert_eq!(
+            o.retention_basis,
+            format!(
+                "litigation_hold: hold {} was placed while this store erased; the 2 record(s) it held were already erased",
+                hold.id
+            ),
+            "{store}"
+        );
+    }
+    assert!(outcome(&got, "billing").retention_basis.starts_with("legal_obligation"));
+    let got_free = app.get(&free.id).await;
+    let o = outcome(&got_free, "transcripts");
+    assert_eq!((o.state, o.retention_basis.as_str()), (OutcomeState::Done as i32, ""), "{o:?}");
+    app.seal_journal().await;
+    let details = |id: String| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT COALESCE(detail, '') FROM dsr_events WHERE request_id = $1 AND action = 'outcome' \
+                 AND store IN ('transcripts', 'recordings') ORDER BY store",
+            )
+            .bind(id)
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(details(held.id.clone()).await, [LATE_HOLD_DETAIL, LATE_HOLD_DETAIL]);
+    assert_eq!(details(free.id.clone()).await, ["done"]);
+    app.shutdown().await;
+}
+both!(a_hold_placed_before_the_end_is_recorded_is_reported_on_the_outcome);

@@ -627,7 +627,7 @@ async fn every_store_answered(app: &TestApp, id: &str) -> pb::DsrRequest {
     tokio::time::timeout(std::time::Duration::from_secs(120), follow).await.expect("every store answered")
 }
 
-async fn holds(app: &TestApp) -> HoldsClient<tonic::transport::Channel> {
+pub(crate) async fn holds(app: &TestApp) -> HoldsClient<tonic::transport::Channel> {
     HoldsClient::new(channel(app.addr).await)
 }
 

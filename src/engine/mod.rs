@@ -36,6 +36,9 @@ use crate::{
 /// How often the engine ends the tasks whose lease expired at their attempt limit.
 const EXHAUSTED_CHECK: Duration = Duration::from_secs(1);
 
+/// How often a claim also looks for tasks whose lease expired (their worker died).
+const EXPIRED_CHECK: Duration = Duration::from_secs(1);
+
 /// Export archives assembled at once by one process (each streams every recording of a subject).
 const ARCHIVE_CONCURRENCY: usize = 2;
 
@@ -120,6 +123,7 @@ impl Engine {
         let mut inflight = JoinSet::new();
         let mut db_trouble = 0u32;
         let mut exhausted_checked: Option<Instant> = None;
+        let mut expired_checked: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             let mut claimed = 0;
             // Tasks whose lease ran out at their attempt limit are never claimed again; ending
@@ -145,9 +149,17 @@ impl Engine {
             let room = self.workers.available_permits();
             // Signals from before this claim are answered by it (see the wait below).
             let (mark, room_mark) = (self.signals.work_mark(), self.signals.room_mark());
-            let claim =
-                self.ledger.claim_due(&queues, room, &self.owner, self.config.lease(), self.clock.now());
-            let tasks = match claim.await {
+            // Tasks whose worker died (lease expired) are looked for once a second; the claims in
+            // between look at pending tasks only (`Ledger::claim_pending`).
+            let claim = if expired_checked.is_none_or(|at| at.elapsed() >= EXPIRED_CHECK) {
+                expired_checked = Some(Instant::now());
+                self.ledger.claim_due(&queues, room, &self.owner, self.config.lease(), self.clock.now()).await
+            } else {
+                self.ledger
+                    .claim_pending(&queues, room, &self.owner, self.config.lease(), self.clock.now())
+                    .await
+            };
+            let tasks = match claim {
                 Ok(tasks) => {
                     db_trouble = 0;
                     tasks

@@ -168,6 +168,33 @@ impl Ledger {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<ClaimedTask>> {
+        self.claim_queues(queues, room, owner, lease, now, true).await
+    }
+
+    /// `claim_due` without the running tasks whose lease expired: only pending ones. A lease
+    /// expires when a worker died, which is rare; the engine looks for those once a second
+    /// (`claim_due`), and claims with this in between — half the scans of a claim (one per
+    /// queue, not two), on the engine's most frequent statement.
+    pub async fn claim_pending(
+        &self,
+        queues: &[(&str, usize)],
+        room: usize,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedTask>> {
+        self.claim_queues(queues, room, owner, lease, now, false).await
+    }
+
+    async fn claim_queues(
+        &self,
+        queues: &[(&str, usize)],
+        room: usize,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        expired: bool,
+    ) -> Result<Vec<ClaimedTask>> {
         let queues: Vec<(&str, usize)> = queues.iter().copied().filter(|(_, n)| *n > 0).collect();
         if queues.is_empty() || room == 0 {
             return Ok(Vec::new());
@@ -185,6 +212,12 @@ impl Ledger {
         let parts: Vec<String> = (0..queues.len())
             .map(|i| {
                 let (store, limit) = (5 + 2 * i, 6 + 2 * i);
+                if !expired {
+                    return format!(
+                        "SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE t.store = ${store} AND t.state = 'pending' \
+                         AND t.next_run_at <= $3 ORDER BY t.next_run_at LIMIT ${limit} {lock}) q{i}"
+                    );
+                }
                 format!(
                     "SELECT id FROM (SELECT id FROM (\
                        SELECT id FROM (SELECT t.id FROM dsr_tasks t WHERE t.store = ${store} AND t.state = 'running' \

@@ -354,3 +354,31 @@ async fn a_hold_placed_before_the_end_is_recorded_is_reported_on_the_outcome(bac
     app.shutdown().await;
 }
 both!(a_hold_placed_before_the_end_is_recorded_is_reported_on_the_outcome);
+
+/// Tasks whose worker died (lease expired) are claimed by `claim_due` only: the engine's claims
+/// in between (`claim_pending`) look at pending tasks alone, half the scans.
+async fn only_claim_due_takes_back_tasks_whose_lease_expired(backend: Backend) {
+    use dsr::{
+        clock::{Clock, SystemClock},
+        ledger::Ledger,
+    };
+    let overrides = Overrides { paused_engine: true, ..Default::default() };
+    let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
+    let s = app.seed("acme", 1, 1).await;
+    let ledger = Ledger::new(app.db.clone());
+    let queues: Vec<(&str, usize)> =
+        ["accounts", "call_logs", "transcripts", "recordings", "billing"].iter().map(|s| (*s, 10)).collect();
+    app.delete(by_phone("acme", &s[0].phone)).await;
+    let short = std::time::Duration::from_millis(1);
+    let first = ledger.claim_pending(&queues, 10, "dead-worker", short, SystemClock.now()).await.unwrap();
+    assert_eq!(first.len(), 4, "the first stage, pending");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let lease = std::time::Duration::from_secs(30);
+    let pending = ledger.claim_pending(&queues, 10, "worker", lease, SystemClock.now()).await.unwrap();
+    assert!(pending.is_empty(), "nothing pending: {pending:?}");
+    let expired = ledger.claim_due(&queues, 10, "worker", lease, SystemClock.now()).await.unwrap();
+    assert_eq!(expired.len(), 4);
+    assert!(expired.iter().all(|t| t.attempt == 2), "{expired:?}");
+    app.shutdown().await;
+}
+both!(only_claim_due_takes_back_tasks_whose_lease_expired);

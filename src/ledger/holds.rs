@@ -179,16 +179,23 @@ pub(super) async fn record_legal_hold(
     let mut records = hold.records.clone();
     records.sort_unstable();
     records.dedup();
-    if tx.backend_name() == "PostgreSQL" {
-        // The hold, its subject's tags and its records in one statement (the tags and keys as
-        // JSON arrays: one round trip however many records the store kept).
-        let mut tags = hold.subject_tags.clone();
-        tags.sort_unstable();
-        tags.dedup();
-        let json = |v: &[String]| serde_json::to_string(v).map_err(|e| sqlx::Error::Encode(e.into()));
-        sqlx::query(
-            "WITH held AS (INSERT INTO dsr_holds (id, kind, tenant_id, basis, request_id, store, records,                placed_by, placed_at, until) VALUES ($1, 'legal_obligation', $2, $3, $4, $5, $6, $7, $8, $9)),              tagged AS (INSERT INTO dsr_hold_subjects (hold_id, tag)                SELECT $1, value FROM json_array_elements_text($10::json))              INSERT INTO dsr_hold_records (hold_id, record_key) SELECT $1, value FROM json_array_elements_text($11::json)",
+    const HOLD: &str =
+        "INSERT INTO dsr_holds (id, kind, tenant_id, basis, request_id, store, records, placed_by, \
+                        placed_at, until) VALUES ($1, 'legal_obligation', $2, $3, $4, $5, $6, $7, $8, $9)";
+    let postgres = tx.backend_name() == "PostgreSQL";
+    // On Postgres the hold, its subject's tags and its records in one statement (the tags and
+    // keys as JSON arrays: one round trip however many records the store kept).
+    let sql = if postgres {
+        format!(
+            "WITH held AS ({HOLD}), \
+             tagged AS (INSERT INTO dsr_hold_subjects (hold_id, tag) \
+               SELECT $1, value FROM json_array_elements_text($10::json)) \
+             INSERT INTO dsr_hold_records (hold_id, record_key) SELECT $1, value FROM json_array_elements_text($11::json)"
         )
+    } else {
+        HOLD.to_owned()
+    };
+    let q = sqlx::query(&sql)
         .bind(task_id)
         .bind(tenant_id)
         .bind(&hold.basis)
@@ -197,28 +204,16 @@ pub(super) async fn record_legal_hold(
         .bind(records.len() as i64)
         .bind(format!("deletion {request_id}"))
         .bind(to_millis(now))
-        .bind(to_millis(hold.until))
-        .bind(json(&tags)?)
-        .bind(json(&records)?)
-        .execute(&mut **tx)
-        .await?;
+        .bind(to_millis(hold.until));
+    if postgres {
+        let mut tags = hold.subject_tags.clone();
+        tags.sort_unstable();
+        tags.dedup();
+        let json = |v: &[String]| serde_json::to_string(v).map_err(|e| sqlx::Error::Encode(e.into()));
+        q.bind(json(&tags)?).bind(json(&records)?).execute(&mut **tx).await?;
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO dsr_holds (id, kind, tenant_id, basis, request_id, store, records, placed_by, placed_at, until) \
-         VALUES ($1, 'legal_obligation', $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(task_id)
-    .bind(tenant_id)
-    .bind(&hold.basis)
-    .bind(request_id)
-    .bind(store)
-    .bind(records.len() as i64)
-    .bind(format!("deletion {request_id}"))
-    .bind(to_millis(now))
-    .bind(to_millis(hold.until))
-    .execute(&mut **tx)
-    .await?;
+    q.execute(&mut **tx).await?;
     insert_tags(tx, task_id, &hold.subject_tags).await?;
     // Several rows per statement: a subject with many records must not make the outcome's
     // transaction one round trip per record.

@@ -694,6 +694,9 @@ fn end_update(p: &[String]) -> String {
     )
 }
 
+/// Where `end_values` puts the retention basis.
+const END_BASIS: usize = 3;
+
 /// The values of `end_update`: the result, the litigation hold that keeps the store's records
 /// (if any), the time, then the task and its attempt.
 fn end_values(
@@ -706,7 +709,7 @@ fn end_values(
         result.state.as_str().into(),
         (result.found as i64).into(),
         (result.affected as i64).into(),
-        Value::from(&result.retention_basis),
+        Value::from(&result.retention_basis), // END_BASIS
         Value::from(result.retained_until.map(to_millis)),
         (result.verified as i64).into(),
         to_millis(now).into(),
@@ -762,9 +765,9 @@ async fn end_and_lock(
             parts.push(format!("late{i} AS ({question})"));
             let (before, after) = late_hold_basis(result.found);
             let (before, after) = (param(&mut binds, (&before).into()), param(&mut binds, (&after).into()));
-            p[3] = format!(
+            p[END_BASIS] = format!(
                 "COALESCE((SELECT CAST({before} AS TEXT) || id || CAST({after} AS TEXT) FROM late{i}), {})",
-                p[3]
+                p[END_BASIS]
             );
             late_detail[i] = Some(param(&mut binds, LATE_HOLD_DETAIL.into()));
         }
@@ -773,15 +776,16 @@ async fn end_and_lock(
     let applied: Vec<String> = (0..tasks.len()).map(|i| format!("SELECT i FROM t{i}")).collect();
     parts.push(format!("applied AS ({})", applied.join(" UNION ALL ")));
     let events: Vec<NewEvent> = tasks.iter().map(|(t, r)| outcome_event(t, r)).collect();
+    let detail_column =
+        JOURNAL_COLUMNS.iter().position(|c| *c == "detail").expect("the journal has a detail");
     let rows: Vec<String> = event_values(&events, now)?
         .into_iter()
         .enumerate()
         .map(|(i, row)| {
             let mut row: Vec<String> = row.into_iter().map(|v| param(&mut binds, v)).collect();
             if let Some(detail) = &late_detail[i] {
-                let d =
-                    JOURNAL_COLUMNS.iter().position(|c| *c == "detail").expect("the journal has a detail");
-                row[d] = format!("COALESCE((SELECT CAST({detail} AS TEXT) FROM late{i}), {})", row[d]);
+                row[detail_column] =
+                    format!("COALESCE((SELECT CAST({detail} AS TEXT) FROM late{i}), {})", row[detail_column]);
             }
             format!("({}, {i})", row.join(", "))
         })

@@ -13,7 +13,7 @@ use crate::{
     clock::{Clock, SystemClock},
     config::Settings,
     domain::TenantId,
-    seed::{seed, SeedSpec},
+    seed::{seed, SeedSpec, SeededSubject},
     startup::{open_ledger, Application, Overrides},
     stores::{open_object_store, reference},
 };
@@ -27,7 +27,11 @@ use crate::{
 /// 16 connections × 5; their times are printed too (`the first ones after start`).
 const WARM_UP: usize = 50;
 
-pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()> {
+/// With `--history`: the real deletions, through a service of their own before the measured
+/// one starts, whose ledger rows are copied into the history (`history::add_history`).
+const TEMPLATE: usize = 20;
+
+pub async fn latency(mut settings: Settings, rounds: usize, history: u64) -> anyhow::Result<()> {
     // The bench's data is throwaway, and so may its audit key be (Postgres requires one).
     settings.file.privacy.hmac_key.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string());
     anyhow::ensure!((10..=100_000).contains(&rounds), "--rounds: between 10 and 100000");
@@ -39,19 +43,41 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
     let objects = open_object_store(&settings.recordings_url)?;
     let tenant = format!("bench-latency-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let deletions = (rounds / 10).max(10);
+    let template = if history > 0 { TEMPLATE } else { 0 };
     let spec = SeedSpec {
         tenant: TenantId::parse("tenant", &tenant)?,
-        subjects: WARM_UP + deletions,
+        subjects: template + WARM_UP + deletions,
         calls: 2,
         recording_bytes: 1024,
         first: 0,
     };
-    let mut subjects = Vec::with_capacity(WARM_UP + deletions);
+    let mut subjects = Vec::with_capacity(spec.subjects);
     seed(&db, &tables, objects, &spec, SystemClock.now(), |s| subjects.push(s)).await?;
     println!(
         "dsr bench latency: {rounds} GetRequest, {deletions} deletions (2 calls each) after {WARM_UP} to warm up, one at a time, database {}",
         db.backend().name()
     );
+    let subjects = if history > 0 {
+        let (past, now) = subjects.split_at(template);
+        let app = Application::build_with(
+            settings.clone(),
+            Overrides { listen: Some("127.0.0.1:0".parse()?), ..Default::default() },
+        )
+        .await?;
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+        let mut client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+        for s in past {
+            delete_one(&mut client, s).await?;
+        }
+        stop.cancel();
+        server.await??;
+        super::history::add_history(&db, history).await?;
+        now.to_vec()
+    } else {
+        subjects
+    };
 
     let app = Application::build_with(
         settings,
@@ -73,22 +99,9 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
         if i == WARM_UP {
             cpu = super::cpu::MachineCpu::now();
         }
-        let subject =
-            pb::Subject { tenant_id: s.tenant_id.clone(), phone: s.phone.clone(), ..Default::default() };
         let started = Instant::now();
-        let r = client
-            .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
-            .await?
-            .into_inner();
-        let mut watch =
-            client.watch_request(pb::WatchRequestRequest { id: r.id.clone() }).await?.into_inner();
-        let mut status = r.status;
-        while let Some(m) = super::next_change(&mut watch).await? {
-            status = m.status;
-        }
+        last_id = delete_one(&mut client, s).await?;
         if i < WARM_UP { &mut cold } else { &mut deletion }.push(started.elapsed());
-        anyhow::ensure!(status == pb::RequestStatus::Completed as i32, "a deletion ended {status}");
-        last_id = r.id;
     }
     let deletion_cpu = cpu.and_then(|c| c.spent());
 
@@ -124,4 +137,24 @@ pub async fn latency(mut settings: Settings, rounds: usize) -> anyhow::Result<()
         println!("  {}", spent.per(deletions, "deletion"));
     }
     Ok(())
+}
+
+/// One deletion, submit to COMPLETED (followed by WatchRequest, as a caller would): its id.
+async fn delete_one(
+    client: &mut DataSubjectRightsClient<tonic::transport::Channel>,
+    s: &SeededSubject,
+) -> anyhow::Result<String> {
+    let subject =
+        pb::Subject { tenant_id: s.tenant_id.clone(), phone: s.phone.clone(), ..Default::default() };
+    let r = client
+        .submit_deletion(pb::SubmitDeletionRequest { subject: Some(subject), ..Default::default() })
+        .await?
+        .into_inner();
+    let mut watch = client.watch_request(pb::WatchRequestRequest { id: r.id.clone() }).await?.into_inner();
+    let mut status = r.status;
+    while let Some(m) = super::next_change(&mut watch).await? {
+        status = m.status;
+    }
+    anyhow::ensure!(status == pb::RequestStatus::Completed as i32, "a deletion ended {status}");
+    Ok(r.id)
 }

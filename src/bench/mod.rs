@@ -15,6 +15,7 @@
 mod cpu;
 mod deletions;
 mod export;
+mod history;
 mod latency;
 mod submit;
 mod sweep;

@@ -335,6 +335,10 @@ pub enum BenchCommand {
         /// GetRequest calls (a tenth as many deletions, at least 10).
         #[arg(long, default_value_t = 1000)]
         rounds: usize,
+        /// Finished requests in the ledger before the measured ones: 20 real deletions, their
+        /// rows (tasks, audit events, holds, restrictions) copied until there are this many.
+        #[arg(long, default_value_t = 0)]
+        history: u64,
     },
 }
 
@@ -472,7 +476,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 BenchCommand::Submit { requests, clients, .. } => {
                     crate::bench::submit(settings, requests, clients).await
                 }
-                BenchCommand::Latency { rounds, .. } => crate::bench::latency(settings, rounds).await,
+                BenchCommand::Latency { rounds, history, .. } => {
+                    crate::bench::latency(settings, rounds, history).await
+                }
             };
             scratch.clean_up().await;
             result

@@ -304,17 +304,23 @@ impl Ledger {
         Ok(claimed)
     }
 
+    /// `fail_exhausted`'s look-up: $1 now, then `stores` store names. It reads the running
+    /// tasks only (`dsr_tasks_leased`), however many finished ones the ledger keeps.
+    pub fn exhausted_tasks_question(stores: usize) -> String {
+        format!(
+            "SELECT t.id, t.request_id, t.store, t.attempt FROM dsr_tasks t WHERE t.store IN ({}) \
+             AND t.state = 'running' AND t.lease_until < $1 AND t.attempt >= t.attempt_limit",
+            super::holds::params(2, stores)
+        )
+    }
+
     /// Ends FAILED the tasks of `stores` whose lease expired on their last allowed attempt, each
     /// with its `outcome` event and its request's new status. Not claimed again: their work
     /// killed (or hung) every worker that took them, and claiming them once more would
     /// crash-loop the fleet; RetryRequest gives them a new budget once fixed.
     pub async fn fail_exhausted(&self, stores: &[&str], now: DateTime<Utc>) -> Result<()> {
         let now_ms = to_millis(now);
-        let sql = format!(
-            "SELECT t.id, t.request_id, t.store, t.attempt FROM dsr_tasks t WHERE t.store IN ({}) \
-             AND t.state = 'running' AND t.lease_until < $1 AND t.attempt >= t.attempt_limit",
-            super::holds::params(2, stores.len())
-        );
+        let sql = Self::exhausted_tasks_question(stores.len());
         let mut q = sqlx::query_as::<_, (String, String, String, i64)>(&sql).bind(now_ms);
         for store in stores {
             q = q.bind(*store);

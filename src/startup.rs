@@ -102,8 +102,12 @@ impl Application {
             Some(cfg) => Some(tls_config(cfg, auth.is_dev_mode() || !settings.file.auth.tokens.is_empty())?),
             None => None,
         };
+        // The phone metadata loads on a thread of its own while the ledger opens, so the first
+        // request does not wait for it.
+        let phone_metadata = tokio::task::spawn_blocking(crate::resolve::normalize::load_phone_metadata);
         let ledger = open_ledger(&settings).await?;
         let stores = StoreRegistry::from_settings(&settings, ledger.db()).await?;
+        phone_metadata.await.context("loading the phone number metadata")?;
         let stores = match &overrides.wrap_store {
             Some(wrap) => stores.map(wrap),
             None => stores,

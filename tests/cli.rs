@@ -329,3 +329,28 @@ async fn a_benchmark_uses_its_own_scratch_never_the_tours_data_directory() {
         "nothing in the tour's directory"
     );
 }
+
+/// `dsr bench latency --history N` copies its first 20 deletions' ledger rows until the ledger
+/// holds N finished requests, then measures on that ledger (both backends: the copy reads each
+/// table's columns from the catalog, and moves the audit chain's head past the copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_latency_measures_on_a_ledger_with_a_history() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["bench".to_owned(), "latency".into(), "--rounds".into(), "10".into()];
+        args.extend(["--history".into(), "200".into()]);
+        if backend == Backend::Postgres {
+            let url = support::fresh_database(backend, dir.path()).await;
+            args.extend(["--database-url".into(), url]);
+        }
+        let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{backend:?}: {stderr}");
+        let history = stdout.lines().find(|l| l.starts_with("history")).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(
+            history.contains("(200 requests") && history.contains("copied 9 times"),
+            "{backend:?}: {history}"
+        );
+        assert!(stdout.contains("deletion, submit -> COMPLETED"), "{backend:?}: {stdout}");
+    }
+}

@@ -246,50 +246,8 @@ impl Ledger {
         filter: &ListFilter,
         page: &Page,
     ) -> Result<(Vec<RequestRecord>, Option<(i64, String)>)> {
-        let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE 1=1");
-        let mut binds: Vec<Bind> = Vec::new();
-        let mut push = |sql: &mut String, clause: &str, b: Bind| {
-            binds.push(b);
-            sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
-        };
-        if let Some(t) = &filter.tenant_id {
-            push(&mut sql, " AND tenant_id = $?", Bind::Text(t.clone()));
-        }
-        if let Some(s) = filter.status {
-            push(&mut sql, " AND status = $?", Bind::Text(s.as_str().into()));
-        }
-        if let Some(k) = filter.kind {
-            push(&mut sql, " AND kind = $?", Bind::Text(k.as_str().into()));
-        }
-        // A request kept by a litigation hold is paused: neither overdue nor due (as the
-        // deadline gauges count it).
-        const NOT_HELD: &str = " AND NOT EXISTS (SELECT 1 FROM dsr_tasks t \
-                                WHERE t.request_id = dsr_requests.id AND t.hold_id IS NOT NULL)";
-        if filter.overdue_at.is_some() || filter.due_before.is_some() {
-            sql.push_str(NOT_HELD);
-        }
-        if let Some(at) = filter.overdue_at {
-            sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
-            push(&mut sql, " AND due_at < $?", Bind::Int(to_millis(at)));
-        }
-        if let Some(before) = filter.due_before {
-            sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
-            push(&mut sql, " AND due_at <= $?", Bind::Int(to_millis(before)));
-        }
-        if let Some((created, id)) = &page.after {
-            push(&mut sql, " AND (created_at < $?", Bind::Int(*created));
-            push(&mut sql, " OR (created_at = $?", Bind::Int(*created));
-            push(&mut sql, " AND id < $?))", Bind::Text(id.clone()));
-        }
-        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {}", page.size + 1));
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.fetch_all(self.db.pool()).await?;
+        let (sql, binds) = list_query(filter, page);
+        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(self.db.pool()).await?;
         let mut records = rows.iter().map(request_from_row).collect::<sqlx::Result<Vec<_>>>()?;
         let next = if records.len() > page.size {
             records.truncate(page.size);
@@ -805,4 +763,77 @@ pub(super) async fn refresh_status_locked(
         NewEvent::append_all(closing, tx, now).await?;
     }
     Ok(Refreshed { status, unblocked: made_due })
+}
+
+/// The SQL of a `list` page and its parameters. Each filter has an index that gives its rows in
+/// the page's order (newest first), so a page reads about as many rows as it returns however
+/// many requests the ledger keeps (`dsr_requests_status_created`, `…_kind_created`,
+/// `…_open_created`, migration `20261203000003`).
+fn list_query(filter: &ListFilter, page: &Page) -> (String, Vec<Bind>) {
+    let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM dsr_requests WHERE 1=1");
+
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut push = |sql: &mut String, clause: &str, b: Bind| {
+        binds.push(b);
+        sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
+    };
+    if let Some(t) = &filter.tenant_id {
+        push(&mut sql, " AND tenant_id = $?", Bind::Text(t.clone()));
+    }
+    if let Some(s) = filter.status {
+        push(&mut sql, " AND status = $?", Bind::Text(s.as_str().into()));
+    }
+    if let Some(k) = filter.kind {
+        push(&mut sql, " AND kind = $?", Bind::Text(k.as_str().into()));
+    }
+    // A request kept by a litigation hold is paused: neither overdue nor due (as the
+    // deadline gauges count it).
+    const NOT_HELD: &str = " AND NOT EXISTS (SELECT 1 FROM dsr_tasks t \
+                                WHERE t.request_id = dsr_requests.id AND t.hold_id IS NOT NULL)";
+    if filter.overdue_at.is_some() || filter.due_before.is_some() {
+        sql.push_str(NOT_HELD);
+    }
+    if let Some(at) = filter.overdue_at {
+        sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
+        push(&mut sql, " AND due_at < $?", Bind::Int(to_millis(at)));
+    }
+    if let Some(before) = filter.due_before {
+        sql.push_str(&format!(" AND status IN {OPEN_STATUSES}"));
+        push(&mut sql, " AND due_at <= $?", Bind::Int(to_millis(before)));
+    }
+    if let Some((created, id)) = &page.after {
+        push(&mut sql, " AND (created_at < $?", Bind::Int(*created));
+        push(&mut sql, " OR (created_at = $?", Bind::Int(*created));
+        push(&mut sql, " AND id < $?))", Bind::Text(id.clone()));
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {}", page.size + 1));
+    (sql, binds)
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+impl Ledger {
+    /// The database's plan for a `list` page, one line per step (`EXPLAIN QUERY PLAN` on
+    /// SQLite, `EXPLAIN` on Postgres): for tests that check a page reads its index.
+    pub async fn explain_list(&self, filter: &ListFilter, page: &Page) -> Result<String> {
+        let (sql, binds) = list_query(filter, page);
+        let (explain, column) = match self.db.backend() {
+            Backend::Sqlite => ("EXPLAIN QUERY PLAN", 3),
+            Backend::Postgres => ("EXPLAIN", 0),
+        };
+        let sql = format!("{explain} {sql}");
+        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(self.db.pool()).await?;
+        Ok(rows.iter().map(|r| r.try_get::<String, _>(column)).collect::<sqlx::Result<Vec<_>>>()?.join("\n"))
+    }
 }

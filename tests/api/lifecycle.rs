@@ -458,3 +458,77 @@ async fn the_look_up_of_expired_leases_reads_running_tasks_only(backend: Backend
     db.close().await;
 }
 both!(the_look_up_of_expired_leases_reads_running_tasks_only);
+
+/// A page of ListRequests by status, by kind, or of open requests due (overdue, due within)
+/// reads an index in the page's order, not every request newest first: on a ledger of 20,000
+/// completed deletions, the three failed ones, the one export and the two open ones are
+/// listed newest first, and the plans name the listing indexes.
+async fn a_filtered_page_of_requests_reads_its_index_not_the_whole_ledger(backend: Backend) {
+    use chrono::{Duration, TimeZone, Utc};
+    use dsr::{
+        domain::{RequestKind, RequestStatus},
+        ledger::{Ledger, ListFilter, Page},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::support::fresh_database(backend, dir.path()).await;
+    let db =
+        dsr::db::Db::connect_ledger(&url, 1, "dsr", Default::default(), Default::default()).await.unwrap();
+    let ledger = Ledger::new(db.clone());
+    ledger.migrate().await.unwrap();
+    let run = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query(sql).execute(db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}")) }
+    };
+    // Created at g seconds; due 30 days later.
+    run("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 20000) \
+         INSERT INTO dsr_requests (id, tenant_id, kind, status, regime, requested_by, actor, payload_hash, subject_tag, created_at, due_at, completed_at) \
+         SELECT 'r' || CAST(100000 + g AS TEXT), 'acme', 'deletion', 'completed', 'gdpr', 'support', 'test', 'p', 't', g * 1000, g * 1000 + 2592000000, g * 1000 + 60000 FROM s")
+    .await;
+    run("UPDATE dsr_requests SET status = 'failed' WHERE id IN ('r100010', 'r105000', 'r119990')").await;
+    run("UPDATE dsr_requests SET kind = 'export' WHERE id = 'r110000'").await;
+    run("UPDATE dsr_requests SET status = 'in_progress', completed_at = NULL WHERE id IN ('r100020', 'r115000')").await;
+    run("ANALYZE").await;
+
+    let page = Page { after: None, size: 50 };
+    let ids = |filter: ListFilter| {
+        let (ledger, page) = (&ledger, &page);
+        async move {
+            let plan = ledger.explain_list(&filter, page).await.unwrap();
+            let (rows, _) = ledger.list(&filter, page).await.unwrap();
+            (plan, rows.into_iter().map(|r| r.id).collect::<Vec<_>>())
+        }
+    };
+    let later = Utc.timestamp_millis_opt(20_000_000).unwrap() + Duration::days(31);
+    let cases = [
+        (
+            ListFilter { status: Some(RequestStatus::Failed), ..Default::default() },
+            vec!["r119990", "r105000", "r100010"],
+            "dsr_requests_status_created",
+        ),
+        (
+            ListFilter { kind: Some(RequestKind::Export), ..Default::default() },
+            vec!["r110000"],
+            "dsr_requests_kind_created",
+        ),
+        (
+            ListFilter { overdue_at: Some(later), ..Default::default() },
+            vec!["r115000", "r100020"],
+            "dsr_requests_open_",
+        ),
+        (
+            ListFilter { due_before: Some(later), ..Default::default() },
+            vec!["r115000", "r100020"],
+            "dsr_requests_open_",
+        ),
+    ];
+    // Open and due: the open requests in page order, or those due by (status, due_at) then
+    // sorted; either reads the open requests only.
+    for (filter, want, index) in cases {
+        let what = format!("{filter:?}");
+        let (plan, got) = ids(filter).await;
+        assert_eq!(got, want, "{what}");
+        assert!(plan.contains(index), "{what} reads {index}…: {plan}");
+    }
+    db.close().await;
+}
+both!(a_filtered_page_of_requests_reads_its_index_not_the_whole_ledger);

@@ -6,16 +6,15 @@ use std::{sync::Arc, time::Instant};
 
 use futures::{stream, StreamExt, TryStreamExt};
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
+    api::pb,
     clock::{to_millis, Clock, SystemClock},
     config::Settings,
     db::Db,
     domain::TenantId,
     seed::{seed, SeedSpec, SeededSubject},
-    startup::{open_ledger, Application, Overrides},
+    startup::{open_ledger, Overrides},
     stores::{open_object_store, reference},
 };
 
@@ -50,15 +49,8 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
     let sql_subjects = seed_tenant(&db, &tables, &objects, &sql_tenant, subjects, calls).await?;
 
     // Through the service.
-    let app = Application::build_with(
-        settings.clone(),
-        Overrides { listen: Some("127.0.0.1:0".parse()?), ..Default::default() },
-    )
-    .await?;
-    let addr = app.local_addr();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
-    let client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+    let served = super::Served::start(settings.clone(), Overrides::default()).await?;
+    let client = served.client().await?;
     let cpu = super::cpu::MachineCpu::now();
     let started = Instant::now();
     let ids: Vec<String> = stream::iter(grpc_subjects.iter())
@@ -92,8 +84,7 @@ pub async fn deletions(mut settings: Settings, subjects: usize, calls: usize) ->
     }
     let grpc_secs = started.elapsed().as_secs_f64();
     let grpc_cpu = cpu.and_then(|c| c.spent());
-    stop.cancel();
-    server.await??;
+    served.stop().await?;
     anyhow::ensure!(failed == 0, "{failed} deletions did not complete");
 
     // The floor: the same erasure, hand-written.

@@ -6,15 +6,13 @@
 //! same run.
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::{
     api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
     clock::{Clock, SystemClock},
     config::Settings,
     domain::TenantId,
     seed::{seed, SeedSpec, SeededSubject},
-    startup::{open_ledger, Application, Overrides},
+    startup::{open_ledger, Overrides},
     stores::{open_object_store, reference},
 };
 
@@ -59,35 +57,20 @@ pub async fn latency(mut settings: Settings, rounds: usize, history: u64) -> any
     );
     let subjects = if history > 0 {
         let (past, now) = subjects.split_at(template);
-        let app = Application::build_with(
-            settings.clone(),
-            Overrides { listen: Some("127.0.0.1:0".parse()?), ..Default::default() },
-        )
-        .await?;
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
-        let mut client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+        let served = super::Served::start(settings.clone(), Overrides::default()).await?;
+        let mut client = served.client().await?;
         for s in past {
             delete_one(&mut client, s).await?;
         }
-        stop.cancel();
-        server.await??;
+        served.stop().await?;
         super::history::add_history(&db, history).await?;
         now.to_vec()
     } else {
         subjects
     };
 
-    let app = Application::build_with(
-        settings,
-        Overrides { listen: Some("127.0.0.1:0".parse()?), ..Default::default() },
-    )
-    .await?;
-    let addr = app.local_addr();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
-    let mut client = DataSubjectRightsClient::connect(format!("http://{addr}")).await?;
+    let served = super::Served::start(settings, Overrides::default()).await?;
+    let mut client = served.client().await?;
 
     // One deletion at a time, submit to COMPLETED (followed by WatchRequest, as a caller would).
     // The first `WARM_UP` are timed apart: see `WARM_UP`.
@@ -120,8 +103,7 @@ pub async fn latency(mut settings: Settings, rounds: usize, history: u64) -> any
             .await?;
         floor.push(started.elapsed());
     }
-    stop.cancel();
-    server.await??;
+    served.stop().await?;
 
     let line = |what: &str, v: &mut Vec<Duration>| {
         v.sort();

@@ -42,6 +42,42 @@ async fn next_change(
     }
 }
 
+/// A service of the benchmark's own, in this process, on a free loopback port.
+struct Served {
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    async fn start(settings: Settings, overrides: crate::startup::Overrides) -> anyhow::Result<Self> {
+        let overrides = crate::startup::Overrides { listen: Some("127.0.0.1:0".parse()?), ..overrides };
+        let app = crate::startup::Application::build_with(settings, overrides).await?;
+        let addr = app.local_addr();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+        Ok(Self { addr, stop, server })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn client(
+        &self,
+    ) -> anyhow::Result<
+        crate::api::pb::data_subject_rights_client::DataSubjectRightsClient<tonic::transport::Channel>,
+    > {
+        Ok(crate::api::pb::data_subject_rights_client::DataSubjectRightsClient::connect(self.url()).await?)
+    }
+
+    /// Stops the service and waits for it to drain.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.server.await?
+    }
+}
+
 /// Where a benchmark runs. Flags only, no `DSR_*`/`DATABASE_URL` environment: a shell set up for
 /// `dsr serve` must not point a benchmark at the server's data.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,7 +6,6 @@ use std::{process::Command, time::Instant};
 
 use anyhow::Context;
 use futures::{stream, StreamExt, TryStreamExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::pb::{self, data_subject_rights_client::DataSubjectRightsClient},
@@ -14,7 +13,7 @@ use crate::{
     config::Settings,
     domain::TenantId,
     seed::{seed, SeedSpec},
-    startup::{open_ledger, Application, Overrides},
+    startup::{open_ledger, Overrides},
     stores::{open_object_store, reference},
 };
 
@@ -46,15 +45,10 @@ pub async fn submit(mut settings: Settings, requests: usize, clients: usize) -> 
     println!("dsr bench submit: {requests} SubmitDeletion, {clients} clients at once, rate limit off, database postgres");
 
     // The engine stays paused: this measures acknowledgement, not the erasure behind it.
-    let app = Application::build_with(
-        settings.clone(),
-        Overrides { listen: Some("127.0.0.1:0".parse()?), paused_engine: true, ..Default::default() },
-    )
-    .await?;
-    let addr = app.local_addr();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let served =
+        super::Served::start(settings.clone(), Overrides { paused_engine: true, ..Default::default() })
+            .await?;
+    let channel = tonic::transport::Channel::from_shared(served.url())?.connect().await?;
     let cpu = super::cpu::MachineCpu::now();
     let started = Instant::now();
     stream::iter(subjects.iter())
@@ -76,8 +70,7 @@ pub async fn submit(mut settings: Settings, requests: usize, clients: usize) -> 
         .await?;
     let secs = started.elapsed().as_secs_f64();
     let spent = cpu.and_then(|c| c.spent());
-    stop.cancel();
-    server.await??;
+    served.stop().await?;
     let rate = requests as f64 / secs;
     println!("SubmitDeletion      {rate:>9.0} /s   ({requests} in {secs:.2} s)");
     if let Some(spent) = spent {

@@ -634,16 +634,9 @@ both!(pruning_keeps_open_legal_obligations_and_takes_old_exports_along);
 /// without a hash are still linked, in order, from the head.
 async fn the_start_looks_for_unlinked_events_after_the_head_only(backend: Backend) {
     use sqlx::Row;
-    let dir = tempfile::tempdir().unwrap();
-    let url = crate::support::fresh_database(backend, dir.path()).await;
-    let db =
-        dsr::db::Db::connect_ledger(&url, 1, "dsr", Default::default(), Default::default()).await.unwrap();
-    let ledger = Ledger::new(db.clone());
-    ledger.migrate().await.unwrap();
-    let run = |sql: &'static str| {
-        let db = db.clone();
-        async move { sqlx::query(sql).execute(db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}")) }
-    };
+    let bare = BareLedger::new(backend).await;
+    let (db, ledger) = (&bare.db, &bare.ledger);
+    let run = |sql: &'static str| bare.exec(sql);
     // 20,000 linked events (their links are not what this checks), the head at the last, and
     // two events from before the chain after it.
     run("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 20000) \
@@ -654,24 +647,7 @@ async fn the_start_looks_for_unlinked_events_after_the_head_only(backend: Backen
         .await;
     run("ANALYZE").await;
 
-    let plan: Vec<String> = match backend {
-        Backend::Postgres => {
-            sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {}", Ledger::UNCHAINED_EVENTS_QUESTION))
-                .fetch_all(db.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(0))
-                .collect()
-        }
-        Backend::Sqlite => sqlx::query(&format!("EXPLAIN QUERY PLAN {}", Ledger::UNCHAINED_EVENTS_QUESTION))
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>(3))
-            .collect(),
-    };
+    let plan = bare.plan(Ledger::UNCHAINED_EVENTS_QUESTION).await;
     let text = plan.join("\n");
     match backend {
         Backend::Postgres => {

@@ -19,6 +19,41 @@ use tonic::transport::Channel;
 use crate::support;
 pub use crate::support::Backend;
 
+/// A migrated ledger on a fresh database and nothing else (no server): for tests of the
+/// ledger's statements and their plans on tables filled by SQL.
+pub struct BareLedger {
+    pub db: Db,
+    pub ledger: dsr::ledger::Ledger,
+    _dir: TempDir,
+}
+
+impl BareLedger {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = support::fresh_database(backend, dir.path()).await;
+        let db = Db::connect_ledger(&url, 1, "dsr", Default::default(), Default::default()).await.unwrap();
+        let ledger = dsr::ledger::Ledger::new(db.clone());
+        ledger.migrate().await.unwrap();
+        Self { db, ledger, _dir: dir }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::query(sql).execute(self.db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The plan of `sql` (no parameters), one line per step: `EXPLAIN (ANALYZE, BUFFERS)` on
+    /// Postgres (run, with its buffers), `EXPLAIN QUERY PLAN` on SQLite.
+    pub async fn plan(&self, sql: &str) -> Vec<String> {
+        use sqlx::Row;
+        let (explain, column) = match self.db.backend() {
+            dsr::db::Backend::Postgres => ("EXPLAIN (ANALYZE, BUFFERS)", 0),
+            dsr::db::Backend::Sqlite => ("EXPLAIN QUERY PLAN", 3),
+        };
+        let rows = sqlx::query(&format!("{explain} {sql}")).fetch_all(self.db.pool()).await.unwrap();
+        rows.iter().map(|r| r.get::<String, _>(column)).collect()
+    }
+}
+
 /// Fast retries and short leases, so tests of failure paths do not wait on production timings.
 /// No background retention sweep: tests that sweep run one themselves (`TestApp::sweep`).
 /// `[engine]` stays the last table: tests append engine keys to it.

@@ -390,15 +390,9 @@ both!(only_claim_due_takes_back_tasks_whose_lease_expired);
 async fn the_look_up_of_expired_leases_reads_running_tasks_only(backend: Backend) {
     use dsr::ledger::Ledger;
     use sqlx::Row;
-    let dir = tempfile::tempdir().unwrap();
-    let url = crate::support::fresh_database(backend, dir.path()).await;
-    let db =
-        dsr::db::Db::connect_ledger(&url, 1, "dsr", Default::default(), Default::default()).await.unwrap();
-    Ledger::new(db.clone()).migrate().await.unwrap();
-    let run = |sql: &'static str| {
-        let db = db.clone();
-        async move { sqlx::query(sql).execute(db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}")) }
-    };
+    let bare = BareLedger::new(backend).await;
+    let db = &bare.db;
+    let run = |sql: &'static str| bare.exec(sql);
     // 4,000 finished deletions (20,000 tasks), then one task whose lease expired on its last
     // attempt and one still leased.
     run("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 4001) \
@@ -431,28 +425,11 @@ async fn the_look_up_of_expired_leases_reads_running_tasks_only(backend: Backend
     let literal = stores.iter().enumerate().fold(question.replace("$1", "1000"), |sql, (i, s)| {
         sql.replace(&format!("${}", i + 2), &format!("'{s}'"))
     });
+    let text = bare.plan(&literal).await.join("\n");
     match backend {
-        Backend::Postgres => {
-            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {literal}"))
-                .fetch_all(db.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(0))
-                .collect();
-            let text = plan.join("\n");
-            assert!(!text.contains("Seq Scan"), "{text}");
-        }
+        Backend::Postgres => assert!(!text.contains("Seq Scan"), "{text}"),
         Backend::Sqlite => {
-            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {literal}"))
-                .fetch_all(db.pool())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(3))
-                .collect();
-            let text = plan.join("\n");
-            assert!(text.contains("dsr_tasks_leased") && !text.contains("SCAN t"), "{text}");
+            assert!(text.contains("dsr_tasks_leased") && !text.contains("SCAN t"), "{text}")
         }
     }
     db.close().await;
@@ -467,18 +444,11 @@ async fn a_filtered_page_of_requests_reads_its_index_not_the_whole_ledger(backen
     use chrono::{Duration, TimeZone, Utc};
     use dsr::{
         domain::{RequestKind, RequestStatus},
-        ledger::{Ledger, ListFilter, Page},
+        ledger::{ListFilter, Page},
     };
-    let dir = tempfile::tempdir().unwrap();
-    let url = crate::support::fresh_database(backend, dir.path()).await;
-    let db =
-        dsr::db::Db::connect_ledger(&url, 1, "dsr", Default::default(), Default::default()).await.unwrap();
-    let ledger = Ledger::new(db.clone());
-    ledger.migrate().await.unwrap();
-    let run = |sql: &'static str| {
-        let db = db.clone();
-        async move { sqlx::query(sql).execute(db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}")) }
-    };
+    let bare = BareLedger::new(backend).await;
+    let (db, ledger) = (&bare.db, &bare.ledger);
+    let run = |sql: &'static str| bare.exec(sql);
     // Created at g seconds; due 30 days later.
     run("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 20000) \
          INSERT INTO dsr_requests (id, tenant_id, kind, status, regime, requested_by, actor, payload_hash, subject_tag, created_at, due_at, completed_at) \

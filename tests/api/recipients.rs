@@ -272,8 +272,21 @@ async fn a_rectification_reaches_only_the_recipients_that_hear_of_it(backend: Ba
     assert_eq!(event["type"], "dev.dsr.subject.rectified.v1");
     assert_eq!(event["data"]["subject"]["corrected"]["email"], "fixed@example.org");
     assert!(event["data"]["subject"].get("account_id").is_none());
+    assert_eq!(listed(&app).await, [done], "a page of ListRequests reads what GetRequest reads");
 }
 both!(a_rectification_reaches_only_the_recipients_that_hear_of_it);
+
+/// Every request of tenant `acme`, as ListRequests pages them (the page's tasks, deliveries and
+/// archives are read for the whole page at once).
+async fn listed(app: &TestApp) -> Vec<pb::DsrRequest> {
+    app.client
+        .clone()
+        .list_requests(pb::ListRequestsRequest { tenant_id: "acme".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .requests
+}
 
 async fn an_export_tells_no_recipient_and_its_manifest_names_them(backend: Backend) {
     let receiver = Receiver::start().await;
@@ -291,6 +304,9 @@ async fn an_export_tells_no_recipient_and_its_manifest_names_them(backend: Backe
     assert!(named.contains(&("payments", "Payment processor")), "{named:?}");
     assert!(named.iter().any(|(n, _)| *n == "crm"), "{named:?}");
     assert!(receiver.received().is_empty());
+    let again = app.get(&done.id).await;
+    assert!(again.export.is_some());
+    assert_eq!(listed(&app).await, [again], "a page of ListRequests reads what GetRequest reads");
 }
 both!(an_export_tells_no_recipient_and_its_manifest_names_them);
 

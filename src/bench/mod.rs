@@ -6,7 +6,8 @@
 //! - `sweep`: a retention sweep over a million expired call logs against a batched `DELETE`.
 //! - `submit`: SubmitDeletion acknowledgements per second against pgbench's one-row inserts.
 //! - `latency`: one call at a time on an idle service: `GetRequest`, and a deletion from submit to
-//!   COMPLETED, as p50 and p99.
+//!   COMPLETED, as p50 and p99; with `--history N` on a ledger that already holds N finished
+//!   requests (`history`).
 //!
 //! Each run works in scratch of its own (`Scratch`): a fresh temporary data directory and SQLite
 //! ledger unless told otherwise, and on a Postgres `--database-url` a ledger schema of its own,

@@ -353,4 +353,12 @@ async fn bench_latency_measures_on_a_ledger_with_a_history() {
         );
         assert!(stdout.contains("deletion, submit -> COMPLETED"), "{backend:?}: {stdout}");
     }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "latency", "--history", "20000000"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--history: at most 10000000"), "{stderr}");
 }

@@ -69,7 +69,9 @@ pub async fn add_history(db: &Db, requests: u64) -> anyhow::Result<()> {
         sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
     }
     for (table, rewrites) in COPIED {
-        let columns = columns(db, table).await?;
+        let columns: Vec<String> =
+            crate::stores::columns_of(db, table).await?.into_iter().map(|(name, _)| name).collect();
+        anyhow::ensure!(!columns.is_empty(), "the ledger has no table {table}");
         let exprs: Vec<String> = columns
             .iter()
             .map(|c| match rewrites.iter().find(|(name, _)| name == c).map(|(_, r)| r) {
@@ -112,18 +114,4 @@ pub async fn add_history(db: &Db, requests: u64) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// A ledger table's columns, in order.
-async fn columns(db: &Db, table: &str) -> anyhow::Result<Vec<String>> {
-    let sql = match db.backend() {
-        Backend::Postgres => {
-            "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
-        }
-        Backend::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
-    };
-    let rows: Vec<(String,)> = sqlx::query_as(sql).bind(table).fetch_all(db.pool()).await?;
-    anyhow::ensure!(!rows.is_empty(), "the ledger has no table {table}");
-    Ok(rows.into_iter().map(|(c,)| c).collect())
 }

@@ -33,6 +33,7 @@ pub async fn latency(mut settings: Settings, rounds: usize, history: u64) -> any
     // The bench's data is throwaway, and so may its audit key be (Postgres requires one).
     settings.file.privacy.hmac_key.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string());
     anyhow::ensure!((10..=100_000).contains(&rounds), "--rounds: between 10 and 100000");
+    anyhow::ensure!(history <= 10_000_000, "--history: at most 10000000 past requests");
     settings.file.server.rate_limit_per_second = 0;
     let ledger = open_ledger(&settings).await?;
     let db = ledger.db().clone();

@@ -259,25 +259,25 @@ impl Ledger {
             // The page's tasks in one statement, and which of its requests have recipients in
             // another (each request's own statements for them made a page of 50 cost 101).
             let mut conn = self.db.pool().acquire().await?;
-            let ids = super::holds::params(1, records.len());
+            let in_page = super::holds::params(1, records.len());
             let sql = format!(
-                "SELECT request_id AS owner, {TASK_COLUMNS} FROM dsr_tasks WHERE request_id IN ({ids}) ORDER BY position"
+                "SELECT request_id AS owner, {TASK_COLUMNS} FROM dsr_tasks WHERE request_id IN ({in_page}) ORDER BY position"
             );
-            let mut q = sqlx::query(&sql);
-            for r in &records {
-                q = q.bind(&r.id);
-            }
+            let rows =
+                records.iter().fold(sqlx::query(&sql), |q, r| q.bind(&r.id)).fetch_all(&mut *conn).await?;
             let mut tasks: std::collections::HashMap<String, Vec<TaskRecord>> = Default::default();
-            for row in q.fetch_all(&mut *conn).await? {
+            for row in rows {
                 tasks.entry(row.try_get("owner")?).or_default().push(TaskRecord::from_row(&row)?);
             }
-            let sql = format!("SELECT DISTINCT request_id FROM dsr_deliveries WHERE request_id IN ({ids})");
-            let mut q = sqlx::query_scalar::<_, String>(&sql);
-            for r in &records {
-                q = q.bind(&r.id);
-            }
-            let with_recipients: std::collections::HashSet<String> =
-                q.fetch_all(&mut *conn).await?.into_iter().collect();
+            let sql =
+                format!("SELECT DISTINCT request_id FROM dsr_deliveries WHERE request_id IN ({in_page})");
+            let with_recipients: std::collections::HashSet<String> = records
+                .iter()
+                .fold(sqlx::query_scalar::<_, String>(&sql), |q, r| q.bind(&r.id))
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
             for r in &mut records {
                 let read = WithTasks {
                     tasks: tasks.remove(&r.id).unwrap_or_default(),

@@ -40,7 +40,7 @@ pub use catalog::{CatalogStore, Wiring};
 pub use concerns::{CandidateSink, Erase, Export, Rectify, Retention, StoreAdapter};
 pub use export::{row_json, ByteStream, CollectingSink, ExportFile, ExportSink, Record};
 pub use objects::{object_path, open_durable_object_store, open_object_store};
-pub use table::CHUNK;
+pub use table::{columns_of, CHUNK};
 
 pub use crate::resolve::CandidateRow;
 use crate::{config::Settings, db::Db};

@@ -7,6 +7,14 @@ use tonic::Code;
 
 use crate::{both, helpers::*};
 
+/// The seeded platform's stores.
+const STORES: [&str; 5] = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
+
+/// A claim's queues: every store, up to `limit` tasks each.
+fn every_queue(limit: usize) -> Vec<(&'static str, usize)> {
+    STORES.iter().map(|s| (*s, limit)).collect()
+}
+
 async fn a_request_cancelled_before_work_starts_is_cancelled_and_erases_nothing(backend: Backend) {
     let overrides = Overrides { paused_engine: true, ..Default::default() };
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
@@ -265,8 +273,7 @@ async fn a_hold_placed_before_the_end_is_recorded_is_reported_on_the_outcome(bac
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
     let s = app.seed("acme", 2, 1).await;
     let ledger = Ledger::new(app.db.clone());
-    let queues: Vec<(&str, usize)> =
-        ["accounts", "call_logs", "transcripts", "recordings", "billing"].iter().map(|s| (*s, 10)).collect();
+    let queues = every_queue(10);
     let lease = std::time::Duration::from_secs(30);
     let held = app.delete(by_phone("acme", &s[0].phone)).await;
     let free = app.delete(by_phone("acme", &s[1].phone)).await;
@@ -366,8 +373,7 @@ async fn only_claim_due_takes_back_tasks_whose_lease_expired(backend: Backend) {
     let app = spawn_app_with(backend, TEST_CONFIG, overrides).await;
     let s = app.seed("acme", 1, 1).await;
     let ledger = Ledger::new(app.db.clone());
-    let queues: Vec<(&str, usize)> =
-        ["accounts", "call_logs", "transcripts", "recordings", "billing"].iter().map(|s| (*s, 10)).collect();
+    let queues = every_queue(10);
     app.delete(by_phone("acme", &s[0].phone)).await;
     let short = std::time::Duration::from_millis(1);
     let first = ledger.claim_pending(&queues, 10, "dead-worker", short, SystemClock.now()).await.unwrap();
@@ -412,7 +418,7 @@ async fn the_look_up_of_expired_leases_reads_running_tasks_only(backend: Backend
     run("ANALYZE").await;
 
     let question = Ledger::exhausted_tasks_question(5);
-    let stores = ["accounts", "call_logs", "transcripts", "recordings", "billing"];
+    let stores = STORES;
     let mut q = sqlx::query(&question).bind(1000_i64);
     for s in stores {
         q = q.bind(s);
